@@ -1,0 +1,1 @@
+"""The transaction coordinator: REST API, durable log, 2PC driver, recovery."""

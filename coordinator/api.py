@@ -1,0 +1,221 @@
+"""The REST API: submit a transaction, read it, list them; health and readiness."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from coordinator.logstore import LogStore
+from coordinator.models import (
+    MAX_PAYLOAD_BYTES,
+    STATUSES,
+    BranchOut,
+    EventOut,
+    PageOut,
+    TxnIn,
+    TxnOut,
+    new_gid,
+    payload_size,
+)
+from coordinator.pglog import PgLog
+from coordinator.records import BranchSpec, Inserted, NewTxn, TxnRecord
+from coordinator.service import Coordinator
+from coordinator.settings import Settings, get_settings
+from coordinator.transport import HttpTransport, Transport
+from participants.sdk.wire import GID_PATTERN
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_WAIT_S = 300.0
+
+
+def _invalid(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": loc, "msg": msg, "type": "value_error"}])
+
+
+def to_out(record: TxnRecord, events: list[EventOut] | None = None) -> TxnOut:
+    return TxnOut(
+        gid=record.gid,
+        mode=record.mode,
+        status=record.status,
+        reason=record.reason,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        branches=[
+            BranchOut(
+                idx=b.idx,
+                participant=b.participant,
+                action=b.action,
+                compensation=b.compensation,
+                status=b.status,
+                attempts=b.attempts,
+                last_error=b.last_error,
+            )
+            for b in record.branches
+        ],
+        events=events,
+    )
+
+
+def _check_branches(body: TxnIn, registry: dict[str, str]) -> None:
+    known = ", ".join(sorted(registry)) or "(none configured)"
+    for i, branch in enumerate(body.branches):
+        if branch.participant not in registry:
+            hint = (
+                "raw URLs are not accepted; name a participant from the registry"
+                if "://" in branch.participant or "/" in branch.participant
+                else "unknown participant"
+            )
+            raise _invalid(
+                ("body", "branches", i, "participant"),
+                f"{hint}: {branch.participant!r}; known participants: {known}",
+            )
+        size = payload_size(branch.payload)
+        if size > MAX_PAYLOAD_BYTES:
+            raise _invalid(
+                ("body", "branches", i, "payload"),
+                f"payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes (64 KiB)",
+            )
+    if body.mode == "saga":
+        raise _invalid(("body", "mode"), "mode 'saga' is not available in this version; use '2pc'")
+
+
+def create_app(
+    settings: Settings | None = None,
+    store: LogStore | None = None,
+    transport: Transport | None = None,
+) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        coordinator = Coordinator(
+            settings,
+            store or PgLog.connect(settings.log_dsn, settings.pool_size),
+            transport
+            or HttpTransport(settings.participants, settings.call_timeout_s, settings.hmac_secret),
+        )
+        app.state.coordinator = coordinator
+        await coordinator.start()
+        try:
+            yield
+        finally:
+            await coordinator.stop()
+
+    app = FastAPI(
+        title="txn coordinator",
+        summary="Distributed transactions over Postgres-backed services: 2PC and sagas.",
+        lifespan=lifespan,
+    )
+
+    def coord(request: Request) -> Coordinator:
+        c: Coordinator = request.app.state.coordinator
+        return c
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return JSONResponse(
+                {"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413
+            )
+        response: Response = await call_next(request)
+        return response
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz(request: Request) -> JSONResponse:
+        try:
+            await coord(request).store.ping()
+        except Exception as e:
+            return JSONResponse({"status": "log unreachable", "error": str(e)}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.post(
+        "/v1/transactions",
+        status_code=201,
+        response_model=TxnOut,
+        responses={
+            200: {"description": "Same gid, same body: the existing transaction."},
+            409: {"description": "Same gid, different body."},
+        },
+        tags=["transactions"],
+    )
+    async def submit(
+        body: TxnIn,
+        request: Request,
+        response: Response,
+        wait: Annotated[
+            float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for the outcome.")
+        ] = 0,
+    ) -> TxnOut:
+        c = coord(request)
+        _check_branches(body, c.settings.participants)
+        gid = body.gid or new_gid()
+        new = NewTxn(
+            gid=gid,
+            mode=body.mode,
+            request=body.model_dump(mode="json", exclude={"gid"}),
+            request_hash=body.request_hash(),
+            branches=tuple(
+                BranchSpec(b.participant, b.action, b.compensation, b.payload)
+                for b in body.branches
+            ),
+            timeout_s=body.timeout_s or c.settings.default_timeout_s,
+        )
+        outcome, record = await c.submit(new)
+        if outcome is Inserted.CONFLICT:
+            raise HTTPException(
+                409, detail=f"transaction {gid} already exists with a different request"
+            )
+        if outcome is Inserted.EXISTING:
+            response.status_code = 200
+        if wait > 0:
+            record = await c.wait(gid, wait) or record
+        return to_out(record)
+
+    @app.get("/v1/transactions/{gid}", response_model=TxnOut, tags=["transactions"])
+    async def get_one(
+        request: Request,
+        gid: Annotated[str, Path(pattern=GID_PATTERN.pattern)],
+        events: Annotated[bool, Query(description="Include the event timeline.")] = True,
+    ) -> TxnOut:
+        c = coord(request)
+        record = await c.store.get(gid)
+        if record is None:
+            raise HTTPException(404, detail=f"no transaction with gid {gid}")
+        timeline = None
+        if events:
+            timeline = [
+                EventOut(at=e.at, kind=e.kind, branch=e.branch, detail=e.detail)
+                for e in await c.store.events(gid)
+            ]
+        return to_out(record, timeline)
+
+    @app.get("/v1/transactions", response_model=PageOut, tags=["transactions"])
+    async def list_page(
+        request: Request,
+        status: Annotated[str | None, Query(description=f"One of {', '.join(STATUSES)}.")] = None,
+        mode: Annotated[str | None, Query(pattern="^(2pc|saga)$")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, Query(max_length=512)] = None,
+    ) -> PageOut:
+        if status is not None and status not in STATUSES:
+            raise _invalid(("query", "status"), f"status must be one of {', '.join(STATUSES)}")
+        try:
+            page = await coord(request).store.page(status, mode, limit, cursor)
+        except ValueError as e:
+            raise _invalid(("query", "cursor"), str(e)) from e
+        return PageOut(items=[to_out(r) for r in page.items], next_cursor=page.next_cursor)
+
+    return app

@@ -1,0 +1,105 @@
+"""The ``txn`` command: ``txn dev``, ``txn demo``, ``txn migrate``, ``txn serve``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from types import FrameType
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from devstack.stack import Stack, StackConfig
+
+    stack = Stack(
+        StackConfig(
+            state_dir=Path(args.state_dir),
+            coordinators=args.coordinators,
+            ledgers=args.ledgers,
+            fsync=not args.no_fsync,
+        )
+    )
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    stack.start()
+    try:
+        state_file = Path(args.state_dir).resolve() / "stack.json"
+        print(f"dev stack up; state in {state_file}", flush=True)
+        for c in stack.coordinators:
+            print(f"  coordinator {c.name}: {c.url}  (OpenAPI: {c.url}/docs)", flush=True)
+        for p in stack.participants:
+            print(f"  participant {p.name}: {p.url}", flush=True)
+        print("Ctrl-C stops everything.", flush=True)
+        done.wait()
+    finally:
+        print("stopping the dev stack...", flush=True)
+        stack.stop()
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from devstack.demo import run_demo
+
+    if args.state_dir:
+        return run_demo(Path(args.state_dir))
+    with tempfile.TemporaryDirectory(prefix="txn-demo-") as tmp:
+        # Postgres runs as an unprivileged user when we are root: let it into the folder.
+        Path(tmp).chmod(0o755)
+        return run_demo(Path(tmp))
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from migrations import upgrade
+
+    upgrade(args.dsn, args.target)
+    print(f"{args.target} schema at head on {args.dsn}")
+    return 0
+
+
+def _serve(_args: argparse.Namespace) -> int:
+    from coordinator.__main__ import main as serve
+
+    serve()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="txn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="run the embedded dev stack in the foreground")
+    dev.add_argument("--state-dir", default=".txn-dev", help="where data, logs, stack.json go")
+    dev.add_argument("--coordinators", type=int, default=1, choices=range(1, 9))
+    dev.add_argument("--ledgers", type=int, default=3, choices=range(1, 17))
+    dev.add_argument("--no-fsync", action="store_true", help="faster, not crash-safe for the OS")
+    dev.set_defaults(func=_dev)
+
+    demo = sub.add_parser("demo", help="boot the stack, run a committed and an aborted transfer")
+    demo.add_argument("--state-dir", default="", help="keep the stack's data here (default: temp)")
+    demo.set_defaults(func=_demo)
+
+    migrate = sub.add_parser("migrate", help="apply migrations to a database")
+    migrate.add_argument("--dsn", required=True)
+    migrate.add_argument("--target", default="coordinator", choices=["coordinator", "ledger"])
+    migrate.set_defaults(func=_migrate)
+
+    serve = sub.add_parser("serve", help="run one coordinator (settings from TXN_* variables)")
+    serve.set_defaults(func=_serve)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Engine construction shared by the coordinator and the participant SDK."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+def async_url(dsn: str) -> str:
+    """Accept a plain ``postgresql://`` DSN and name the asyncpg driver for SQLAlchemy."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if dsn.startswith(prefix):
+            return "postgresql+asyncpg://" + dsn[len(prefix) :]
+    raise ValueError(f"not a Postgres DSN: {dsn!r}")
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def make_engine(dsn: str, pool_size: int = 10, autocommit: bool = False) -> AsyncEngine:
+    kwargs: dict[str, Any] = {}
+    if autocommit:
+        # Single-statement writes commit by themselves: no BEGIN/COMMIT round trips.
+        kwargs["isolation_level"] = "AUTOCOMMIT"
+    return create_async_engine(
+        async_url(dsn),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=False,
+        json_serializer=_dumps,
+        json_deserializer=orjson.loads,
+        **kwargs,
+    )

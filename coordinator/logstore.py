@@ -1,0 +1,74 @@
+"""The log-store interface. All log access goes through it; ``pglog`` is the Postgres store and
+``memlog`` the in-memory fake, and one contract test suite runs against both."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from coordinator.records import (
+    BranchProgress,
+    Claim,
+    EventRecord,
+    Inserted,
+    NewTxn,
+    Page,
+    TxnRecord,
+)
+
+
+class LogStore(Protocol):
+    async def insert(self, new: NewTxn, owner: str, lease_s: float) -> tuple[Inserted, Claim]:
+        """Log a transaction and its branches (rule 1: before any participant is called).
+
+        CREATED: owned by ``owner`` at epoch 1. EXISTING: the gid exists with the same request
+        hash. CONFLICT: the gid exists with a different request. The claim carries the stored
+        record either way.
+        """
+        ...
+
+    async def get(self, gid: str) -> TxnRecord | None: ...
+
+    async def events(self, gid: str) -> list[EventRecord]: ...
+
+    async def page(
+        self, status: str | None, mode: str | None, limit: int, cursor: str | None
+    ) -> Page: ...
+
+    async def write_status(
+        self,
+        gid: str,
+        epoch: int,
+        status: str,
+        reason: str | None,
+        branches: Sequence[BranchProgress],
+        event: str,
+    ) -> None:
+        """Fenced write of a status and every branch's progress (rule 5); raises OwnershipLost."""
+        ...
+
+    async def reschedule(
+        self,
+        gid: str,
+        epoch: int,
+        branches: Sequence[BranchProgress],
+        initial_s: float,
+        max_s: float,
+    ) -> float:
+        """Fenced: count an attempt, set ``next_attempt_at`` by capped exponential backoff with
+        jitter, and release the lease so any instance can claim it when due. Returns the delay."""
+        ...
+
+    async def claim(self, owner: str, limit: int, lease_s: float, own: bool) -> list[Claim]:
+        """Claim due, unleased live transactions (or, with ``own``, every live transaction this
+        owner holds) in one statement, bumping each epoch."""
+        ...
+
+    async def renew(self, owner: str, held: Mapping[str, int], lease_s: float) -> set[str]:
+        """Extend the leases ``owner`` still holds at the given epochs, in one statement; returns
+        the renewed gids."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,106 @@
+"""Request and response bodies of the REST API."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from participants.sdk.wire import GID_PATTERN, MAX_BRANCHES
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+PATH_PATTERN = r"^/[A-Za-z0-9._~/-]{0,511}$"
+STATUSES = (
+    "preparing",
+    "committing",
+    "committed",
+    "aborting",
+    "aborted",
+    "running",
+    "compensating",
+)
+
+
+class BranchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    participant: str = Field(
+        min_length=1, max_length=64, description="A participant name from the registry."
+    )
+    action: str = Field(
+        pattern=PATH_PATTERN,
+        description="Path on the participant, e.g. /accounts/adjust (never a URL).",
+    )
+    compensation: str | None = Field(None, pattern=PATH_PATTERN)
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class TxnIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    gid: str | None = Field(
+        None,
+        pattern=GID_PATTERN.pattern,
+        description="1-128 of [A-Za-z0-9._:-]; generated if absent.",
+    )
+    mode: Literal["2pc", "saga"]
+    branches: list[BranchIn] = Field(min_length=1, max_length=MAX_BRANCHES)
+    timeout_s: float | None = Field(
+        None, gt=0, le=86_400, description="2PC: abort if not fully prepared by then (default 30)."
+    )
+
+    def request_hash(self) -> str:
+        """Hash of everything but the gid: resubmitting the same body is idempotent."""
+        body = self.model_dump(mode="json", exclude={"gid"})
+        return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class BranchOut(BaseModel):
+    idx: int
+    participant: str
+    action: str
+    compensation: str | None
+    status: str
+    attempts: int
+    last_error: str | None
+
+
+class EventOut(BaseModel):
+    at: datetime
+    kind: str
+    branch: int | None
+    detail: dict[str, Any] | None
+
+
+class TxnOut(BaseModel):
+    gid: str
+    mode: str
+    status: str
+    reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    branches: list[BranchOut]
+    events: list[EventOut] | None = None
+
+
+class PageOut(BaseModel):
+    items: list[TxnOut]
+    next_cursor: str | None
+
+
+def new_gid() -> str:
+    """Time-ordered, like UUIDv7: 48 bits of milliseconds, then 80 random bits."""
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (millis << 80) | rand
+    raw = f"{value:032x}"
+    return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
+
+
+def payload_size(payload: dict[str, Any]) -> int:
+    return len(orjson.dumps(payload))

@@ -1,0 +1,266 @@
+"""The Postgres log store. Every write is one statement on an autocommit connection."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import ARRAY, BigInteger, Integer, Text, and_, bindparam, or_, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator import queries
+from coordinator.db import make_engine
+from coordinator.errors import OwnershipLost
+from coordinator.records import (
+    BranchProgress,
+    BranchRecord,
+    Claim,
+    EventRecord,
+    Inserted,
+    NewTxn,
+    Page,
+    TxnRecord,
+)
+from coordinator.schema import branches, events, transactions
+
+_ARRAYS: dict[str, Any] = {
+    "idx": ARRAY(Integer),
+    "participant": ARRAY(Text),
+    "action": ARRAY(Text),
+    "compensation": ARRAY(Text),
+    "payload": ARRAY(Text),
+    "bstatus": ARRAY(Text),
+    "battempts": ARRAY(Integer),
+    "berror": ARRAY(Text),
+    "gids": ARRAY(Text),
+    "epochs": ARRAY(BigInteger),
+}
+
+
+def _stmt(sql: str) -> Any:
+    stmt = text(sql)
+    names = set(stmt._bindparams)
+    return stmt.bindparams(*(bindparam(n, type_=t) for n, t in _ARRAYS.items() if n in names))
+
+
+_INSERT = _stmt(queries.INSERT_TXN)
+_WRITE_STATUS = _stmt(queries.WRITE_STATUS)
+_RESCHEDULE = _stmt(queries.RESCHEDULE)
+_CLAIM = _stmt(queries.CLAIM)
+_RENEW = _stmt(queries.RENEW)
+
+
+def _txn(row: Any) -> TxnRecord:
+    return TxnRecord(
+        gid=row.gid,
+        mode=row.mode,
+        status=row.status,
+        reason=row.reason,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        deadline_at=row.deadline_at,
+        attempts=row.attempts,
+        owner=row.owner,
+        epoch=row.epoch,
+        request_hash=row.request_hash,
+    )
+
+
+def _branch(row: Any) -> BranchRecord:
+    return BranchRecord(
+        idx=row.idx,
+        participant=row.participant,
+        action=row.action,
+        compensation=row.compensation,
+        payload=row.payload,
+        status=row.status,
+        attempts=row.attempts,
+        last_error=row.last_error,
+        updated_at=row.updated_at,
+    )
+
+
+def _progress_params(progress: Sequence[BranchProgress]) -> dict[str, Any]:
+    return {
+        "idx": list(range(len(progress))),
+        "bstatus": [p.status for p in progress],
+        "battempts": [p.attempts for p in progress],
+        "berror": [p.last_error for p in progress],
+    }
+
+
+def encode_cursor(created_at: datetime, gid: str) -> str:
+    raw = orjson.dumps([created_at.isoformat(), gid])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Raise ValueError on anything that is not a cursor this store handed out."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, gid = orjson.loads(raw)
+        return datetime.fromisoformat(at), str(gid)
+    except Exception as e:
+        raise ValueError("cursor is not one this API returned") from e
+
+
+class PgLog:
+    """LogStore on Postgres (SQLAlchemy Core on asyncpg)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def connect(cls, dsn: str, pool_size: int = 20) -> PgLog:
+        return cls(make_engine(dsn, pool_size=pool_size, autocommit=True))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def insert(self, new: NewTxn, owner: str, lease_s: float) -> tuple[Inserted, Claim]:
+        params = {
+            "gid": new.gid,
+            "mode": new.mode,
+            "status": "preparing" if new.mode == "2pc" else "running",
+            "request": orjson.dumps(new.request).decode(),
+            "request_hash": new.request_hash,
+            "timeout_s": float(new.timeout_s),
+            "lease_s": float(lease_s),
+            "owner": owner,
+            "idx": list(range(len(new.branches))),
+            "participant": [b.participant for b in new.branches],
+            "action": [b.action for b in new.branches],
+            "compensation": [b.compensation for b in new.branches],
+            "payload": [orjson.dumps(b.payload).decode() for b in new.branches],
+        }
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_INSERT, params)).first()
+            if row is not None:
+                record = _txn(row)
+                await self._attach_branches(conn, [record])
+                return Inserted.CREATED, Claim(record, row.db_now)
+            existing = await self._get(conn, new.gid)
+            now = (await conn.execute(text("SELECT now()"))).scalar_one()
+        if existing is None:  # deleted between the two statements: vanishingly rare
+            raise RuntimeError(f"transaction {new.gid} conflicted but cannot be read")
+        same = existing.request_hash == new.request_hash
+        return (Inserted.EXISTING if same else Inserted.CONFLICT), Claim(existing, now)
+
+    async def _attach_branches(self, conn: Any, records: Sequence[TxnRecord]) -> None:
+        if not records:
+            return
+        by_gid = {r.gid: r for r in records}
+        query = select(branches).where(branches.c.gid.in_(list(by_gid))).order_by(branches.c.idx)
+        for row in await conn.execute(query):
+            by_gid[row.gid].branches.append(_branch(row))
+
+    async def _get(self, conn: Any, gid: str) -> TxnRecord | None:
+        row = (await conn.execute(select(transactions).where(transactions.c.gid == gid))).first()
+        if row is None:
+            return None
+        record = _txn(row)
+        await self._attach_branches(conn, [record])
+        return record
+
+    async def get(self, gid: str) -> TxnRecord | None:
+        async with self.engine.connect() as conn:
+            return await self._get(conn, gid)
+
+    async def events(self, gid: str) -> list[EventRecord]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(events).where(events.c.gid == gid).order_by(events.c.id)
+            )
+            return [EventRecord(r.id, r.gid, r.at, r.kind, r.branch, r.detail) for r in rows]
+
+    async def page(
+        self, status: str | None, mode: str | None, limit: int, cursor: str | None
+    ) -> Page:
+        t = transactions.c
+        query = select(transactions).order_by(t.created_at.desc(), t.gid.desc()).limit(limit + 1)
+        if status is not None:
+            query = query.where(t.status == status)
+        if mode is not None:
+            query = query.where(t.mode == mode)
+        if cursor is not None:
+            at, gid = decode_cursor(cursor)
+            query = query.where(or_(t.created_at < at, and_(t.created_at == at, t.gid < gid)))
+        async with self.engine.connect() as conn:
+            rows = list(await conn.execute(query))
+            items = [_txn(r) for r in rows[:limit]]
+            await self._attach_branches(conn, items)
+        more = len(rows) > limit
+        next_cursor = encode_cursor(items[-1].created_at, items[-1].gid) if more else None
+        return Page(items, next_cursor)
+
+    async def write_status(
+        self,
+        gid: str,
+        epoch: int,
+        status: str,
+        reason: str | None,
+        branches: Sequence[BranchProgress],
+        event: str,
+    ) -> None:
+        params = {
+            "gid": gid,
+            "epoch": epoch,
+            "status": status,
+            "reason": reason,
+            "event": event,
+            **_progress_params(branches),
+        }
+        async with self.engine.connect() as conn:
+            n = (await conn.execute(_WRITE_STATUS, params)).scalar_one()
+        if n == 0:
+            raise OwnershipLost(f"transaction {gid}: epoch {epoch} is no longer current")
+
+    async def reschedule(
+        self,
+        gid: str,
+        epoch: int,
+        branches: Sequence[BranchProgress],
+        initial_s: float,
+        max_s: float,
+    ) -> float:
+        params = {
+            "gid": gid,
+            "epoch": epoch,
+            "initial_s": initial_s,
+            "max_s": max_s,
+            **_progress_params(branches),
+        }
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_RESCHEDULE, params)).one()
+        if row.n == 0:
+            raise OwnershipLost(f"transaction {gid}: epoch {epoch} is no longer current")
+        return float(row.delay)
+
+    async def claim(self, owner: str, limit: int, lease_s: float, own: bool) -> list[Claim]:
+        params = {"owner": owner, "limit": limit, "lease_s": float(lease_s), "own": own}
+        async with self.engine.connect() as conn:
+            rows = list(await conn.execute(_CLAIM, params))
+            if not rows:
+                return []
+            records = [_txn(r) for r in rows]
+            await self._attach_branches(conn, records)
+        return [Claim(rec, row.db_now) for rec, row in zip(records, rows, strict=True)]
+
+    async def renew(self, owner: str, held: Mapping[str, int], lease_s: float) -> set[str]:
+        if not held:
+            return set()
+        params = {
+            "owner": owner,
+            "lease_s": float(lease_s),
+            "gids": list(held),
+            "epochs": list(held.values()),
+        }
+        async with self.engine.connect() as conn:
+            return {r.gid for r in await conn.execute(_RENEW, params)}

@@ -1,0 +1,123 @@
+"""The log's hard statements, each one round trip. Every driver write carries
+``WHERE gid = :gid AND epoch = :epoch`` (rule 5: fencing), and all time is the database's
+``now()`` (rule 6)."""
+
+from __future__ import annotations
+
+# Rule 1: the transaction, its branches and the first event are logged in one statement, before
+# any participant is called. ON CONFLICT keeps a resubmitted gid from changing anything.
+INSERT_TXN = """
+WITH t AS (
+    INSERT INTO transactions (gid, mode, status, request, request_hash, deadline_at,
+                              next_attempt_at, owner, lease_until, epoch)
+    VALUES (:gid, :mode, :status, CAST(:request AS jsonb), :request_hash,
+            now() + make_interval(secs => :timeout_s),
+            now() + make_interval(secs => :lease_s),
+            :owner, now() + make_interval(secs => :lease_s), 1)
+    ON CONFLICT (gid) DO NOTHING
+    RETURNING *
+), b AS (
+    INSERT INTO branches (gid, idx, participant, action, compensation, payload, status)
+    SELECT t.gid, u.idx, u.participant, u.action, u.compensation, CAST(u.payload AS jsonb),
+           'pending'
+    FROM t, unnest(CAST(:idx AS int[]), CAST(:participant AS text[]), CAST(:action AS text[]),
+                   CAST(:compensation AS text[]), CAST(:payload AS text[]))
+         AS u(idx, participant, action, compensation, payload)
+    RETURNING 1
+), e AS (
+    INSERT INTO events (gid, kind, detail)
+    SELECT t.gid, 'submitted', jsonb_build_object('owner', t.owner) FROM t
+    RETURNING 1
+)
+SELECT t.*, now() AS db_now, (SELECT count(*) FROM b) AS n_branches FROM t
+"""
+
+# Rules 2, 3 and 5: a status change (the commit point among them) and the branches' progress in
+# one fenced statement. Zero rows from ``t`` means the epoch moved on: nothing is written.
+WRITE_STATUS = """
+WITH t AS (
+    UPDATE transactions SET status = :status, reason = :reason, updated_at = now()
+    WHERE gid = :gid AND epoch = :epoch
+    RETURNING gid
+), b AS (
+    UPDATE branches SET status = u.status, attempts = u.attempts, last_error = u.last_error,
+                        updated_at = now()
+    FROM t, unnest(CAST(:idx AS int[]), CAST(:bstatus AS text[]), CAST(:battempts AS int[]),
+                   CAST(:berror AS text[])) AS u(idx, status, attempts, last_error)
+    WHERE branches.gid = t.gid AND branches.idx = u.idx
+    RETURNING 1
+), e AS (
+    INSERT INTO events (gid, kind, detail)
+    SELECT t.gid, :event, jsonb_build_object('status', CAST(:status AS text),
+                                             'reason', CAST(:reason AS text),
+                                             'epoch', CAST(:epoch AS bigint))
+    FROM t
+    RETURNING 1
+)
+SELECT count(*) AS n FROM t
+"""
+
+# Fenced like WRITE_STATUS. Backoff: initial * 2^attempts, capped, with full jitter in [0.5, 1],
+# computed by the database so no coordinator clock is involved. The lease is released (set to
+# now()) so whichever instance is free claims the transaction when it is due.
+RESCHEDULE = """
+WITH d AS (
+    SELECT least(CAST(:max_s AS float8),
+                 CAST(:initial_s AS float8) * power(2, least(attempts, 30)))
+           * (0.5 + random() / 2) AS delay
+    FROM transactions WHERE gid = :gid AND epoch = :epoch
+), t AS (
+    UPDATE transactions
+    SET attempts = attempts + 1, updated_at = now(), lease_until = now(),
+        next_attempt_at = now() + make_interval(secs => (SELECT delay FROM d))
+    WHERE gid = :gid AND epoch = :epoch
+    RETURNING gid
+), b AS (
+    UPDATE branches SET status = u.status, attempts = u.attempts, last_error = u.last_error,
+                        updated_at = now()
+    FROM t, unnest(CAST(:idx AS int[]), CAST(:bstatus AS text[]), CAST(:battempts AS int[]),
+                   CAST(:berror AS text[])) AS u(idx, status, attempts, last_error)
+    WHERE branches.gid = t.gid AND branches.idx = u.idx
+    RETURNING 1
+), e AS (
+    INSERT INTO events (gid, kind, detail)
+    SELECT t.gid, 'rescheduled', jsonb_build_object('delay_s', (SELECT delay FROM d)) FROM t
+    RETURNING 1
+)
+SELECT (SELECT delay FROM d) AS delay, (SELECT count(*) FROM t) AS n
+"""
+
+# Recovery's claim: one statement takes a batch of due work. SKIP LOCKED lets instances claim
+# concurrently without waiting on each other; the epoch bump fences out any previous driver;
+# ``own`` (at start-up) takes back what this instance id held before it restarted, lease or not.
+CLAIM = """
+WITH due AS (
+    SELECT gid FROM transactions
+    WHERE status NOT IN ('committed', 'aborted')
+      AND ((next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now()))
+           OR (CAST(:own AS boolean) AND owner = :owner))
+    ORDER BY next_attempt_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+), c AS (
+    UPDATE transactions AS tx
+    SET owner = :owner, epoch = tx.epoch + 1, updated_at = now(),
+        lease_until = now() + make_interval(secs => :lease_s)
+    FROM due WHERE tx.gid = due.gid
+    RETURNING tx.*
+), e AS (
+    INSERT INTO events (gid, kind, detail)
+    SELECT c.gid, 'claimed', jsonb_build_object('owner', c.owner, 'epoch', c.epoch) FROM c
+    RETURNING 1
+)
+SELECT c.*, now() AS db_now FROM c
+"""
+
+# Lease renewal for everything a live instance drives, in one statement.
+RENEW = """
+UPDATE transactions AS tx SET lease_until = now() + make_interval(secs => :lease_s)
+FROM unnest(CAST(:gids AS text[]), CAST(:epochs AS bigint[])) AS u(gid, epoch)
+WHERE tx.gid = u.gid AND tx.epoch = u.epoch AND tx.owner = :owner
+  AND tx.status NOT IN ('committed', 'aborted')
+RETURNING tx.gid
+"""

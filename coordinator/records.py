@@ -1,0 +1,98 @@
+"""Plain records that cross the log-store interface."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+@dataclass(frozen=True)
+class BranchSpec:
+    participant: str
+    action: str
+    compensation: str | None
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NewTxn:
+    gid: str
+    mode: str
+    request: dict[str, Any]
+    request_hash: str
+    branches: tuple[BranchSpec, ...]
+    timeout_s: float
+
+
+@dataclass
+class BranchRecord:
+    idx: int
+    participant: str
+    action: str
+    compensation: str | None
+    payload: dict[str, Any]
+    status: str
+    attempts: int
+    last_error: str | None
+    updated_at: datetime
+
+
+@dataclass
+class TxnRecord:
+    gid: str
+    mode: str
+    status: str
+    reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    deadline_at: datetime
+    attempts: int
+    owner: str | None
+    epoch: int
+    request_hash: str
+    branches: list[BranchRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A transaction this driver now owns under ``record.epoch``; ``db_now`` is the log's clock."""
+
+    record: TxnRecord
+    db_now: datetime
+
+    @property
+    def seconds_to_deadline(self) -> float:
+        return (self.record.deadline_at - self.db_now).total_seconds()
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    gid: str
+    at: datetime
+    kind: str
+    branch: int | None
+    detail: dict[str, Any] | None
+
+
+class Inserted(StrEnum):
+    CREATED = "created"
+    EXISTING = "existing"
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True)
+class BranchProgress:
+    """What a driver writes about one branch alongside a status change."""
+
+    status: str
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[TxnRecord]
+    next_cursor: str | None

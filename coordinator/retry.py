@@ -1,0 +1,59 @@
+"""What is retriable, said once, and the burst policy every participant call uses."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_result,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+from tenacity.stop import stop_base
+
+from coordinator.transport import Kind, Reply
+
+
+def is_retriable(reply: Reply) -> bool:
+    """Connection errors, timeouts and any status other than 2xx/409 are transient."""
+    return reply.kind is Kind.TRANSIENT
+
+
+async def call_in_burst(
+    call: Callable[[], Awaitable[Reply]],
+    attempts: int,
+    initial_s: float,
+    max_s: float,
+    on_attempt: Callable[[Reply], None],
+    budget_s: float | None = None,
+) -> Reply:
+    """Retry ``call`` while its reply is transient: at most ``attempts`` times (and within
+    ``budget_s``), capped exponential backoff with jitter. Every endpoint called this way is
+    idempotent on the participant's side, so repeating it repeats no side effect."""
+    stop: stop_base = stop_after_attempt(attempts)
+    if budget_s is not None:
+        stop = stop | stop_after_delay(max(budget_s, 0.0))
+
+    async def attempt() -> Reply:
+        reply = await call()
+        on_attempt(reply)
+        return reply
+
+    retrying = AsyncRetrying(
+        stop=stop,
+        wait=wait_exponential_jitter(initial=initial_s, max=max_s),
+        retry=retry_if_result(is_retriable),
+        # Out of attempts: hand back the last (transient) reply instead of raising.
+        retry_error_callback=_last_reply,
+    )
+    reply: Reply = await retrying(attempt)
+    return reply
+
+
+def _last_reply(state: RetryCallState) -> Reply:
+    assert state.outcome is not None
+    reply: Reply = state.outcome.result()
+    return reply

@@ -1,0 +1,181 @@
+"""The coordinator instance: submits and drives transactions, recovers due work, renews leases.
+
+Every transaction this instance drives is in ``active`` (gid -> epoch); one statement per
+interval renews all their leases. Recovery claims due work in batches with one statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from coordinator.crash import COORDINATOR_POINTS, CrashPoints
+from coordinator.driver import TwoPCDriver
+from coordinator.errors import OwnershipLost
+from coordinator.logstore import LogStore
+from coordinator.records import Claim, Inserted, NewTxn, TxnRecord
+from coordinator.schema import TERMINAL
+from coordinator.settings import Settings
+from coordinator.transport import Transport
+
+log = logging.getLogger(__name__)
+
+
+class Coordinator:
+    def __init__(self, settings: Settings, store: LogStore, transport: Transport) -> None:
+        self.settings = settings
+        self.store = store
+        self.transport = transport
+        self.crash = CrashPoints(settings.crash_at, settings.crash_marker, COORDINATOR_POINTS)
+        self.driver = TwoPCDriver(store, transport, settings, self.crash, self.notify)
+        self.active: dict[str, int] = {}
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._waiters: dict[str, list[asyncio.Event]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loops.append(asyncio.create_task(self._renew_loop(), name="lease-renewal"))
+        if self.settings.recovery:
+            self._loops.append(asyncio.create_task(self._recovery_loop(), name="recovery"))
+
+    async def stop(self) -> None:
+        for task in [*self._loops, *self._tasks.values()]:
+            task.cancel()
+        await asyncio.gather(*self._loops, *self._tasks.values(), return_exceptions=True)
+        self._loops.clear()
+        await self.transport.close()
+        await self.store.close()
+
+    # -- submission and driving ----------------------------------------------------------
+
+    async def submit(self, new: NewTxn) -> tuple[Inserted, TxnRecord]:
+        outcome, claim = await self.store.insert(
+            new, self.settings.instance_id, self.settings.lease_s
+        )
+        if outcome is Inserted.CREATED:
+            self.crash.hit("after_log_insert")
+            self._drive(claim, fresh=True)
+        return outcome, claim.record
+
+    def _drive(self, claim: Claim, fresh: bool) -> None:
+        gid = claim.record.gid
+        previous = self._tasks.get(gid)
+        if previous is not None:
+            previous.cancel()  # fenced out by the new epoch anyway; stop it wasting calls
+        self.active[gid] = claim.record.epoch
+        task = asyncio.create_task(self._drive_one(claim, fresh), name=f"drive:{gid}")
+        self._tasks[gid] = task
+
+    async def _drive_one(self, claim: Claim, fresh: bool) -> None:
+        gid, epoch = claim.record.gid, claim.record.epoch
+        try:
+            if claim.record.mode != "2pc":
+                log.error(
+                    "mode %s cannot be driven by this version",
+                    claim.record.mode,
+                    extra={"gid": gid},
+                )
+                return
+            await self.driver.drive(claim, fresh)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The log or a participant misbehaved in a way the driver could not absorb; the
+            # lease lapses and recovery picks the transaction up again.
+            log.exception("driver failed; recovery will resume it", extra={"gid": gid})
+        finally:
+            if self.active.get(gid) == epoch:
+                del self.active[gid]
+            if self._tasks.get(gid) is asyncio.current_task():
+                del self._tasks[gid]
+            self.notify(gid)
+
+    # -- waiting for outcomes ------------------------------------------------------------
+
+    def notify(self, gid: str) -> None:
+        for event in self._waiters.pop(gid, []):
+            event.set()
+
+    async def wait(self, gid: str, timeout_s: float) -> TxnRecord | None:
+        """Wait until the logged status is terminal or ``timeout_s`` passes; returns what is
+        logged (rule 3: only a logged outcome is ever reported)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            event = asyncio.Event()
+            self._waiters.setdefault(gid, []).append(event)
+            record = await self.store.get(gid)
+            remaining = deadline - loop.time()
+            if record is None or record.status in TERMINAL or remaining <= 0:
+                self._discard_waiter(gid, event)
+                return record
+            # Another instance may drive it: look at the log again at least every half second.
+            try:
+                await asyncio.wait_for(event.wait(), min(remaining, 0.5))
+            except TimeoutError:
+                self._discard_waiter(gid, event)
+
+    def _discard_waiter(self, gid: str, event: asyncio.Event) -> None:
+        waiters = self._waiters.get(gid)
+        if waiters and event in waiters:
+            waiters.remove(event)
+            if not waiters:
+                del self._waiters[gid]
+
+    # -- recovery and leases -------------------------------------------------------------
+
+    async def recover_once(self, own: bool) -> int:
+        claims = await self.store.claim(
+            self.settings.instance_id, self.settings.claim_batch, self.settings.lease_s, own
+        )
+        for claim in claims:
+            log.info(
+                "recovering from %s",
+                claim.record.status,
+                extra={"gid": claim.record.gid, "epoch": claim.record.epoch},
+            )
+            self._drive(claim, fresh=False)
+        return len(claims)
+
+    async def _recovery_loop(self) -> None:
+        own = True  # first: take back at once what this instance id held before a restart
+        while True:
+            try:
+                claimed = await self.recover_once(own)
+                own = False
+                if claimed >= self.settings.claim_batch:
+                    continue  # a backlog: keep claiming without waiting
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("recovery claim failed; retrying")
+            await asyncio.sleep(self.settings.claim_interval_s)
+
+    async def _renew_loop(self) -> None:
+        interval = self.settings.lease_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            held = dict(self.active)
+            if not held:
+                continue
+            try:
+                renewed = await self.store.renew(
+                    self.settings.instance_id, held, self.settings.lease_s
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("lease renewal failed")
+                continue
+            for gid in set(held) - renewed:
+                # Taken over (or finished meanwhile): a running driver will be fenced out.
+                task = self._tasks.get(gid)
+                if task is not None and self.active.get(gid) == held[gid]:
+                    log.warning("lease lost", extra={"gid": gid, "epoch": held[gid]})
+                    task.cancel()
+
+
+__all__ = ["Coordinator", "OwnershipLost"]

@@ -1,0 +1,330 @@
+"""The whole dev stack: clusters, migrations, coordinators and participants, supervised.
+
+    with Stack(StackConfig(state_dir=Path("state"))) as stack:
+        ...  # stack.coordinator_url, stack.participants, stack.json in state_dir
+
+Everything started here is stopped here, by PID: on ``stop()``, on leaving the ``with``, at
+interpreter exit, and on SIGTERM/SIGINT in ``txn dev``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+
+from devstack.postgres import Cluster, RunAs, find_bindir, free_port
+from devstack.services import Service
+from migrations import upgrade
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LOG_DB = "txn_log"
+LEDGER_DB = "ledger"
+
+
+@dataclass
+class StackConfig:
+    state_dir: Path
+    coordinators: int = 1
+    ledgers: int = 3
+    # One cluster per participant (default), so one participant's database can crash alone.
+    cluster_per_participant: bool = True
+    fsync: bool = True
+    coordinator_env: dict[str, str] = field(default_factory=dict)
+    participant_env: dict[str, str] = field(default_factory=dict)
+    supervise: bool = True
+
+
+def run_sync(make: Callable[[], Any]) -> Any:
+    """Run a coroutine to completion on a private loop in a worker thread."""
+    return run_in_thread(lambda: asyncio.run(make()))
+
+
+async def _ensure_database(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.state_dir = config.state_dir.resolve()
+        self.clusters: dict[str, Cluster] = {}
+        self.services: dict[str, Service] = {}
+        self.log_dsn = ""
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self._started = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        atexit.register(self.stop)
+        self._started = True
+        try:
+            self._start_clusters()
+            self._migrate()
+            self._start_services()
+        except BaseException:
+            self.stop()
+            raise
+        self.write_state()
+        if self.config.supervise:
+            self._supervisor = threading.Thread(
+                target=self._supervise, name="stack-supervisor", daemon=True
+            )
+            self._supervisor.start()
+
+    def stop(self) -> None:
+        """Stop services, then clusters: everything this stack started, by PID. Idempotent."""
+        if not self._started:
+            return
+        self._stopping.set()
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(timeout=30)
+        with self._lock:
+            for service in reversed(list(self.services.values())):
+                service.stop()
+            for cluster in self.clusters.values():
+                cluster.stop()
+            self._started = False
+            self.write_state()
+        atexit.unregister(self.stop)
+
+    # -- clusters and databases ----------------------------------------------------------
+
+    def _cluster_root(self, run_as: RunAs) -> Path:
+        root = self.state_dir / "clusters"
+        if run_as.can_enter(root):
+            return root
+        # The server's account cannot reach the state folder (e.g. it lies under /root): keep
+        # the data in a private folder it can reach, and say where in stack.json.
+        tag = hashlib.sha256(str(root).encode()).hexdigest()[:16]
+        fallback = Path(tempfile.gettempdir()) / f"txn-clusters-{tag}"
+        log.warning(
+            "%s is not reachable by user %s; cluster data goes to %s", root, run_as.user, fallback
+        )
+        return fallback
+
+    def _start_clusters(self) -> None:
+        bindir = find_bindir()
+        run_as = RunAs.detect()
+        root = self._cluster_root(run_as)
+        names = ["log"]
+        if self.config.cluster_per_participant:
+            names += [f"ledger{i}" for i in range(1, self.config.ledgers + 1)]
+        previous = self._previous_ports()
+        for name in names:
+            cluster = Cluster(
+                name=name,
+                data_dir=root / name,
+                port=previous.get(name) or free_port(),
+                bindir=bindir,
+                run_as=run_as,
+                log_file=self.state_dir / "logs" / f"pg-{name}.log",
+                fsync=self.config.fsync,
+            )
+            self.clusters[name] = cluster
+            cluster.init()
+            cluster.start()
+
+    def _previous_ports(self) -> dict[str, int]:
+        try:
+            state = json.loads((self.state_dir / "stack.json").read_text())
+            return {c["name"]: int(c["port"]) for c in state.get("clusters", [])}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+
+    def participant_cluster(self, name: str) -> Cluster:
+        return self.clusters.get(name) or self.clusters["log"]
+
+    def participant_db(self, name: str) -> str:
+        # On a shared cluster every participant needs its own database.
+        return LEDGER_DB if name in self.clusters else name
+
+    def _migrate(self) -> None:
+        log_cluster = self.clusters["log"]
+        self.log_dsn = log_cluster.dsn(LOG_DB)
+        targets = [(log_cluster, LOG_DB, "coordinator")]
+        for i in range(1, self.config.ledgers + 1):
+            name = f"ledger{i}"
+            targets.append((self.participant_cluster(name), self.participant_db(name), "ledger"))
+        for cluster, db, target in targets:
+            admin = cluster.dsn("postgres")
+            run_sync(lambda admin=admin, db=db: _ensure_database(admin, db))  # type: ignore[misc]
+            dsn = cluster.dsn(db)
+            run_in_thread(lambda dsn=dsn, target=target: upgrade(dsn, target))  # type: ignore[misc]
+
+    # -- services ------------------------------------------------------------------------
+
+    def _start_services(self) -> None:
+        logs = self.state_dir / "logs"
+        registry: dict[str, str] = {}
+        for i in range(1, self.config.ledgers + 1):
+            name = f"ledger{i}"
+            port = free_port()
+            dsn = self.participant_cluster(name).dsn(self.participant_db(name))
+            self.services[name] = Service(
+                name=name,
+                kind="participant",
+                argv=[sys.executable, "-m", "participants.ledger"],
+                env={
+                    "TXNP_NAME": name,
+                    "TXNP_DSN": dsn,
+                    "TXNP_PORT": str(port),
+                    **self.config.participant_env,
+                },
+                port=port,
+                log_file=logs / f"{name}.log",
+                dsn=dsn,
+            )
+            registry[name] = f"http://127.0.0.1:{port}"
+        for i in range(1, self.config.coordinators + 1):
+            name = f"coord{i}"
+            port = free_port()
+            self.services[name] = Service(
+                name=name,
+                kind="coordinator",
+                argv=[sys.executable, "-m", "coordinator"],
+                env={
+                    "TXN_LOG_DSN": self.log_dsn,
+                    "TXN_PARTICIPANTS": json.dumps(registry),
+                    "TXN_INSTANCE_ID": name,
+                    "TXN_PORT": str(port),
+                    **self.config.coordinator_env,
+                },
+                port=port,
+                log_file=logs / f"{name}.log",
+            )
+        # Participants first: a coordinator may start recovering at once.
+        for service in self.services.values():
+            service.start()
+
+    @property
+    def coordinators(self) -> list[Service]:
+        return [s for s in self.services.values() if s.kind == "coordinator"]
+
+    @property
+    def participants(self) -> list[Service]:
+        return [s for s in self.services.values() if s.kind == "participant"]
+
+    @property
+    def coordinator_url(self) -> str:
+        return self.coordinators[0].url
+
+    def service(self, name: str) -> Service:
+        return self.services[name]
+
+    def restart(self, name: str, env: dict[str, str] | None = None) -> None:
+        """Stop a service (if running) and start it again, optionally with changed settings."""
+        with self._lock:
+            service = self.services[name]
+            service.stop()
+            if env is not None:
+                service.env.update(env)
+            service.start()
+            self.write_state()
+
+    # -- supervision ---------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(0.1):
+            with self._lock:
+                for service in self.services.values():
+                    code = service.exited()
+                    if code is None or not service.restart or self._stopping.is_set():
+                        continue
+                    service.exits.append(code)
+                    service.restarts += 1
+                    log.warning("service %s exited with %s; restarting", service.name, code)
+                    try:
+                        service.start()
+                    except (RuntimeError, TimeoutError) as e:
+                        log.error("restart of %s failed: %s", service.name, e)
+                        service.stop()  # leaves proc None; retried on a later tick
+                        service.proc = None
+                    self.write_state()
+
+    def wait_restarted(self, name: str, restarts: int, timeout_s: float = 30.0) -> None:
+        """Block until service ``name`` has been restarted ``restarts`` times and is healthy."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                service = self.services[name]
+                if service.restarts >= restarts and service.pid is not None:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"{name} was not restarted {restarts} time(s) in {timeout_s}s")
+
+    # -- stack.json ----------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "coordinators": [
+                {"name": s.name, "url": s.url, "pid": s.pid} for s in self.coordinators
+            ],
+            "participants": [
+                {"name": s.name, "url": s.url, "pid": s.pid, "dsn": s.dsn}
+                for s in self.participants
+            ],
+            "log_dsn": self.log_dsn,
+            "clusters": [
+                {"name": c.name, "port": c.port, "pid": c.pid, "data_dir": str(c.data_dir)}
+                for c in self.clusters.values()
+            ],
+        }
+
+    def write_state(self) -> None:
+        path = self.state_dir / "stack.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.state(), indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+def run_in_thread(fn: Callable[[], T]) -> T:
+    """Run a blocking function that may call ``asyncio.run`` (Alembic's async env) off the
+    caller's thread, so it works under a running event loop too."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:
+            box["error"] = e
+
+    worker = threading.Thread(target=target)
+    worker.start()
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]

@@ -1,0 +1,1 @@
+"""The participant SDK and the services built on it."""

@@ -1,0 +1,84 @@
+"""The ledger service: accounts with non-negative balances, and a 2PC ``adjust`` action."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from participants.ledger.schema import accounts
+from participants.sdk import BusinessError, Participant, ParticipantSettings
+
+ACCOUNT_ID = r"^[A-Za-z0-9._:-]{1,64}$"
+
+
+class NewAccount(BaseModel):
+    id: str = Field(pattern=ACCOUNT_ID)
+    balance: int = Field(ge=0, le=2**62)
+
+
+class Account(BaseModel):
+    id: str
+    balance: int
+
+
+class Adjust(BaseModel):
+    account: str = Field(pattern=ACCOUNT_ID)
+    delta: int = Field(ge=-(2**62), le=2**62)
+
+
+_ADJUST = text(
+    "UPDATE accounts SET balance = balance + :delta "
+    "WHERE id = :account AND balance + :delta >= 0 RETURNING balance"
+)
+
+
+async def adjust(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+    """add delta to an account's balance"""
+    try:
+        req = Adjust.model_validate(payload)
+    except ValidationError as e:
+        raise BusinessError(f"invalid adjust payload: {e.errors()[0]['msg']}") from e
+    row = (await conn.execute(_ADJUST, {"delta": req.delta, "account": req.account})).first()
+    if row is not None:
+        return {"account": req.account, "balance": row.balance}
+    current = (
+        await conn.execute(select(accounts.c.balance).where(accounts.c.id == req.account))
+    ).scalar_one_or_none()
+    if current is None:
+        raise BusinessError(f"account {req.account} does not exist")
+    raise BusinessError(
+        f"account {req.account} has {current}; adding {req.delta} would make it negative"
+    )
+
+
+def create_app(settings: ParticipantSettings | None = None) -> FastAPI:
+    sdk = Participant(settings or ParticipantSettings(name="ledger"))
+    sdk.twopc("/accounts/adjust")(adjust)
+    app = FastAPI(title=f"ledger ({sdk.settings.name})", lifespan=sdk.lifespan)
+    app.include_router(sdk.router)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/accounts", status_code=201)
+    async def create_account(body: NewAccount) -> Account:
+        async with sdk.engine.begin() as conn:
+            stmt = insert(accounts).values(id=body.id, balance=body.balance)
+            done = await conn.execute(stmt.on_conflict_do_nothing().returning(accounts.c.id))
+            if done.first() is None:
+                raise HTTPException(409, detail=f"account {body.id} already exists")
+        return Account(id=body.id, balance=body.balance)
+
+    @app.get("/accounts")
+    async def list_accounts() -> list[Account]:
+        async with sdk.engine.connect() as conn:
+            rows = await conn.execute(select(accounts).order_by(accounts.c.id))
+            return [Account(id=r.id, balance=r.balance) for r in rows]
+
+    return app
