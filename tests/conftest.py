@@ -1,0 +1,118 @@
+"""Shared fixtures: one embedded stack per test session (real Postgres clusters, real service
+processes), and fresh migrated databases cloned from a template per test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from devstack.postgres import Cluster
+from devstack.stack import Stack, StackConfig, run_in_thread, run_sync
+from migrations import upgrade
+
+# Fast clocks for tests: short leases and claim intervals so recovery is quick to observe.
+TEST_COORDINATOR_ENV = {
+    "TXN_LEASE_S": "2",
+    "TXN_CLAIM_INTERVAL_S": "0.2",
+    "TXN_RESCHEDULE_INITIAL_S": "0.1",
+    "TXN_RESCHEDULE_MAX_S": "1",
+    "TXN_DEFAULT_TIMEOUT_S": "10",
+    "TXN_CALL_TIMEOUT_S": "5",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true", help="run the long soak tests too")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--soak"):
+        return
+    deselected = [i for i in items if i.get_closest_marker("soak")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [i for i in items if not i.get_closest_marker("soak")]
+
+
+@pytest.fixture(scope="session")
+def state_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("stack")
+    # Postgres runs as an unprivileged user when the tests run as root: let it in.
+    for folder in [root, *root.parents]:
+        if folder == Path("/") or folder.stat().st_mode & 0o001:
+            break
+        if os.geteuid() == 0:
+            folder.chmod(folder.stat().st_mode | 0o011)
+    return root
+
+
+@pytest.fixture(scope="session")
+def stack(state_root: Path) -> Iterator[Stack]:
+    s = Stack(
+        StackConfig(
+            state_dir=state_root / "session",
+            fsync=False,
+            coordinator_env=dict(TEST_COORDINATOR_ENV),
+        )
+    )
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def pg(stack: Stack) -> Cluster:
+    """A real Postgres cluster for tests that need databases of their own."""
+    return stack.clusters["log"]
+
+
+_counter = itertools.count()
+_templates: dict[str, str] = {}
+
+
+async def _admin(cluster: Cluster, sql: str) -> None:
+    conn = await asyncpg.connect(cluster.dsn("postgres"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _template(cluster: Cluster, target: str) -> str:
+    if target not in _templates:
+        name = f"tmpl_{target}"
+        run_sync(lambda: _admin(cluster, f'DROP DATABASE IF EXISTS "{name}"'))
+        run_sync(lambda: _admin(cluster, f'CREATE DATABASE "{name}"'))
+        run_in_thread(lambda: upgrade(cluster.dsn(name), target))
+        _templates[target] = name
+    return _templates[target]
+
+
+async def create_db(cluster: Cluster, target: str | None) -> str:
+    """A fresh database, migrated for ``target`` (cloned from a template), or empty."""
+    name = f"t{os.getpid()}_{next(_counter)}"
+    if target is None:
+        await _admin(cluster, f'CREATE DATABASE "{name}"')
+    else:
+        template = _template(cluster, target)
+        await _admin(cluster, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return cluster.dsn(name)
+
+
+@pytest.fixture
+async def log_dsn(pg: Cluster) -> AsyncIterator[str]:
+    """A fresh, migrated coordinator log database."""
+    yield await create_db(pg, "coordinator")
+
+
+@pytest.fixture
+async def ledger_dsn(pg: Cluster) -> AsyncIterator[str]:
+    """A fresh, migrated ledger database."""
+    yield await create_db(pg, "ledger")

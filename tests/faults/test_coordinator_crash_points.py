@@ -1,0 +1,97 @@
+"""The coordinator process exits at each named crash point of the 2PC protocol; the stack's
+restart policy brings it back, and recovery must finish the transfer: aborted when the crash
+came before the commit point, committed after it. Every ledger database must agree, and no
+prepared transaction may remain on any cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devstack.stack import Stack, StackConfig
+from tests.conftest import TEST_COORDINATOR_ENV
+from tests.helpers import fetch, prepared_xacts, unique, wait_terminal
+
+MOVES = {"ledger1": -30, "ledger2": 20, "ledger3": 10}
+OPENING = 100
+
+
+@pytest.fixture(scope="module")
+def fault_stack(state_root: Path) -> Iterator[Stack]:
+    s = Stack(
+        StackConfig(
+            state_dir=state_root / "faults",
+            fsync=False,
+            coordinator_env=dict(TEST_COORDINATOR_ENV),
+        )
+    )
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize(
+    ("point", "expected"),
+    [
+        ("after_log_insert", "aborted"),
+        ("after_prepare", "aborted"),
+        ("after_decision", "committed"),
+        ("mid_commit", "committed"),
+        ("before_final", "committed"),
+    ],
+)
+async def test_coordinator_exits_at_crash_point_and_recovers(
+    fault_stack: Stack, tmp_path: Path, point: str, expected: str
+) -> None:
+    coord = fault_stack.coordinators[0]
+    marker = tmp_path / "crashed"
+    fault_stack.restart(coord.name, env={"TXN_CRASH_AT": point, "TXN_CRASH_MARKER": str(marker)})
+    restarts = coord.restarts
+    account = unique("acct")
+    gid = unique(f"crash-{point}")
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            for p in fault_stack.participants:
+                opened = await client.post(
+                    f"{p.url}/accounts", json={"id": account, "balance": OPENING}
+                )
+                assert opened.status_code == 201, opened.text
+            body = {
+                "gid": gid,
+                "mode": "2pc",
+                "branches": [
+                    {
+                        "participant": name,
+                        "action": "/accounts/adjust",
+                        "payload": {"account": account, "delta": delta},
+                    }
+                    for name, delta in MOVES.items()
+                ],
+            }
+            try:
+                await client.post(f"{coord.url}/v1/transactions", json=body)
+            except httpx.TransportError:
+                pass  # after_log_insert kills the process inside this request
+            # The process really died at the point (the marker proves where) and came back.
+            fault_stack.wait_restarted(coord.name, restarts + 1)
+            assert marker.exists(), f"the coordinator never reached {point}"
+            assert coord.exits[-1] == 70
+            txn = await wait_terminal(client, coord.url, gid)
+        assert txn["status"] == expected, txn
+        done = "committed" if expected == "committed" else "rolled_back"
+        assert [b["status"] for b in txn["branches"]] == [done] * 3
+        kinds = [e["kind"] for e in txn["events"]]
+        assert "claimed" in kinds, kinds  # recovery, not the crashed driver, finished it
+        for p in fault_stack.participants:
+            assert p.dsn is not None
+            rows = await fetch(p.dsn, "SELECT balance FROM accounts WHERE id = $1", account)
+            want = OPENING + MOVES[p.name] if expected == "committed" else OPENING
+            assert rows[0]["balance"] == want, (p.name, point)
+            assert await prepared_xacts(p.dsn) == []
+    finally:
+        fault_stack.restart(coord.name, env={"TXN_CRASH_AT": "", "TXN_CRASH_MARKER": ""})

@@ -1,0 +1,201 @@
+"""The participant SDK's 2PC endpoints against a real Postgres: idempotent prepare, commit and
+rollback; rollback before prepare leaves a marker that refuses the late prepare; a business
+error votes no and leaves nothing prepared."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator.db import make_engine
+from participants.ledger.app import adjust, create_app
+from participants.sdk import BusinessError, Participant, ParticipantSettings, wire
+
+
+@pytest.fixture
+async def sdk(ledger_dsn: str) -> AsyncIterator[Participant]:
+    engine = make_engine(ledger_dsn, pool_size=5)
+    participant = Participant(ParticipantSettings(name="t", dsn=ledger_dsn, lock_timeout_ms=300), engine)
+    try:
+        yield participant
+    finally:
+        await engine.dispose()
+
+
+async def sql(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
+
+
+async def balance(dsn: str, account: str) -> int:
+    rows = await sql(dsn, "SELECT balance FROM accounts WHERE id = $1", account)
+    return int(rows[0]["balance"])
+
+
+async def prepared(dsn: str) -> list[str]:
+    rows = await sql(dsn, "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()")
+    return [r["gid"] for r in rows]
+
+
+def gid() -> str:
+    return f"sdk-{uuid.uuid4().hex}"
+
+
+async def open_account(dsn: str, account: str, amount: int) -> None:
+    await sql(dsn, "INSERT INTO accounts (id, balance) VALUES ($1, $2)", account, amount)
+
+
+async def test_prepare_commit_and_repeats_answer_as_the_first(
+    sdk: Participant, ledger_dsn: str
+) -> None:
+    await open_account(ledger_dsn, "a", 100)
+    g = gid()
+    first = await sdk.prepare(g, 0, {"account": "a", "delta": -40}, adjust)
+    assert first[0] == 200 and first[1]["vote"] == "yes"
+    assert await prepared(ledger_dsn) == [f"txn:{g}:0"]
+    assert await balance(ledger_dsn, "a") == 100  # not visible before commit
+    again = await sdk.prepare(g, 0, {"account": "a", "delta": -40}, adjust)
+    assert again[0] == 200 and again[1]["vote"] == "yes"
+    assert (await sdk.commit(g, 0))[0] == 200
+    assert await balance(ledger_dsn, "a") == 60
+    assert (await sdk.commit(g, 0))[0] == 200  # repeated commit: same answer
+    # A prepare duplicated after the commit must not apply the change twice.
+    late = await sdk.prepare(g, 0, {"account": "a", "delta": -40}, adjust)
+    assert late[0] == 200
+    assert await balance(ledger_dsn, "a") == 60
+    assert await prepared(ledger_dsn) == []
+
+
+async def test_prepare_then_rollback_and_repeats(sdk: Participant, ledger_dsn: str) -> None:
+    await open_account(ledger_dsn, "b", 10)
+    g = gid()
+    assert (await sdk.prepare(g, 1, {"account": "b", "delta": 5}, adjust))[0] == 200
+    assert (await sdk.rollback(g, 1))[0] == 200
+    assert (await sdk.rollback(g, 1))[0] == 200
+    assert await prepared(ledger_dsn) == []
+    assert await balance(ledger_dsn, "b") == 10
+    # The duplicated prepare arriving after the rollback is refused: no hanging branch.
+    late = await sdk.prepare(g, 1, {"account": "b", "delta": 5}, adjust)
+    assert late[0] == 409 and "rolled back" in late[1]["reason"]
+    assert await prepared(ledger_dsn) == []
+    assert await balance(ledger_dsn, "b") == 10
+
+
+async def test_rollback_before_prepare_leaves_marker_and_refuses_late_prepare(
+    sdk: Participant, ledger_dsn: str
+) -> None:
+    await open_account(ledger_dsn, "c", 10)
+    g = gid()
+    status, body = await sdk.rollback(g, 0)
+    assert status == 200 and body.get("marker") is True
+    rows = await sql(ledger_dsn, "SELECT outcome FROM txn_barrier WHERE gid = $1", g)
+    assert [r["outcome"] for r in rows] == ["rolled_back"]
+    calls = 0
+
+    async def counting(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        return await adjust(conn, payload)
+
+    late = await sdk.prepare(g, 0, {"account": "c", "delta": 1}, counting)
+    assert late[0] == 409
+    assert calls == 0  # the business code never ran
+    assert await prepared(ledger_dsn) == []
+    assert await balance(ledger_dsn, "c") == 10
+
+
+async def test_business_error_votes_no_and_leaves_nothing_prepared(
+    sdk: Participant, ledger_dsn: str
+) -> None:
+    await open_account(ledger_dsn, "d", 5)
+    g = gid()
+    status, body = await sdk.prepare(g, 0, {"account": "d", "delta": -6}, adjust)
+    assert status == 409
+    assert body["reason"] == "account d has 5; adding -6 would make it negative"
+    assert await prepared(ledger_dsn) == []
+    # The repeat answers as the first did, with the same reason, without rerunning the handler.
+    calls = 0
+
+    async def counting(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        raise BusinessError("different")
+
+    again = await sdk.prepare(g, 0, {"account": "d", "delta": -6}, counting)
+    assert again == (409, body)
+    assert calls == 0
+    missing = await sdk.prepare(gid(), 0, {"account": "nobody", "delta": 1}, adjust)
+    assert missing == (409, {"reason": "account nobody does not exist"})
+    # The coordinator then rolls the branch back: answered, nothing left behind.
+    assert (await sdk.rollback(g, 0))[0] == 200
+    assert await prepared(ledger_dsn) == []
+
+
+async def test_commit_of_unprepared_branch_is_refused(sdk: Participant) -> None:
+    status, body = await sdk.commit(gid(), 0)
+    assert status == 409 and "not prepared" in body["reason"]
+
+
+async def test_rollback_waits_for_a_prepare_in_flight(sdk: Participant, ledger_dsn: str) -> None:
+    """A rollback that races a prepare holding the branch key answers transient (503) instead of
+    blocking; once the prepare is done the retried rollback undoes it."""
+    await open_account(ledger_dsn, "e", 10)
+    g = gid()
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+        entered.set()
+        await release.wait()
+        return await adjust(conn, payload)
+
+    prepare = asyncio.create_task(sdk.prepare(g, 0, {"account": "e", "delta": 3}, slow))
+    await entered.wait()
+    with pytest.raises(Exception, match="must wait"):
+        await sdk.rollback(g, 0)
+    release.set()
+    assert (await prepare)[0] == 200
+    assert (await sdk.rollback(g, 0))[0] == 200
+    assert await prepared(ledger_dsn) == []
+    assert await balance(ledger_dsn, "e") == 10
+
+
+async def test_http_endpoints_check_headers_and_signature(ledger_dsn: str) -> None:
+    settings = ParticipantSettings(name="t", dsn=ledger_dsn, hmac_secret="s3cret")
+    app = create_app(settings)
+    await open_account(ledger_dsn, "f", 10)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ledger") as client:
+            body = b'{"account": "f", "delta": 1}'
+            g = gid()
+            bad_gid = await client.post(
+                "/accounts/adjust", content=body, headers={wire.H_GID: "a b", wire.H_BRANCH: "0"}
+            )
+            assert bad_gid.status_code == 400 and wire.H_GID in bad_gid.json()["detail"]
+            bad_branch = await client.post(
+                "/accounts/adjust", content=body, headers={wire.H_GID: g, wire.H_BRANCH: "x"}
+            )
+            assert bad_branch.status_code == 400
+            unsigned = await client.post(
+                "/accounts/adjust", content=body, headers={wire.H_GID: g, wire.H_BRANCH: "0"}
+            )
+            assert unsigned.status_code == 401
+            signature = wire.sign("s3cret", g, 0, "prepare", body)
+            headers = {wire.H_GID: g, wire.H_BRANCH: "0", wire.H_SIGNATURE: signature}
+            signed = await client.post("/accounts/adjust", content=body, headers=headers)
+            assert signed.status_code == 200, signed.text
+            commit_sig = wire.sign("s3cret", g, 0, "commit", b"")
+            commit_headers = {wire.H_GID: g, wire.H_BRANCH: "0", wire.H_SIGNATURE: commit_sig}
+            done = await client.post(wire.COMMIT_PATH, headers=commit_headers)
+            assert done.status_code == 200
+    assert await balance(ledger_dsn, "f") == 11
