@@ -49,7 +49,8 @@ class _Run:
         self.prepares: set[asyncio.Task[None]] = set()
         self.others: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
-        # The deadline was computed by the database; only the remaining span is measured here.
+        # Rule 6: the deadline was computed by the database (now() + timeout_s); only the span
+        # remaining at claim time, also from the database clock, is counted down here.
         self.deadline = loop.time() + claim.seconds_to_deadline
         self.extra = {"gid": self.gid, "epoch": self.epoch}
 
@@ -78,6 +79,8 @@ class _Run:
                             self._cancel(self.prepares)
                             if not resumed:
                                 d.crash.hit("after_prepare")
+                            # Rule 2: the decision (the commit point) is durable before the
+                            # SendCommit commands that follow it run. Rule 5: fenced on epoch.
                             await d.store.write_status(
                                 self.gid,
                                 self.epoch,
@@ -95,6 +98,7 @@ class _Run:
                             self._spawn(self.others, self._phase_two(idx, "rollback"))
                         case twopc.Finish(status):
                             d.crash.hit("before_final")
+                            # Rule 3: the terminal status is logged before anyone is notified.
                             await d.store.write_status(
                                 self.gid,
                                 self.epoch,

@@ -87,7 +87,8 @@ WITH d AS (
 SELECT (SELECT delay FROM d) AS delay, (SELECT count(*) FROM t) AS n
 """
 
-# Recovery's claim: one statement takes a batch of due work. SKIP LOCKED lets instances claim
+# Recovery's claim: one statement takes a batch of due work; "due" and the lease use the
+# database clock only (rule 6). SKIP LOCKED lets instances claim
 # concurrently without waiting on each other; the epoch bump fences out any previous driver;
 # ``own`` (at start-up) takes back what this instance id held before it restarted, lease or not.
 CLAIM = """

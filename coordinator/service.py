@@ -107,6 +107,7 @@ class Coordinator:
         while True:
             event = asyncio.Event()
             self._waiters.setdefault(gid, []).append(event)
+            # Rule 3: the answer is what the log holds, never the driver's in-memory state.
             record = await self.store.get(gid)
             remaining = deadline - loop.time()
             if record is None or record.status in TERMINAL or remaining <= 0:

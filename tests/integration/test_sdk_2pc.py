@@ -22,7 +22,9 @@ from participants.sdk import BusinessError, Participant, ParticipantSettings, wi
 @pytest.fixture
 async def sdk(ledger_dsn: str) -> AsyncIterator[Participant]:
     engine = make_engine(ledger_dsn, pool_size=5)
-    participant = Participant(ParticipantSettings(name="t", dsn=ledger_dsn, lock_timeout_ms=300), engine)
+    participant = Participant(
+        ParticipantSettings(name="t", dsn=ledger_dsn, lock_timeout_ms=300), engine
+    )
     try:
         yield participant
     finally:
