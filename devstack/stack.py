@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -92,6 +94,7 @@ class Stack:
         atexit.register(self.stop)
         self._started = True
         try:
+            self._reap_leftovers()
             self._start_clusters()
             self._migrate()
             self._start_services()
@@ -157,6 +160,26 @@ class Stack:
             self.clusters[name] = cluster
             cluster.init()
             cluster.start()
+
+    def _reap_leftovers(self) -> None:
+        """Services a previous run of this state folder started and could not stop (it was
+        killed itself): stop them by the PIDs it recorded, once sure each PID is still ours."""
+        try:
+            state = json.loads((self.state_dir / "stack.json").read_text())
+        except (OSError, ValueError):
+            return
+        for entry in state.get("coordinators", []) + state.get("participants", []):
+            pid, url = entry.get("pid"), entry.get("url", "")
+            if not isinstance(pid, int) or not url:
+                continue
+            port = url.rsplit(":", 1)[-1].encode()
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"TXN_PORT=" + port in environ or b"TXNP_PORT=" + port in environ:
+                log.warning("stopping %s (pid %s) left over from an earlier run", url, pid)
+                stop_pid(pid)
 
     def _previous_ports(self) -> dict[str, int]:
         try:
@@ -309,6 +332,16 @@ class Stack:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.state(), indent=2) + "\n")
         os.replace(tmp, path)
+
+
+def stop_pid(pid: int, timeout_s: float = 10.0) -> None:
+    """SIGTERM a process that is not our child, then SIGKILL it if it will not go."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
 
 
 def run_in_thread(fn: Callable[[], T]) -> T:

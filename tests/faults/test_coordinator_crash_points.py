@@ -5,6 +5,7 @@ prepared transaction may remain on any cluster."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,3 +96,63 @@ async def test_coordinator_exits_at_crash_point_and_recovers(
             assert await prepared_xacts(p.dsn) == []
     finally:
         fault_stack.restart(coord.name, env={"TXN_CRASH_AT": "", "TXN_CRASH_MARKER": ""})
+
+
+async def test_commit_is_rescheduled_durably_until_the_participant_returns(
+    fault_stack: Stack,
+) -> None:
+    """ledger3 commits and dies before replying, and stays down: the coordinator keeps the
+    transaction `committing`, reschedules its commit with growing attempts visible in the log,
+    and completes it once ledger3 is back (whose repeated commit answers as the first)."""
+    coord = fault_stack.coordinators[0]
+    ledger3 = fault_stack.service("ledger3")
+    ledger3.restart = False
+    fault_stack.restart("ledger3", env={"TXNP_CRASH_AT": "after_commit_before_reply"})
+    account = unique("acct")
+    gid = unique("resched")
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            for p in fault_stack.participants:
+                await client.post(f"{p.url}/accounts", json={"id": account, "balance": OPENING})
+            body = {
+                "gid": gid,
+                "mode": "2pc",
+                "branches": [
+                    {
+                        "participant": name,
+                        "action": "/accounts/adjust",
+                        "payload": {"account": account, "delta": delta},
+                    }
+                    for name, delta in MOVES.items()
+                ],
+            }
+            reply = await client.post(f"{coord.url}/v1/transactions?wait=3", json=body)
+            assert reply.status_code == 201
+            assert reply.json()["status"] == "committing"  # decided, but owed to ledger3
+            # Rescheduled bursts keep failing while ledger3 is down; each is logged.
+            deadline = asyncio.get_running_loop().time() + 20
+            while True:
+                txn = (await client.get(f"{coord.url}/v1/transactions/{gid}")).json()
+                if sum(e["kind"] == "rescheduled" for e in txn["events"]) >= 2:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, txn
+                await asyncio.sleep(0.2)
+            assert txn["status"] == "committing"
+            stuck = txn["branches"][2]
+            assert stuck["status"] == "prepared"
+            assert stuck["attempts"] > 2 and stuck["last_error"]
+            assert [b["status"] for b in txn["branches"][:2]] == ["committed", "committed"]
+            # ledger3 returns (without the crash point): recovery finishes the commit.
+            ledger3.restart = True
+            fault_stack.restart("ledger3", env={"TXNP_CRASH_AT": ""})
+            txn = await wait_terminal(client, coord.url, gid)
+        assert txn["status"] == "committed"
+        for p in fault_stack.participants:
+            assert p.dsn is not None
+            rows = await fetch(p.dsn, "SELECT balance FROM accounts WHERE id = $1", account)
+            assert rows[0]["balance"] == OPENING + MOVES[p.name]
+            assert await prepared_xacts(p.dsn) == []
+    finally:
+        ledger3.restart = True
+        if ledger3.pid is None or ledger3.env.get("TXNP_CRASH_AT"):
+            fault_stack.restart("ledger3", env={"TXNP_CRASH_AT": ""})

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -117,3 +119,74 @@ async def test_stack_keeps_its_data_across_restarts(state_root: Path) -> None:
         assert dsn is not None
         rows = await fetch(dsn, "SELECT balance FROM accounts WHERE id = 'kept'")
         assert rows[0]["balance"] == 7
+
+
+def _dev_pids(state_dir: Path) -> list[int]:
+    state = json.loads((state_dir / "stack.json").read_text())
+    entries = state["clusters"] + state["coordinators"] + state["participants"]
+    return [e["pid"] for e in entries if e["pid"] is not None]
+
+
+def _start_txn_dev(state_dir: Path) -> subprocess.Popen[bytes]:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    output = state_dir / "txn-dev.out"
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "coordinator.cli",
+                "dev",
+                "--state-dir",
+                str(state_dir),
+                "--ledgers",
+                "1",
+                "--no-fsync",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if b"Ctrl-C stops everything" in output.read_bytes():
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"txn dev did not come up: {output.read_text()}")
+
+
+def test_txn_dev_stops_everything_on_ctrl_c_and_reaps_leftovers(state_root: Path) -> None:
+    state_dir = state_root / "txn-dev"
+    proc = _start_txn_dev(state_dir)
+    try:
+        pids = _dev_pids(state_dir)
+        assert len(pids) == 4  # log and ledger1 clusters, coordinator, ledger1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not [pid for pid in pids if _alive(pid)], "Ctrl-C left processes running"
+
+    # `txn dev` killed outright cannot clean up; the next start of the same state folder stops
+    # what it left, by the PIDs it recorded, and takes over the same data.
+    proc = _start_txn_dev(state_dir)
+    first = _dev_pids(state_dir)
+    proc.kill()
+    proc.wait()
+    assert all(_alive(pid) for pid in first)
+    proc = _start_txn_dev(state_dir)
+    try:
+        assert not [pid for pid in first if _alive(pid)], "leftovers were not stopped"
+        second = _dev_pids(state_dir)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not [pid for pid in second if _alive(pid)]

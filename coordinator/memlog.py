@@ -1,0 +1,231 @@
+"""The in-memory log store: a fake of ``PgLog`` for unit tests, held to the same contract suite
+(tests/contract). Every operation reads the clock once, as each Postgres statement sees one
+``now()``; records handed out are copies, and JSON values round-trip as they would through jsonb.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from coordinator.errors import OwnershipLost
+from coordinator.pglog import decode_cursor, encode_cursor
+from coordinator.records import (
+    BranchProgress,
+    BranchRecord,
+    Claim,
+    EventRecord,
+    Inserted,
+    NewTxn,
+    Page,
+    TxnRecord,
+)
+from coordinator.schema import TERMINAL
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _json(value: Any) -> Any:
+    """What Postgres would hand back for ``value`` stored as jsonb (and a deep copy)."""
+    return orjson.loads(orjson.dumps(value))
+
+
+@dataclass
+class _Row:
+    """A ``transactions`` row: the record plus the columns ``TxnRecord`` does not carry."""
+
+    rec: TxnRecord
+    request: dict[str, Any]
+    next_attempt_at: datetime
+    lease_until: datetime | None
+
+
+class MemLog:
+    """LogStore in memory. ``clock`` is the log's ``now()``; ``advance`` moves it forward."""
+
+    def __init__(
+        self, clock: Callable[[], datetime] = _utcnow, rng: random.Random | None = None
+    ) -> None:
+        self._clock = clock
+        self._offset = timedelta(0)
+        self._rng = rng or random.Random()
+        self._txns: dict[str, _Row] = {}
+        self._events: dict[str, list[EventRecord]] = {}
+        self._next_event_id = 1
+
+    def now(self) -> datetime:
+        return self._clock() + self._offset
+
+    def advance(self, seconds: float) -> None:
+        """Move the log's clock forward (fake time for tests)."""
+        self._offset += timedelta(seconds=seconds)
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> None:
+        return None
+
+    def _event(self, gid: str, at: datetime, kind: str, detail: dict[str, Any]) -> None:
+        event = EventRecord(self._next_event_id, gid, at, kind, None, _json(detail))
+        self._next_event_id += 1
+        self._events.setdefault(gid, []).append(event)
+
+    def _fenced(self, gid: str, epoch: int) -> _Row:
+        row = self._txns.get(gid)
+        if row is None or row.rec.epoch != epoch:
+            raise OwnershipLost(f"transaction {gid}: epoch {epoch} is no longer current")
+        return row
+
+    @staticmethod
+    def _progress(row: _Row, progress: Sequence[BranchProgress], now: datetime) -> None:
+        for branch in row.rec.branches:
+            if branch.idx < len(progress):
+                p = progress[branch.idx]
+                branch.status, branch.attempts = p.status, p.attempts
+                branch.last_error = p.last_error
+                branch.updated_at = now
+
+    async def insert(self, new: NewTxn, owner: str, lease_s: float) -> tuple[Inserted, Claim]:
+        now = self.now()
+        existing = self._txns.get(new.gid)
+        if existing is not None:
+            same = existing.rec.request_hash == new.request_hash
+            outcome = Inserted.EXISTING if same else Inserted.CONFLICT
+            return outcome, Claim(copy.deepcopy(existing.rec), now)
+        lease_until = now + timedelta(seconds=lease_s)
+        rec = TxnRecord(
+            gid=new.gid,
+            mode=new.mode,
+            status="preparing" if new.mode == "2pc" else "running",
+            reason=None,
+            created_at=now,
+            updated_at=now,
+            deadline_at=now + timedelta(seconds=new.timeout_s),
+            attempts=0,
+            owner=owner,
+            epoch=1,
+            request_hash=new.request_hash,
+            branches=[
+                BranchRecord(
+                    idx=i,
+                    participant=b.participant,
+                    action=b.action,
+                    compensation=b.compensation,
+                    payload=_json(b.payload),
+                    status="pending",
+                    attempts=0,
+                    last_error=None,
+                    updated_at=now,
+                )
+                for i, b in enumerate(new.branches)
+            ],
+        )
+        self._txns[new.gid] = _Row(rec, _json(new.request), lease_until, lease_until)
+        self._event(new.gid, now, "submitted", {"owner": owner})
+        return Inserted.CREATED, Claim(copy.deepcopy(rec), now)
+
+    async def get(self, gid: str) -> TxnRecord | None:
+        row = self._txns.get(gid)
+        return None if row is None else copy.deepcopy(row.rec)
+
+    async def events(self, gid: str) -> list[EventRecord]:
+        return copy.deepcopy(self._events.get(gid, []))
+
+    async def page(
+        self, status: str | None, mode: str | None, limit: int, cursor: str | None
+    ) -> Page:
+        recs = [
+            r.rec
+            for r in self._txns.values()
+            if (status is None or r.rec.status == status) and (mode is None or r.rec.mode == mode)
+        ]
+        if cursor is not None:
+            at, gid = decode_cursor(cursor)
+            at = at.astimezone(UTC)  # as asyncpg sends it: a naive time is local time
+            recs = [r for r in recs if (r.created_at, r.gid) < (at, gid)]
+        recs.sort(key=lambda r: (r.created_at, r.gid), reverse=True)
+        items = copy.deepcopy(recs[:limit])
+        more = len(recs) > limit
+        next_cursor = encode_cursor(items[-1].created_at, items[-1].gid) if more else None
+        return Page(items, next_cursor)
+
+    async def write_status(
+        self,
+        gid: str,
+        epoch: int,
+        status: str,
+        reason: str | None,
+        branches: Sequence[BranchProgress],
+        event: str,
+    ) -> None:
+        now = self.now()
+        row = self._fenced(gid, epoch)
+        row.rec.status, row.rec.reason, row.rec.updated_at = status, reason, now
+        self._progress(row, branches, now)
+        self._event(gid, now, event, {"status": status, "reason": reason, "epoch": epoch})
+
+    async def reschedule(
+        self,
+        gid: str,
+        epoch: int,
+        branches: Sequence[BranchProgress],
+        initial_s: float,
+        max_s: float,
+    ) -> float:
+        now = self.now()
+        row = self._fenced(gid, epoch)
+        base = min(float(max_s), float(initial_s) * 2.0 ** min(row.rec.attempts, 30))
+        delay = base * self._rng.uniform(0.5, 1.0)
+        row.rec.attempts += 1
+        row.rec.updated_at = now
+        row.lease_until = now
+        row.next_attempt_at = now + timedelta(seconds=delay)
+        self._progress(row, branches, now)
+        self._event(gid, now, "rescheduled", {"delay_s": delay})
+        return delay
+
+    async def claim(self, owner: str, limit: int, lease_s: float, own: bool) -> list[Claim]:
+        now = self.now()
+        due = [
+            r
+            for r in self._txns.values()
+            if r.rec.status not in TERMINAL
+            and (
+                (r.next_attempt_at <= now and (r.lease_until is None or r.lease_until < now))
+                or (own and r.rec.owner == owner)
+            )
+        ]
+        due.sort(key=lambda r: r.next_attempt_at)
+        claims = []
+        for row in due[:limit]:
+            row.rec.owner = owner
+            row.rec.epoch += 1
+            row.rec.updated_at = now
+            row.lease_until = now + timedelta(seconds=lease_s)
+            self._event(row.rec.gid, now, "claimed", {"owner": owner, "epoch": row.rec.epoch})
+            claims.append(Claim(copy.deepcopy(row.rec), now))
+        return claims
+
+    async def renew(self, owner: str, held: Mapping[str, int], lease_s: float) -> set[str]:
+        now = self.now()
+        renewed = set()
+        for gid, epoch in held.items():
+            row = self._txns.get(gid)
+            if (
+                row is not None
+                and row.rec.epoch == epoch
+                and row.rec.owner == owner
+                and row.rec.status not in TERMINAL
+            ):
+                row.lease_until = now + timedelta(seconds=lease_s)
+                renewed.add(gid)
+        return renewed

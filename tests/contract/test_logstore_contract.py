@@ -1,0 +1,427 @@
+"""One contract for every LogStore: the same tests run against the in-memory fake and against
+Postgres, so the fake cannot drift from the real log.
+
+Time: on "mem" the fake clock is advanced; on "pg" leases and delays are short and the tests poll
+the log's own clock (``now()``, read through a no-op insert) with a deadline until it has passed
+the moment that matters, then check the store once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+
+import pytest
+
+from coordinator.errors import OwnershipLost
+from coordinator.logstore import LogStore
+from coordinator.memlog import MemLog
+from coordinator.pglog import PgLog, encode_cursor
+from coordinator.records import BranchProgress, BranchSpec, Claim, Inserted, NewTxn, TxnRecord
+
+SHORT = 0.2  # a lease or delay that expires within a test
+LONG = 60.0  # one that does not
+
+
+@pytest.fixture(params=["mem", "pg"])
+def backend(request: pytest.FixtureRequest) -> str | None:
+    """The store under test: None for the fake, else a fresh log database's DSN. (A sync fixture:
+    an async one cannot pull the async ``log_dsn`` lazily, and "mem" must not boot Postgres.)"""
+    return str(request.getfixturevalue("log_dsn")) if request.param == "pg" else None
+
+
+@pytest.fixture
+async def store(backend: str | None) -> AsyncIterator[LogStore]:
+    if backend is None:
+        yield MemLog()
+        return
+    pg = PgLog.connect(backend, pool_size=2)
+    try:
+        yield pg
+    finally:
+        await pg.close()
+
+
+def new_txn(
+    gid: str, mode: str = "saga", n: int = 2, salt: str = "", timeout: float = 30.0
+) -> NewTxn:
+    branches = tuple(
+        BranchSpec(f"svc{i}", f"do{i}", None if mode == "2pc" else f"undo{i}", {"i": i, "k": [i]})
+        for i in range(n)
+    )
+    return NewTxn(gid, mode, {"gid": gid, "salt": salt}, f"hash:{gid}:{salt}", branches, timeout)
+
+
+async def tick(store: LogStore) -> None:
+    """Make the next write's ``now()`` strictly later (Postgres statements already differ)."""
+    if isinstance(store, MemLog):
+        store.advance(0.001)
+
+
+async def wait_past(store: LogStore, at: datetime, gid: str) -> None:
+    """Wait until the log's clock is past ``at``. On Postgres the clock is read by inserting a
+    conflicting request for the existing ``gid``, which changes nothing and returns ``now()``."""
+    if isinstance(store, MemLog):
+        if store.now() <= at:
+            store.advance((at - store.now()).total_seconds() + 0.001)
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10.0
+    while True:
+        outcome, probe = await store.insert(new_txn(gid, salt="clock probe"), "probe", LONG)
+        assert outcome is Inserted.CONFLICT
+        left = (at - probe.db_now).total_seconds()
+        if left < 0:
+            return
+        assert loop.time() < deadline, f"the log's clock never passed {at}"
+        await asyncio.sleep(min(0.05, left + 0.001))
+
+
+def lease_end(claim: Claim, lease_s: float) -> datetime:
+    """When a lease taken in ``claim`` runs out (the record was written at ``claim.db_now``)."""
+    return claim.db_now + timedelta(seconds=lease_s)
+
+
+def gids(claims: list[Claim]) -> set[str]:
+    return {c.record.gid for c in claims}
+
+
+def progress(*items: tuple[str, int, str | None]) -> list[BranchProgress]:
+    return [BranchProgress(*i) for i in items]
+
+
+async def must_get(store: LogStore, gid: str) -> TxnRecord:
+    record = await store.get(gid)
+    assert record is not None
+    return record
+
+
+# --- insert / get ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "status"), [("2pc", "preparing"), ("saga", "running")])
+async def test_insert_created_logs_txn_branches_and_event(
+    store: LogStore, mode: str, status: str
+) -> None:
+    new = new_txn("g1", mode, n=3, timeout=30.0)
+    outcome, claim = await store.insert(new, "a", LONG)
+    assert outcome is Inserted.CREATED
+    rec = claim.record
+    assert (rec.gid, rec.mode, rec.status, rec.reason) == ("g1", mode, status, None)
+    assert (rec.owner, rec.epoch, rec.attempts, rec.request_hash) == ("a", 1, 0, new.request_hash)
+    assert rec.created_at == rec.updated_at == claim.db_now
+    assert rec.deadline_at - rec.created_at == timedelta(seconds=30)
+    assert claim.seconds_to_deadline == pytest.approx(30.0)
+    # Rule 1: every branch is logged with the transaction, pending, before anything is called.
+    assert [(b.idx, b.participant, b.action, b.compensation, b.payload) for b in rec.branches] == [
+        (i, f"svc{i}", f"do{i}", s.compensation, {"i": i, "k": [i]})
+        for i, s in enumerate(new.branches)
+    ]
+    assert all((b.status, b.attempts, b.last_error) == ("pending", 0, None) for b in rec.branches)
+    assert await store.get("g1") == rec
+    events = await store.events("g1")
+    assert [(e.kind, e.gid, e.branch, e.detail) for e in events] == [
+        ("submitted", "g1", None, {"owner": "a"})
+    ]
+    assert events[0].at == rec.created_at
+
+
+async def test_insert_same_request_is_existing_and_changes_nothing(store: LogStore) -> None:
+    _, first = await store.insert(new_txn("g1"), "a", LONG)
+    outcome, again = await store.insert(new_txn("g1"), "b", LONG)
+    assert outcome is Inserted.EXISTING
+    assert again.record == first.record  # still a's, at epoch 1
+    assert again.db_now >= first.db_now
+    assert [e.kind for e in await store.events("g1")] == ["submitted"]
+
+
+async def test_insert_different_request_is_conflict(store: LogStore) -> None:
+    _, first = await store.insert(new_txn("g1"), "a", LONG)
+    outcome, other = await store.insert(new_txn("g1", n=1, salt="x"), "b", LONG)
+    assert outcome is Inserted.CONFLICT
+    assert other.record == first.record
+    assert len((await must_get(store, "g1")).branches) == 2
+
+
+async def test_get_and_events_of_unknown_gid(store: LogStore) -> None:
+    assert await store.get("nope") is None
+    assert await store.events("nope") == []
+    await store.ping()
+
+
+async def test_returned_records_are_copies(store: LogStore) -> None:
+    _, claim = await store.insert(new_txn("g1"), "a", LONG)
+    claim.record.status = "mangled"
+    claim.record.branches[0].payload["i"] = 99
+    claim.record.branches.pop()
+    got = await must_get(store, "g1")
+    assert got.status == "running"
+    assert [b.payload["i"] for b in got.branches] == [0, 1]
+    got.branches[1].status = "mangled"
+    (await store.events("g1"))[0].detail.clear()  # type: ignore[union-attr]
+    assert (await must_get(store, "g1")).branches[1].status == "pending"
+    assert (await store.events("g1"))[0].detail == {"owner": "a"}
+
+
+# --- write_status ---------------------------------------------------------------------------
+
+
+async def test_write_status_with_current_epoch_persists_everything(store: LogStore) -> None:
+    _, claim = await store.insert(new_txn("g1"), "a", LONG)
+    await tick(store)
+    branches = progress(("done", 1, None), ("failed", 3, "boom"))
+    await store.write_status("g1", 1, "compensating", "step 1 failed", branches, "status")
+    rec = await must_get(store, "g1")
+    assert (rec.status, rec.reason) == ("compensating", "step 1 failed")
+    assert (rec.epoch, rec.owner) == (1, "a")
+    assert rec.updated_at > claim.record.updated_at
+    assert [(b.status, b.attempts, b.last_error) for b in rec.branches] == [
+        ("done", 1, None),
+        ("failed", 3, "boom"),
+    ]
+    assert all(b.updated_at == rec.updated_at for b in rec.branches)
+    events = await store.events("g1")
+    assert [e.kind for e in events] == ["submitted", "status"]
+    assert events[1].detail == {"status": "compensating", "reason": "step 1 failed", "epoch": 1}
+    assert events[1].id > events[0].id and events[1].at == rec.updated_at
+
+
+async def test_write_status_updates_only_listed_branches(store: LogStore) -> None:
+    await store.insert(new_txn("g1", n=3), "a", LONG)
+    await store.write_status("g1", 1, "running", None, progress(("done", 1, None)), "step")
+    rec = await must_get(store, "g1")
+    assert [b.status for b in rec.branches] == ["done", "pending", "pending"]
+
+
+async def test_write_status_with_stale_epoch_raises_and_changes_nothing(store: LogStore) -> None:
+    await store.insert(new_txn("g1", "2pc"), "a", LONG)
+    before, events_before = await must_get(store, "g1"), await store.events("g1")
+    branches = progress(("prepared", 1, None), ("prepared", 1, None))
+    for epoch in (0, 2):
+        with pytest.raises(OwnershipLost):
+            await store.write_status("g1", epoch, "committing", None, branches, "decided")
+    with pytest.raises(OwnershipLost):
+        await store.write_status("unknown", 1, "committing", None, branches, "decided")
+    assert await must_get(store, "g1") == before
+    assert await store.events("g1") == events_before
+
+
+# --- reschedule -----------------------------------------------------------------------------
+
+
+async def test_reschedule_backs_off_and_releases_the_lease(store: LogStore) -> None:
+    await store.insert(new_txn("g1"), "a", LONG)
+    branches = progress(("done", 1, None), ("pending", 2, "timeout"))
+    delay = await store.reschedule("g1", 1, branches, 0.8, 10.0)
+    assert 0.4 <= delay <= 0.8
+    rec = await must_get(store, "g1")
+    assert (rec.attempts, rec.epoch, rec.owner, rec.status) == (1, 1, "a", "running")
+    assert [(b.status, b.attempts, b.last_error) for b in rec.branches] == [
+        ("done", 1, None),
+        ("pending", 2, "timeout"),
+    ]
+    events = await store.events("g1")
+    assert events[-1].kind == "rescheduled"
+    assert events[-1].detail == {"delay_s": pytest.approx(delay)}
+    # Not due yet: nobody can claim it, though a's lease no longer holds it.
+    assert await store.claim("b", 10, LONG, own=False) == []
+    due_at = rec.updated_at + timedelta(seconds=delay)
+    await wait_past(store, due_at - timedelta(seconds=delay / 2), "g1")
+    assert await store.claim("b", 10, LONG, own=False) == []
+    await wait_past(store, due_at, "g1")
+    claims = await store.claim("b", 10, LONG, own=False)
+    assert gids(claims) == {"g1"}
+    assert claims[0].db_now >= due_at
+    assert (claims[0].record.owner, claims[0].record.epoch) == ("b", 2)
+
+
+async def test_reschedule_grows_exponentially_up_to_the_cap(store: LogStore) -> None:
+    await store.insert(new_txn("g1"), "a", LONG)
+    await store.insert(new_txn("g2"), "a", LONG)
+    none: list[BranchProgress] = []
+    first = await store.reschedule("g1", 1, none, 1.0, 100.0)
+    second = await store.reschedule("g1", 1, none, 1.0, 100.0)
+    third = await store.reschedule("g1", 1, none, 1.0, 100.0)
+    assert (0.5 <= first <= 1.0) and (1.0 <= second <= 2.0) and (2.0 <= third <= 4.0)
+    assert (await must_get(store, "g1")).attempts == 3
+    for _ in range(4):
+        capped = await store.reschedule("g2", 1, none, 1.0, 3.0)
+    assert 1.5 <= capped <= 3.0
+
+
+async def test_reschedule_with_stale_epoch_raises_and_changes_nothing(store: LogStore) -> None:
+    await store.insert(new_txn("g1"), "a", LONG)
+    before = await must_get(store, "g1")
+    with pytest.raises(OwnershipLost):
+        await store.reschedule("g1", 2, progress(("done", 1, None)), 0.1, 1.0)
+    assert await must_get(store, "g1") == before
+    assert [e.kind for e in await store.events("g1")] == ["submitted"]
+
+
+# --- claim ----------------------------------------------------------------------------------
+
+
+async def test_claim_takes_due_unleased_work_only_and_fences_the_old_epoch(
+    store: LogStore,
+) -> None:
+    # Inserted in this order, so "done" and "leased" start their leases before "due" does.
+    await store.insert(new_txn("done", "2pc"), "a", SHORT)
+    await store.write_status("done", 1, "aborted", "test", [], "aborted")
+    await store.insert(new_txn("leased"), "a", LONG)
+    await tick(store)
+    _, due = await store.insert(new_txn("due"), "a", SHORT)
+    assert await store.claim("b", 10, LONG, own=False) == []  # every lease still holds
+
+    await wait_past(store, lease_end(due, SHORT), "due")
+    claims = await store.claim("b", 10, LONG, own=False)
+    assert gids(claims) == {"due"}  # not the terminal one, not the leased one
+    rec = claims[0].record
+    assert (rec.owner, rec.epoch, rec.status) == ("b", 2, "running")
+    assert [b.status for b in rec.branches] == ["pending", "pending"]
+    events = await store.events("due")
+    assert (events[-1].kind, events[-1].detail) == ("claimed", {"owner": "b", "epoch": 2})
+    assert await store.claim("c", 10, LONG, own=False) == []  # b's lease holds it now
+
+    # The old driver is fenced out; the new one writes.
+    with pytest.raises(OwnershipLost):
+        await store.write_status("due", 1, "compensating", "late", [], "status")
+    with pytest.raises(OwnershipLost):
+        await store.reschedule("due", 1, [], 0.1, 1.0)
+    await store.write_status("due", 2, "compensating", "timeout", [], "status")
+    assert (await must_get(store, "due")).status == "compensating"
+    assert (await must_get(store, "done")).epoch == 1
+
+
+async def test_a_claimed_lease_holds_until_it_runs_out(store: LogStore) -> None:
+    _, first = await store.insert(new_txn("g1"), "a", SHORT)
+    await wait_past(store, lease_end(first, SHORT), "g1")
+    (claim,) = await store.claim("b", 10, 1.0, own=False)
+    await wait_past(store, claim.db_now + timedelta(seconds=0.5), "g1")
+    assert await store.claim("c", 10, LONG, own=False) == []
+    await wait_past(store, lease_end(claim, 1.0), "g1")
+    (again,) = await store.claim("c", 10, LONG, own=False)
+    assert (again.record.gid, again.record.owner, again.record.epoch) == ("g1", "c", 3)
+    with pytest.raises(OwnershipLost):
+        await store.write_status("g1", 2, "compensating", None, [], "status")
+    assert [e.kind for e in await store.events("g1")] == ["submitted", "claimed", "claimed"]
+
+
+async def test_claim_respects_limit_oldest_due_first(store: LogStore) -> None:
+    for gid in ("t1", "t2", "t3"):
+        _, last = await store.insert(new_txn(gid), "a", SHORT)
+        await tick(store)
+    await wait_past(store, lease_end(last, SHORT), "t3")
+    assert await store.claim("b", 0, LONG, own=False) == []
+    first = await store.claim("b", 2, LONG, own=False)
+    assert gids(first) == {"t1", "t2"}
+    assert gids(await store.claim("b", 2, LONG, own=False)) == {"t3"}
+    assert await store.claim("b", 2, LONG, own=False) == []
+
+
+async def test_claim_own_takes_back_leased_work_at_once(store: LogStore) -> None:
+    await store.insert(new_txn("mine1"), "a", LONG)
+    await store.insert(new_txn("mine2", "2pc"), "a", LONG)
+    await store.insert(new_txn("mine_done"), "a", LONG)
+    await store.write_status("mine_done", 1, "committed", None, [], "committed")
+    await store.insert(new_txn("theirs"), "b", LONG)
+    assert await store.claim("a", 10, LONG, own=False) == []
+    assert await store.claim("c", 10, LONG, own=True) == []  # c holds nothing
+
+    claims = await store.claim("a", 10, LONG, own=True)
+    assert gids(claims) == {"mine1", "mine2"}
+    assert {(c.record.owner, c.record.epoch) for c in claims} == {("a", 2)}
+    with pytest.raises(OwnershipLost):  # the instance's previous life is fenced out too
+        await store.write_status("mine1", 1, "compensating", None, [], "status")
+    assert (await must_get(store, "theirs")).epoch == 1
+    again = await store.claim("a", 1, LONG, own=True)  # own ignores leases, limit still holds
+    assert len(again) == 1 and again[0].record.epoch == 3
+
+
+# --- renew ----------------------------------------------------------------------------------
+
+
+async def test_renew_extends_only_matching_owner_and_epoch(store: LogStore) -> None:
+    await store.insert(new_txn("kept"), "a", SHORT)
+    await store.insert(new_txn("wrong_epoch"), "a", SHORT)
+    await store.insert(new_txn("done"), "a", SHORT)
+    await store.write_status("done", 1, "committed", None, [], "committed")
+    await store.insert(new_txn("theirs"), "b", SHORT)
+    await tick(store)
+    _, control = await store.insert(new_txn("control"), "a", SHORT)  # its lease runs out last
+
+    held = {"kept": 1, "wrong_epoch": 2, "done": 1, "theirs": 1, "ghost": 1}
+    assert await store.renew("a", held, LONG) == {"kept"}
+    assert await store.renew("a", {}, LONG) == set()
+    assert await store.renew("z", {"kept": 1}, LONG) == set()
+
+    await wait_past(store, lease_end(control, SHORT), "control")
+    claims = await store.claim("c", 10, LONG, own=False)
+    assert gids(claims) == {"control", "wrong_epoch", "theirs"}  # "kept" was renewed
+    assert await store.renew("a", {"control": 1}, LONG) == set()  # c owns it at epoch 2
+    assert await store.renew("c", {"control": 2}, LONG) == {"control"}
+
+
+# --- page -----------------------------------------------------------------------------------
+
+
+async def seed_page(store: LogStore) -> list[TxnRecord]:
+    for i in range(7):
+        await store.insert(new_txn(f"p{i}", "2pc" if i % 2 else "saga"), "a", LONG)
+        await tick(store)
+    await store.write_status("p1", 1, "committed", None, [], "committed")
+    await store.write_status("p2", 1, "compensating", None, [], "status")
+    records = [await must_get(store, f"p{i}") for i in range(7)]
+    return sorted(records, key=lambda r: (r.created_at, r.gid), reverse=True)
+
+
+async def walk(store: LogStore, status: str | None, mode: str | None, limit: int) -> list[str]:
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(20):
+        page = await store.page(status, mode, limit, cursor)
+        assert len(page.items) <= limit
+        assert all(len(r.branches) == 2 for r in page.items)
+        seen += [r.gid for r in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            return seen
+    raise AssertionError("the cursor never ran out")
+
+
+async def test_page_is_newest_first_and_the_cursor_walks_everything(store: LogStore) -> None:
+    expected = await seed_page(store)
+    first = await store.page(None, None, 3, None)
+    assert first.items == expected[:3]
+    assert first.next_cursor is not None
+    for limit in (1, 2, 3, 7, 50):
+        gids_seen = await walk(store, None, None, limit)
+        assert gids_seen == [r.gid for r in expected]
+        assert len(set(gids_seen)) == 7
+    assert (await store.page(None, None, 7, None)).next_cursor is None
+
+
+async def test_page_filters(store: LogStore) -> None:
+    expected = await seed_page(store)
+    pick = [r.gid for r in expected]
+    assert await walk(store, "preparing", None, 2) == [g for g in pick if g in {"p3", "p5"}]
+    assert await walk(store, None, "saga", 2) == [g for g in pick if g in {"p0", "p2", "p4", "p6"}]
+    assert await walk(store, "running", "saga", 1) == [g for g in pick if g in {"p0", "p4", "p6"}]
+    assert await walk(store, "committed", "2pc", 5) == ["p1"]
+    assert await walk(store, "committed", "saga", 5) == []
+    assert await walk(store, "nonsense", None, 5) == []
+
+
+async def test_page_cursor_from_a_record_resumes_after_it(store: LogStore) -> None:
+    expected = await seed_page(store)
+    middle = expected[3]
+    page = await store.page(None, None, 50, encode_cursor(middle.created_at, middle.gid))
+    assert [r.gid for r in page.items] == [r.gid for r in expected[4:]]
+    assert page.next_cursor is None
+
+
+@pytest.mark.parametrize("cursor", ["not a cursor!", "", "W10", "WzEsMl0", "WyJ4IiwiZyJd"])
+async def test_page_bad_cursor_raises_value_error(store: LogStore, cursor: str) -> None:
+    await store.insert(new_txn("g1"), "a", LONG)
+    with pytest.raises(ValueError):
+        await store.page(None, None, 10, cursor)
