@@ -61,9 +61,16 @@ class _Run:
         ]
 
     def note(self, idx: int, reply: Reply) -> None:
-        self.attempts[idx] += 1
         if reply.kind is not Kind.OK:
             self.errors[idx] = reply.reason
+
+    async def call(self, idx: int, path: str, op: str, payload: dict[str, Any] | None) -> Reply:
+        # Counted when sent, so an attempt cut off by the deadline still shows.
+        self.attempts[idx] += 1
+        branch = self.record.branches[idx]
+        return await self.driver.transport.call(
+            branch.participant, path, op, self.gid, idx, payload
+        )
 
     async def run(self, state: twopc.State, first: twopc.Event) -> twopc.State:
         d = self.driver
@@ -140,6 +147,9 @@ class _Run:
         try:
             return await asyncio.wait_for(self.events.get(), max(remaining, 0.0))
         except TimeoutError:
+            for i, b in enumerate(state.branches):
+                if b is twopc.Branch.PENDING and self.errors[i] is None:
+                    self.errors[i] = "no vote before the transaction's deadline (timeout_s)"
             return twopc.TimedOut()
 
     def _spawn(self, group: set[asyncio.Task[None]], coro: Coroutine[Any, Any, None]) -> None:
@@ -157,9 +167,7 @@ class _Run:
         branch = self.record.branches[idx]
         budget = self.deadline - asyncio.get_running_loop().time()
         reply = await call_in_burst(
-            lambda: d.transport.call(
-                branch.participant, branch.action, "prepare", self.gid, idx, branch.payload
-            ),
+            lambda: self.call(idx, branch.action, "prepare", branch.payload),
             attempts=d.settings.burst_attempts,
             initial_s=d.settings.retry_initial_s,
             max_s=d.settings.retry_max_s,
@@ -177,10 +185,9 @@ class _Run:
 
     async def _phase_two(self, idx: int, op: str) -> None:
         d = self.driver
-        branch = self.record.branches[idx]
         path = wire.COMMIT_PATH if op == "commit" else wire.ROLLBACK_PATH
         reply = await call_in_burst(
-            lambda: d.transport.call(branch.participant, path, op, self.gid, idx, None),
+            lambda: self.call(idx, path, op, None),
             attempts=d.settings.burst_attempts,
             initial_s=d.settings.retry_initial_s,
             max_s=d.settings.retry_max_s,

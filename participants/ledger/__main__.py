@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import uvicorn
 
-from participants.ledger.app import create_app
-from participants.sdk import ParticipantSettings
+from participants.ledger.app import LedgerSettings, create_app
 
 
 def main() -> None:
-    settings = ParticipantSettings(name="ledger")
+    settings = LedgerSettings()
     uvicorn.run(
         create_app(settings),
         host=settings.host,

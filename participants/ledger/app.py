@@ -16,6 +16,12 @@ from participants.sdk import BusinessError, Participant, ParticipantSettings
 ACCOUNT_ID = r"^[A-Za-z0-9._:-]{1,64}$"
 
 
+class LedgerSettings(ParticipantSettings):
+    """The SDK's settings (``TXNP_*``); only the default name differs."""
+
+    name: str = "ledger"
+
+
 class NewAccount(BaseModel):
     id: str = Field(pattern=ACCOUNT_ID)
     balance: int = Field(ge=0, le=2**62)
@@ -57,7 +63,7 @@ async def adjust(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, An
 
 
 def create_app(settings: ParticipantSettings | None = None) -> FastAPI:
-    sdk = Participant(settings or ParticipantSettings(name="ledger"))
+    sdk = Participant(settings or LedgerSettings())
     sdk.twopc("/accounts/adjust")(adjust)
     app = FastAPI(title=f"ledger ({sdk.settings.name})", lifespan=sdk.lifespan)
     app.include_router(sdk.router)

@@ -1,0 +1,26 @@
+# The image every service of compose.yaml built from this project runs: the coordinator
+# (`txn serve`), the migration job (`txn migrate`) and the ledgers (`python -m participants.ledger`).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+# README.m[d]: copied when present (pyproject names it), without failing when absent.
+COPY pyproject.toml README.m[d] ./
+COPY coordinator ./coordinator
+COPY participants ./participants
+COPY sagas ./sagas
+COPY migrations ./migrations
+COPY devstack ./devstack
+RUN pip install . && rm -rf /src
+
+# Run from the installed package, as an unprivileged user.
+RUN useradd --system --create-home --uid 10001 txn
+USER txn
+WORKDIR /home/txn
+
+EXPOSE 8000
+CMD ["txn", "serve"]

@@ -1,0 +1,7 @@
+-- Run once by the postgres image on an empty data directory (/docker-entrypoint-initdb.d).
+-- One server, one database per role: the coordinators' shared log and each ledger's own.
+-- The schemas are created afterwards by the compose service `migrate` (txn migrate).
+CREATE DATABASE txn_log;
+CREATE DATABASE ledger1;
+CREATE DATABASE ledger2;
+CREATE DATABASE ledger3;
