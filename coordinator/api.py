@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 
 from coordinator.logstore import LogStore
 from coordinator.models import (
@@ -128,6 +129,18 @@ def create_app(
             )
         response: Response = await call_next(request)
         return response
+
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(OSError)
+    async def log_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The log is down or unreachable: nothing was decided by this request that a retry
+        # could not repeat (a submission with the same gid is idempotent).
+        log.warning("log unavailable: %s", exc)
+        return JSONResponse(
+            {"detail": "the transaction log is unavailable; retry (with the same gid)"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

@@ -156,3 +156,41 @@ async def test_commit_is_rescheduled_durably_until_the_participant_returns(
         ledger3.restart = True
         if ledger3.pid is None or ledger3.env.get("TXNP_CRASH_AT"):
             fault_stack.restart("ledger3", env={"TXNP_CRASH_AT": ""})
+
+
+async def test_log_database_crash_answers_503_then_recovers(fault_stack: Stack) -> None:
+    """The log's Postgres crashes (immediate shutdown): the API says 503 with a retry hint and
+    readiness fails; once it is back, the same submission goes through."""
+    coord = fault_stack.coordinators[0]
+    log_cluster = fault_stack.clusters["log"]
+    account = unique("acct")
+    body = {
+        "gid": unique("logdown"),
+        "mode": "2pc",
+        "branches": [
+            {
+                "participant": "ledger1",
+                "action": "/accounts/adjust",
+                "payload": {"account": account, "delta": 1},
+            }
+        ],
+    }
+    async with httpx.AsyncClient(timeout=10) as client:
+        await client.post(
+            f"{fault_stack.service('ledger1').url}/accounts", json={"id": account, "balance": 0}
+        )
+        log_cluster.crash()
+        try:
+            refused = await client.post(f"{coord.url}/v1/transactions", json=body)
+            assert refused.status_code == 503
+            assert "log is unavailable" in refused.json()["detail"]
+            assert (await client.get(f"{coord.url}/readyz")).status_code == 503
+        finally:
+            log_cluster.start()
+        deadline = asyncio.get_running_loop().time() + 20
+        while (await client.get(f"{coord.url}/readyz")).status_code != 200:
+            assert asyncio.get_running_loop().time() < deadline, "log never came back"
+            await asyncio.sleep(0.2)
+        accepted = await client.post(f"{coord.url}/v1/transactions?wait=10", json=body)
+        assert accepted.status_code in (200, 201), accepted.text
+        assert accepted.json()["status"] == "committed"

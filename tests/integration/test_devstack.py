@@ -158,6 +158,17 @@ def _start_txn_dev(state_dir: Path) -> subprocess.Popen[bytes]:
     raise AssertionError(f"txn dev did not come up: {output.read_text()}")
 
 
+def _stop_txn_dev(proc: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C, so it stops what it started even when the test failed; kill only if stuck."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def test_txn_dev_stops_everything_on_ctrl_c_and_reaps_leftovers(state_root: Path) -> None:
     state_dir = state_root / "txn-dev"
     proc = _start_txn_dev(state_dir)
@@ -167,9 +178,7 @@ def test_txn_dev_stops_everything_on_ctrl_c_and_reaps_leftovers(state_root: Path
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop_txn_dev(proc)
     assert not [pid for pid in pids if _alive(pid)], "Ctrl-C left processes running"
 
     # `txn dev` killed outright cannot clean up; the next start of the same state folder stops
@@ -186,7 +195,5 @@ def test_txn_dev_stops_everything_on_ctrl_c_and_reaps_leftovers(state_root: Path
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop_txn_dev(proc)
     assert not [pid for pid in second if _alive(pid)]
