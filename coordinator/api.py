@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy.exc import DBAPIError
 
 from coordinator.logstore import LogStore
@@ -153,6 +153,14 @@ def create_app(
         except Exception as e:
             return JSONResponse({"status": "log unreachable", "error": str(e)}, status_code=503)
         return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    async def metrics(request: Request) -> PlainTextResponse:
+        c = coord(request)
+        live = await c.store.live_summary(c.settings.stuck_attempts)
+        return PlainTextResponse(
+            c.metrics.render(live), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
 
     @app.post(
         "/v1/transactions",

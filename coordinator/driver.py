@@ -18,6 +18,7 @@ from coordinator import twopc
 from coordinator.crash import CrashPoints
 from coordinator.errors import OwnershipLost
 from coordinator.logstore import LogStore
+from coordinator.metrics import Metrics
 from coordinator.records import BranchProgress, Claim, TxnRecord
 from coordinator.retry import call_in_burst
 from coordinator.settings import Settings
@@ -68,9 +69,13 @@ class _Run:
         # Counted when sent, so an attempt cut off by the deadline still shows.
         self.attempts[idx] += 1
         branch = self.record.branches[idx]
-        return await self.driver.transport.call(
+        reply = await self.driver.transport.call(
             branch.participant, path, op, self.gid, idx, payload
         )
+        self.driver.metrics.inc(
+            "txn_participant_calls_total", participant=branch.participant, op=op, result=reply.kind
+        )
+        return reply
 
     async def run(self, state: twopc.State, first: twopc.Event) -> twopc.State:
         d = self.driver
@@ -115,6 +120,7 @@ class _Run:
                                 "finished",
                             )
                             log.info("finished %s", status, extra=self.extra)
+                            d.metrics.inc("txn_finished_total", status=status)
                             d.notify(self.gid)
                             return state
                         case twopc.Reschedule():
@@ -126,6 +132,7 @@ class _Run:
                                 d.settings.reschedule_max_s,
                             )
                             log.warning("rescheduled in %.2fs", delay, extra=self.extra)
+                            d.metrics.inc("txn_rescheduled_total")
                             d.notify(self.gid)
                             return state
                 event = await self._next_event(state)
@@ -208,12 +215,14 @@ class TwoPCDriver:
         settings: Settings,
         crash: CrashPoints,
         notify: Callable[[str], None],
+        metrics: Metrics,
     ) -> None:
         self.store = store
         self.transport = transport
         self.settings = settings
         self.crash = crash
         self.notify = notify
+        self.metrics = metrics
 
     async def drive(self, claim: Claim, fresh: bool) -> twopc.State | None:
         """Drive a claimed transaction as far as it goes now. ``fresh``: just logged by this

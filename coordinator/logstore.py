@@ -11,6 +11,7 @@ from coordinator.records import (
     Claim,
     EventRecord,
     Inserted,
+    LiveSummary,
     NewTxn,
     Page,
     TxnRecord,
@@ -67,6 +68,10 @@ class LogStore(Protocol):
     async def renew(self, owner: str, held: Mapping[str, int], lease_s: float) -> set[str]:
         """Extend the leases ``owner`` still holds at the given epochs, in one statement; returns
         the renewed gids."""
+        ...
+
+    async def live_summary(self, stuck_attempts: int) -> dict[str, LiveSummary]:
+        """Per live status: how many, how many stuck, the oldest one's age (database clock)."""
         ...
 
     async def ping(self) -> None: ...

@@ -22,6 +22,7 @@ from coordinator.records import (
     Claim,
     EventRecord,
     Inserted,
+    LiveSummary,
     NewTxn,
     Page,
     TxnRecord,
@@ -70,6 +71,21 @@ class MemLog:
 
     async def close(self) -> None:
         return None
+
+    async def live_summary(self, stuck_attempts: int) -> dict[str, LiveSummary]:
+        now = self.now()
+        out: dict[str, LiveSummary] = {}
+        for row in self._txns.values():
+            rec = row.rec
+            if rec.status in TERMINAL:
+                continue
+            seen = out.get(rec.status, LiveSummary(0, 0, 0.0))
+            out[rec.status] = LiveSummary(
+                seen.count + 1,
+                seen.stuck + (rec.attempts >= stuck_attempts),
+                max(seen.oldest_age_s, (now - rec.created_at).total_seconds()),
+            )
+        return out
 
     async def ping(self) -> None:
         return None

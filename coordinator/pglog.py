@@ -20,6 +20,7 @@ from coordinator.records import (
     Claim,
     EventRecord,
     Inserted,
+    LiveSummary,
     NewTxn,
     Page,
     TxnRecord,
@@ -51,6 +52,7 @@ _WRITE_STATUS = _stmt(queries.WRITE_STATUS)
 _RESCHEDULE = _stmt(queries.RESCHEDULE)
 _CLAIM = _stmt(queries.CLAIM)
 _RENEW = _stmt(queries.RENEW)
+_LIVE_SUMMARY = _stmt(queries.LIVE_SUMMARY)
 
 
 def _txn(row: Any) -> TxnRecord:
@@ -119,6 +121,11 @@ class PgLog:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    async def live_summary(self, stuck_attempts: int) -> dict[str, LiveSummary]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(_LIVE_SUMMARY, {"stuck": stuck_attempts})
+            return {r.status: LiveSummary(r.n, r.stuck, float(r.oldest)) for r in rows}
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

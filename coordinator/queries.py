@@ -122,3 +122,11 @@ WHERE tx.gid = u.gid AND tx.epoch = u.epoch AND tx.owner = :owner
   AND tx.status NOT IN ('committed', 'aborted')
 RETURNING tx.gid
 """
+
+# Metrics: live transactions by status; the partial index keeps this cheap with any history.
+LIVE_SUMMARY = """
+SELECT status, count(*) AS n, count(*) FILTER (WHERE attempts >= :stuck) AS stuck,
+       EXTRACT(EPOCH FROM now() - min(created_at)) AS oldest
+FROM transactions WHERE status NOT IN ('committed', 'aborted')
+GROUP BY status
+"""

@@ -96,3 +96,12 @@ class BranchProgress:
 class Page:
     items: list[TxnRecord]
     next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class LiveSummary:
+    """Live (non-terminal) transactions of one status, for metrics."""
+
+    count: int
+    stuck: int  # with at least the 'stuck' number of rescheduled attempts
+    oldest_age_s: float

@@ -14,6 +14,7 @@ from coordinator.crash import COORDINATOR_POINTS, CrashPoints
 from coordinator.driver import TwoPCDriver
 from coordinator.errors import OwnershipLost
 from coordinator.logstore import LogStore
+from coordinator.metrics import Metrics
 from coordinator.records import Claim, Inserted, NewTxn, TxnRecord
 from coordinator.schema import TERMINAL
 from coordinator.settings import Settings
@@ -28,7 +29,8 @@ class Coordinator:
         self.store = store
         self.transport = transport
         self.crash = CrashPoints(settings.crash_at, settings.crash_marker, COORDINATOR_POINTS)
-        self.driver = TwoPCDriver(store, transport, settings, self.crash, self.notify)
+        self.metrics = Metrics()
+        self.driver = TwoPCDriver(store, transport, settings, self.crash, self.notify, self.metrics)
         self.active: dict[str, int] = {}
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._waiters: dict[str, list[asyncio.Event]] = {}
@@ -56,6 +58,7 @@ class Coordinator:
             new, self.settings.instance_id, self.settings.lease_s
         )
         if outcome is Inserted.CREATED:
+            self.metrics.inc("txn_submitted_total", mode=new.mode)
             self.crash.hit("after_log_insert")
             self._drive(claim, fresh=True)
         return outcome, claim.record
@@ -133,6 +136,7 @@ class Coordinator:
             self.settings.instance_id, self.settings.claim_batch, self.settings.lease_s, own
         )
         for claim in claims:
+            self.metrics.inc("txn_recovered_total")
             log.info(
                 "recovering from %s",
                 claim.record.status,

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     burst_attempts: int = Field(4, gt=0, description="Attempts per burst before rescheduling.")
     reschedule_initial_s: float = Field(0.5, gt=0, description="First durable backoff.")
     reschedule_max_s: float = Field(30.0, gt=0, description="Cap of the durable backoff.")
+    stuck_attempts: int = Field(
+        5, gt=0, description="Reschedules after which a live transaction counts as stuck."
+    )
     pool_size: int = Field(20, gt=0, description="Log connection pool size.")
     crash_at: str = Field("", description="Crash point name (tests only); empty: none.")
     crash_marker: str = Field(

@@ -425,3 +425,25 @@ async def test_page_bad_cursor_raises_value_error(store: LogStore, cursor: str) 
     await store.insert(new_txn("g1"), "a", LONG)
     with pytest.raises(ValueError):
         await store.page(None, None, 10, cursor)
+
+
+# --- live summary (metrics) -------------------------------------------------------------
+
+
+async def test_live_summary_counts_live_stuck_and_oldest(store: LogStore) -> None:
+    assert await store.live_summary(2) == {}
+    await store.insert(new_txn("g1", mode="2pc"), "a", LONG)
+    await tick(store)
+    await store.insert(new_txn("g2", mode="2pc"), "a", LONG)
+    await store.insert(new_txn("g3", mode="2pc"), "a", LONG)
+    await store.reschedule("g2", 1, [], 0.01, 0.01)
+    await store.reschedule("g2", 1, [], 0.01, 0.01)
+    await store.write_status("g3", 1, "committed", None, [], "finished")
+    await tick(store)
+    summary = await store.live_summary(2)
+    assert set(summary) == {"preparing"}
+    live = summary["preparing"]
+    assert (live.count, live.stuck) == (2, 1)
+    g1 = await must_get(store, "g1")
+    _, probe = await store.insert(new_txn("g1", salt="clock probe"), "probe", LONG)
+    assert 0 < live.oldest_age_s <= (probe.db_now - g1.created_at).total_seconds()
