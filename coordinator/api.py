@@ -14,7 +14,6 @@ from sqlalchemy.exc import DBAPIError
 
 from coordinator.logstore import LogStore
 from coordinator.models import (
-    MAX_PAYLOAD_BYTES,
     STATUSES,
     BranchOut,
     EventOut,
@@ -22,8 +21,8 @@ from coordinator.models import (
     TxnIn,
     TxnOut,
     new_gid,
-    payload_size,
 )
+from coordinator.normalize import Invalid, normalize
 from coordinator.pglog import PgLog
 from coordinator.records import BranchSpec, Inserted, NewTxn, TxnRecord
 from coordinator.service import Coordinator
@@ -42,6 +41,7 @@ def _invalid(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
 
 
 def to_out(record: TxnRecord, events: list[EventOut] | None = None) -> TxnOut:
+    deps = record.request.get("deps")
     return TxnOut(
         gid=record.gid,
         mode=record.mode,
@@ -52,6 +52,7 @@ def to_out(record: TxnRecord, events: list[EventOut] | None = None) -> TxnOut:
         branches=[
             BranchOut(
                 idx=b.idx,
+                depends_on=deps[b.idx] if deps and b.idx < len(deps) else None,
                 participant=b.participant,
                 action=b.action,
                 compensation=b.compensation,
@@ -63,29 +64,6 @@ def to_out(record: TxnRecord, events: list[EventOut] | None = None) -> TxnOut:
         ],
         events=events,
     )
-
-
-def _check_branches(body: TxnIn, registry: dict[str, str]) -> None:
-    known = ", ".join(sorted(registry)) or "(none configured)"
-    for i, branch in enumerate(body.branches):
-        if branch.participant not in registry:
-            hint = (
-                "raw URLs are not accepted; name a participant from the registry"
-                if "://" in branch.participant or "/" in branch.participant
-                else "unknown participant"
-            )
-            raise _invalid(
-                ("body", "branches", i, "participant"),
-                f"{hint}: {branch.participant!r}; known participants: {known}",
-            )
-        size = payload_size(branch.payload)
-        if size > MAX_PAYLOAD_BYTES:
-            raise _invalid(
-                ("body", "branches", i, "payload"),
-                f"payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes (64 KiB)",
-            )
-    if body.mode == "saga":
-        raise _invalid(("body", "mode"), "mode 'saga' is not available in this version; use '2pc'")
 
 
 def create_app(
@@ -181,16 +159,19 @@ def create_app(
         ] = 0,
     ) -> TxnOut:
         c = coord(request)
-        _check_branches(body, c.settings.participants)
+        try:
+            plan = normalize(body, c.settings.participants)
+        except Invalid as e:
+            raise _invalid(e.loc, e.msg) from e
         gid = body.gid or new_gid()
         new = NewTxn(
             gid=gid,
-            mode=body.mode,
-            request=body.model_dump(mode="json", exclude={"gid"}),
+            mode=plan.mode,
+            request=plan.request(body),
             request_hash=body.request_hash(),
             branches=tuple(
                 BranchSpec(b.participant, b.action, b.compensation, b.payload)
-                for b in body.branches
+                for b in plan.branches
             ),
             timeout_s=body.timeout_s or c.settings.default_timeout_s,
         )

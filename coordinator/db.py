@@ -20,8 +20,12 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def make_engine(dsn: str, pool_size: int = 10, autocommit: bool = False) -> AsyncEngine:
+def make_engine(
+    dsn: str, pool_size: int = 10, autocommit: bool = False, synchronous_commit: bool = True
+) -> AsyncEngine:
     kwargs: dict[str, Any] = {}
+    if not synchronous_commit:
+        kwargs["connect_args"] = {"server_settings": {"synchronous_commit": "off"}}
     if autocommit:
         # Single-statement writes commit by themselves: no BEGIN/COMMIT round trips.
         kwargs["isolation_level"] = "AUTOCOMMIT"

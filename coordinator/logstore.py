@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from coordinator.records import (
     BranchProgress,
@@ -46,6 +46,19 @@ class LogStore(Protocol):
         event: str,
     ) -> None:
         """Fenced write of a status and every branch's progress (rule 5); raises OwnershipLost."""
+        ...
+
+    async def write_progress(
+        self,
+        gid: str,
+        epoch: int,
+        idx: int,
+        progress: BranchProgress,
+        event: str,
+        detail: dict[str, Any] | None,
+    ) -> None:
+        """Fenced write of one branch's progress and its event (branch ``idx``). Redoable, so
+        it may be committed asynchronously (rule 4); raises OwnershipLost."""
         ...
 
     async def reschedule(

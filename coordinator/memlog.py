@@ -91,7 +91,12 @@ class MemLog:
         return None
 
     def _event(self, gid: str, at: datetime, kind: str, detail: dict[str, Any]) -> None:
-        event = EventRecord(self._next_event_id, gid, at, kind, None, _json(detail))
+        self._append_event(gid, at, kind, None, _json(detail))
+
+    def _append_event(
+        self, gid: str, at: datetime, kind: str, branch: int | None, detail: Any
+    ) -> None:
+        event = EventRecord(self._next_event_id, gid, at, kind, branch, detail)
         self._next_event_id += 1
         self._events.setdefault(gid, []).append(event)
 
@@ -130,6 +135,7 @@ class MemLog:
             owner=owner,
             epoch=1,
             request_hash=new.request_hash,
+            request=_json(new.request),
             branches=[
                 BranchRecord(
                     idx=i,
@@ -188,6 +194,24 @@ class MemLog:
         row.rec.status, row.rec.reason, row.rec.updated_at = status, reason, now
         self._progress(row, branches, now)
         self._event(gid, now, event, {"status": status, "reason": reason, "epoch": epoch})
+
+    async def write_progress(
+        self,
+        gid: str,
+        epoch: int,
+        idx: int,
+        progress: BranchProgress,
+        event: str,
+        detail: dict[str, Any] | None,
+    ) -> None:
+        now = self.now()
+        row = self._fenced(gid, epoch)
+        row.rec.updated_at = now
+        for branch in row.rec.branches:
+            if branch.idx == idx:
+                branch.status, branch.attempts = progress.status, progress.attempts
+                branch.last_error, branch.updated_at = progress.last_error, now
+        self._append_event(gid, now, event, idx, _json(detail) if detail is not None else None)
 
     async def reschedule(
         self,

@@ -12,6 +12,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from participants.sdk.wire import GID_PATTERN, MAX_BRANCHES
+from sagas.policy import RetryPolicy
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 PATH_PATTERN = r"^/[A-Za-z0-9._~/-]{0,511}$"
@@ -36,8 +37,16 @@ class BranchIn(BaseModel):
         pattern=PATH_PATTERN,
         description="Path on the participant, e.g. /accounts/adjust (never a URL).",
     )
-    compensation: str | None = Field(None, pattern=PATH_PATTERN)
+    compensation: str | None = Field(
+        None, pattern=PATH_PATTERN, description="Saga: the path that undoes the action."
+    )
     payload: dict[str, Any] = Field(default_factory=dict)
+    depends_on: list[int] | None = Field(
+        None,
+        max_length=MAX_BRANCHES,
+        description="Saga: indexes of the branches this one waits for. When no branch gives "
+        "depends_on, the steps run one after another in order.",
+    )
 
 
 class TxnIn(BaseModel):
@@ -48,10 +57,19 @@ class TxnIn(BaseModel):
         pattern=GID_PATTERN.pattern,
         description="1-128 of [A-Za-z0-9._:-]; generated if absent.",
     )
-    mode: Literal["2pc", "saga"]
-    branches: list[BranchIn] = Field(min_length=1, max_length=MAX_BRANCHES)
+    mode: Literal["2pc", "saga"] | None = Field(None, description="Required unless `saga` is.")
+    branches: list[BranchIn] | None = Field(None, min_length=1, max_length=MAX_BRANCHES)
+    saga: str | None = Field(
+        None, max_length=64, description="Name of a saga from the catalogue, instead of branches."
+    )
+    input: dict[str, Any] | None = Field(None, description="The named saga's input.")
+    retry: RetryPolicy | None = Field(None, description="Saga: retry policy of the actions.")
     timeout_s: float | None = Field(
-        None, gt=0, le=86_400, description="2PC: abort if not fully prepared by then (default 30)."
+        None,
+        gt=0,
+        le=86_400,
+        description="2PC: abort if not fully prepared by then; saga: compensate if the forward "
+        "part has not finished by then (default 30).",
     )
 
     def request_hash(self) -> str:
@@ -62,6 +80,7 @@ class TxnIn(BaseModel):
 
 class BranchOut(BaseModel):
     idx: int
+    depends_on: list[int] | None = None
     participant: str
     action: str
     compensation: str | None

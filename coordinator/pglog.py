@@ -53,6 +53,7 @@ _RESCHEDULE = _stmt(queries.RESCHEDULE)
 _CLAIM = _stmt(queries.CLAIM)
 _RENEW = _stmt(queries.RENEW)
 _LIVE_SUMMARY = _stmt(queries.LIVE_SUMMARY)
+_WRITE_PROGRESS = _stmt(queries.WRITE_PROGRESS)
 
 
 def _txn(row: Any) -> TxnRecord:
@@ -68,6 +69,7 @@ def _txn(row: Any) -> TxnRecord:
         owner=row.owner,
         epoch=row.epoch,
         request_hash=row.request_hash,
+        request=row.request,
     )
 
 
@@ -112,15 +114,25 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 class PgLog:
     """LogStore on Postgres (SQLAlchemy Core on asyncpg)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, progress_engine: AsyncEngine | None = None) -> None:
         self.engine = engine
+        self.progress_engine = progress_engine or engine
 
     @classmethod
     def connect(cls, dsn: str, pool_size: int = 20) -> PgLog:
-        return cls(make_engine(dsn, pool_size=pool_size, autocommit=True))
+        return cls(
+            make_engine(dsn, pool_size=pool_size, autocommit=True),
+            # Rule 4: progress that recovery redoes idempotently (a saga step's result) is
+            # committed without waiting for the WAL flush; decisions never go through here.
+            make_engine(
+                dsn, pool_size=max(2, pool_size // 2), autocommit=True, synchronous_commit=False
+            ),
+        )
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self.progress_engine is not self.engine:
+            await self.progress_engine.dispose()
 
     async def live_summary(self, stuck_attempts: int) -> dict[str, LiveSummary]:
         async with self.engine.connect() as conn:
@@ -226,6 +238,30 @@ class PgLog:
         }
         async with self.engine.connect() as conn:
             n = (await conn.execute(_WRITE_STATUS, params)).scalar_one()
+        if n == 0:
+            raise OwnershipLost(f"transaction {gid}: epoch {epoch} is no longer current")
+
+    async def write_progress(
+        self,
+        gid: str,
+        epoch: int,
+        idx: int,
+        progress: BranchProgress,
+        event: str,
+        detail: dict[str, Any] | None,
+    ) -> None:
+        params = {
+            "gid": gid,
+            "epoch": epoch,
+            "branch": idx,
+            "status": progress.status,
+            "attempts": progress.attempts,
+            "last_error": progress.last_error,
+            "event": event,
+            "detail": orjson.dumps(detail).decode() if detail is not None else None,
+        }
+        async with self.progress_engine.connect() as conn:
+            n = (await conn.execute(_WRITE_PROGRESS, params)).scalar_one()
         if n == 0:
             raise OwnershipLost(f"transaction {gid}: epoch {epoch} is no longer current")
 

@@ -130,3 +130,24 @@ SELECT status, count(*) AS n, count(*) FILTER (WHERE attempts >= :stuck) AS stuc
 FROM transactions WHERE status NOT IN ('committed', 'aborted')
 GROUP BY status
 """
+
+# A saga step's progress: one branch and its event, fenced like every driver write (rule 5).
+# Run on a connection with synchronous_commit off (rule 4): if the log's server crashes before
+# the WAL is flushed, the write is lost and recovery redoes the step (the barrier dedups it).
+WRITE_PROGRESS = """
+WITH t AS (
+    UPDATE transactions SET updated_at = now()
+    WHERE gid = :gid AND epoch = :epoch
+    RETURNING gid
+), b AS (
+    UPDATE branches SET status = :status, attempts = :attempts, last_error = :last_error,
+                        updated_at = now()
+    FROM t WHERE branches.gid = t.gid AND branches.idx = :branch
+    RETURNING 1
+), e AS (
+    INSERT INTO events (gid, kind, branch, detail)
+    SELECT t.gid, :event, :branch, CAST(:detail AS jsonb) FROM t
+    RETURNING 1
+)
+SELECT count(*) AS n FROM t
+"""

@@ -53,6 +53,8 @@ class TxnRecord:
     epoch: int
     request_hash: str
     branches: list[BranchRecord] = field(default_factory=list)
+    # The normalized request (saga dependencies and retry policy live here).
+    request: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

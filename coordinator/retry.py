@@ -29,6 +29,7 @@ async def call_in_burst(
     max_s: float,
     on_attempt: Callable[[Reply], None],
     budget_s: float | None = None,
+    retriable: Callable[[Reply], bool] = is_retriable,
 ) -> Reply:
     """Retry ``call`` while its reply is transient: at most ``attempts`` times (and within
     ``budget_s``), capped exponential backoff with jitter. Every endpoint called this way is
@@ -45,7 +46,7 @@ async def call_in_burst(
     retrying = AsyncRetrying(
         stop=stop,
         wait=wait_exponential_jitter(initial=initial_s, max=max_s),
-        retry=retry_if_result(is_retriable),
+        retry=retry_if_result(retriable),
         # Out of attempts: hand back the last (transient) reply instead of raising.
         retry_error_callback=_last_reply,
     )

@@ -19,6 +19,7 @@ from coordinator.records import Claim, Inserted, NewTxn, TxnRecord
 from coordinator.schema import TERMINAL
 from coordinator.settings import Settings
 from coordinator.transport import Transport
+from sagas.driver import SagaDriver
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,9 @@ class Coordinator:
         self.crash = CrashPoints(settings.crash_at, settings.crash_marker, COORDINATOR_POINTS)
         self.metrics = Metrics()
         self.driver = TwoPCDriver(store, transport, settings, self.crash, self.notify, self.metrics)
+        self.saga_driver = SagaDriver(
+            store, transport, settings, self.crash, self.notify, self.metrics
+        )
         self.active: dict[str, int] = {}
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._waiters: dict[str, list[asyncio.Event]] = {}
@@ -75,14 +79,10 @@ class Coordinator:
     async def _drive_one(self, claim: Claim, fresh: bool) -> None:
         gid, epoch = claim.record.gid, claim.record.epoch
         try:
-            if claim.record.mode != "2pc":
-                log.error(
-                    "mode %s cannot be driven by this version",
-                    claim.record.mode,
-                    extra={"gid": gid},
-                )
-                return
-            await self.driver.drive(claim, fresh)
+            if claim.record.mode == "saga":
+                await self.saga_driver.drive(claim, fresh)
+            else:
+                await self.driver.drive(claim, fresh)
         except asyncio.CancelledError:
             raise
         except Exception:

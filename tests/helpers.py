@@ -48,3 +48,40 @@ async def wait_terminal(
             last = repr(e)
         await asyncio.sleep(0.1)
     raise AssertionError(f"{gid} not terminal after {timeout_s}s; last seen: {last}")
+
+
+def saga_branch(
+    ledger: str, account: str, delta: int, depends_on: list[int] | None = None
+) -> dict[str, Any]:
+    branch: dict[str, Any] = {
+        "participant": ledger,
+        "action": "/accounts/adjust",
+        "compensation": "/accounts/adjust/undo",
+        "payload": {"account": account, "delta": delta},
+    }
+    if depends_on is not None:
+        branch["depends_on"] = depends_on
+    return branch
+
+
+async def open_accounts(
+    client: httpx.AsyncClient, urls: dict[str, str], account: str, balance: int
+) -> None:
+    for url in urls.values():
+        reply = await client.post(f"{url}/accounts", json={"id": account, "balance": balance})
+        assert reply.status_code == 201, reply.text
+
+
+async def balances(dsns: dict[str, str], account: str) -> dict[str, int]:
+    out = {}
+    for name, dsn in dsns.items():
+        rows = await fetch(dsn, "SELECT balance FROM accounts WHERE id = $1", account)
+        out[name] = int(rows[0]["balance"])
+    return out
+
+
+async def barrier_rows(dsn: str, gid: str) -> list[tuple[int, str, str]]:
+    rows = await fetch(
+        dsn, "SELECT branch, op, outcome FROM txn_barrier WHERE gid = $1 ORDER BY branch, op", gid
+    )
+    return [(r["branch"], r["op"], r["outcome"]) for r in rows]

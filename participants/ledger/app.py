@@ -1,4 +1,6 @@
-"""The ledger service: accounts with non-negative balances, and a 2PC ``adjust`` action."""
+"""The ledger service: accounts with non-negative balances. ``POST /accounts/adjust`` adds a
+delta, as a 2PC prepare or a saga action (by ``Txn-Op``); ``POST /accounts/adjust/undo`` is the
+saga compensation that takes the same delta back."""
 
 from __future__ import annotations
 
@@ -43,28 +45,42 @@ _ADJUST = text(
 )
 
 
-async def adjust(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
-    """add delta to an account's balance"""
+def _payload(payload: dict[str, Any]) -> Adjust:
     try:
-        req = Adjust.model_validate(payload)
+        return Adjust.model_validate(payload)
     except ValidationError as e:
         raise BusinessError(f"invalid adjust payload: {e.errors()[0]['msg']}") from e
-    row = (await conn.execute(_ADJUST, {"delta": req.delta, "account": req.account})).first()
+
+
+async def _apply(conn: AsyncConnection, account: str, delta: int, doing: str) -> dict[str, Any]:
+    row = (await conn.execute(_ADJUST, {"delta": delta, "account": account})).first()
     if row is not None:
-        return {"account": req.account, "balance": row.balance}
+        return {"account": account, "balance": row.balance}
     current = (
-        await conn.execute(select(accounts.c.balance).where(accounts.c.id == req.account))
+        await conn.execute(select(accounts.c.balance).where(accounts.c.id == account))
     ).scalar_one_or_none()
     if current is None:
-        raise BusinessError(f"account {req.account} does not exist")
-    raise BusinessError(
-        f"account {req.account} has {current}; adding {req.delta} would make it negative"
-    )
+        raise BusinessError(f"account {account} does not exist")
+    raise BusinessError(f"account {account} has {current}; {doing} would make it negative")
+
+
+async def adjust(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+    """add delta to an account's balance"""
+    req = _payload(payload)
+    return await _apply(conn, req.account, req.delta, f"adding {req.delta}")
+
+
+async def undo_adjust(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+    """take an adjust's delta back (refused while that would make the balance negative)"""
+    req = _payload(payload)
+    return await _apply(conn, req.account, -req.delta, f"undoing {req.delta:+d}")
 
 
 def create_app(settings: ParticipantSettings | None = None) -> FastAPI:
     sdk = Participant(settings or LedgerSettings())
     sdk.twopc("/accounts/adjust")(adjust)
+    sdk.action("/accounts/adjust")(adjust)
+    sdk.compensation("/accounts/adjust/undo")(undo_adjust)
     app = FastAPI(title=f"ledger ({sdk.settings.name})", lifespan=sdk.lifespan)
     app.include_router(sdk.router)
 

@@ -1,94 +1,73 @@
-"""The 2PC half of the participant SDK: a router whose prepare endpoints run the business
-handler, write the barrier row and ``PREPARE TRANSACTION`` in one local transaction, plus the
-fixed ``/txn/2pc/commit`` and ``/txn/2pc/rollback`` endpoints. Every endpoint is idempotent:
-a repeated call answers as the first one did."""
+"""The participant SDK's front: a FastAPI router with one route per business path, dispatching
+on the ``Txn-Op`` header to the handler registered for that op (``prepare``: the 2PC phase one;
+``action``/``compensate``: a saga step and its undo), plus the fixed ``/txn/2pc/commit`` and
+``/txn/2pc/rollback`` endpoints. The protocols themselves live in ``twopc`` and ``saga``."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import re
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from fastapi.routing import APIRoute
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.crash import PARTICIPANT_POINTS, CrashPoints
 from coordinator.db import make_engine
 from participants.sdk import wire
-from participants.sdk.schema import BARRIER
+from participants.sdk.base import BarrierHook, BusinessError, Handler, _Transient, sqlstate
+from participants.sdk.saga import SagaBarrier
 from participants.sdk.settings import ParticipantSettings
+from participants.sdk.twopc import TwoPhase
 
-log = logging.getLogger(__name__)
+__all__ = ["BarrierHook", "BusinessError", "Handler", "Participant", "_Transient", "sqlstate"]
 
-Handler = Callable[[AsyncConnection, dict[str, Any]], Awaitable[dict[str, Any] | None]]
-
-# SQLSTATEs the 2PC endpoints tell apart.
-UNDEFINED_OBJECT = "42704"  # no prepared transaction with that name
-OBJECT_IN_USE = "55006"  # another backend is finishing that prepared transaction right now
-LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout: a prepare holds the branch's barrier key
-QUERY_CANCELED = "57014"
-
-_BARRIER_INSERT = text(
-    f"INSERT INTO {BARRIER} (gid, branch, op, outcome, reason) "
-    "VALUES (:gid, :branch, '2pc', :outcome, :reason) ON CONFLICT DO NOTHING RETURNING 1"
-)
-_BARRIER_READ = text(
-    f"SELECT outcome, reason FROM {BARRIER} WHERE gid = :gid AND branch = :branch AND op = '2pc'"
-)
-_IS_PREPARED = text(
-    "SELECT 1 FROM pg_prepared_xacts WHERE gid = :xid AND database = current_database()"
-)
+PREPARE, ACTION, COMPENSATE = "prepare", "action", "compensate"
+# A request without Txn-Op is a prepare: the op this SDK served before sagas existed.
+DEFAULT_OP = PREPARE
+_LABELS = {PREPARE: "2PC prepare", ACTION: "saga action", COMPENSATE: "saga compensation"}
+_CRASH_AFTER = {
+    PREPARE: "after_prepare_before_reply",
+    ACTION: "after_action_before_reply",
+    COMPENSATE: "after_compensate_before_reply",
+}
 
 
-class BusinessError(Exception):
-    """Raised by a handler to refuse the work; the participant answers 409 with ``reason``."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _Transient(Exception):
-    """The call cannot be answered now; the coordinator retries (HTTP 503)."""
-
-
-def sqlstate(exc: BaseException) -> str | None:
-    """The SQLSTATE of a database error, looking through SQLAlchemy's and asyncpg's wrappers."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        for attr in ("sqlstate", "pgcode"):
-            code = getattr(seen, attr, None)
-            if isinstance(code, str):
-                return code
-        seen = getattr(seen, "orig", None) or seen.__cause__
-    return None
+def _first_line(doc: str | None) -> str:
+    return doc.strip().splitlines()[0] if doc and doc.strip() else ""
 
 
 def _reply(status: int, body: dict[str, Any]) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-class Participant:
-    """Holds the service's engine and the 2PC endpoints registered on it."""
+class Participant(TwoPhase, SagaBarrier):
+    """Holds the service's engine and the branch endpoints registered on it.
 
-    def __init__(self, settings: ParticipantSettings, engine: AsyncEngine | None = None) -> None:
+    ``barrier_hook`` (tests only): awaited as ``hook(op, gid, branch)`` while a call holds its
+    branch's barrier key, right after writing it and before any business code, inside the
+    local transaction; a test can hold a call there to race another against it."""
+
+    def __init__(
+        self,
+        settings: ParticipantSettings,
+        engine: AsyncEngine | None = None,
+        *,
+        barrier_hook: BarrierHook | None = None,
+    ) -> None:
         self.settings = settings
         self._engine = engine
+        self.barrier_hook = barrier_hook
         self.router = APIRouter()
         self.crash = CrashPoints(settings.crash_at, settings.crash_marker, PARTICIPANT_POINTS)
+        self._handlers: dict[str, dict[str, Handler]] = {}
+        self._routes: dict[str, APIRoute] = {}
         self.router.add_api_route(wire.COMMIT_PATH, self._commit_endpoint, methods=["POST"])
         self.router.add_api_route(wire.ROLLBACK_PATH, self._rollback_endpoint, methods=["POST"])
-
-    @property
-    def engine(self) -> AsyncEngine:
-        if self._engine is None:
-            raise RuntimeError("the participant's engine is not open: use its lifespan")
-        return self._engine
 
     @asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
@@ -100,25 +79,85 @@ class Participant:
             await self._engine.dispose()
             self._engine = None
 
+    # -- registration --------------------------------------------------------------------
+
     def twopc(self, path: str) -> Callable[[Handler], Handler]:
         """Register ``handler`` as the prepare (phase one) of a 2PC branch at ``path``."""
+        return self._register(path, PREPARE)
 
+    def action(self, path: str) -> Callable[[Handler], Handler]:
+        """Register ``handler`` as a saga action (a forward step) at ``path``."""
+        return self._register(path, ACTION)
+
+    def compensation(self, path: str) -> Callable[[Handler], Handler]:
+        """Register ``handler`` as a saga compensation (the undo of an action) at ``path``."""
+        return self._register(path, COMPENSATE)
+
+    def _register(self, path: str, op: str) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
-            async def endpoint(request: Request) -> Response:
-                return await self._prepare_endpoint(request, handler)
-
-            endpoint.__name__ = f"prepare_{handler.__name__}"
-            self.router.add_api_route(
-                path,
-                endpoint,
-                methods=["POST"],
-                summary=f"2PC prepare: {handler.__doc__ or handler.__name__}",
+            served = self._handlers.get(path)
+            if served is None:
+                served = self._handlers[path] = {}
+                self._add_route(path, served)
+            if op in served:
+                raise ValueError(f"{path} already has a {op} handler: {served[op].__name__}")
+            served[op] = handler
+            route = self._routes[path]
+            route.summary = "; ".join(
+                f"{_LABELS[o]}: {_first_line(h.__doc__) or h.__name__}" for o, h in served.items()
             )
             return handler
 
         return register
 
+    def _add_route(self, path: str, served: dict[str, Handler]) -> None:
+        async def endpoint(request: Request) -> Response:
+            return await self._dispatch(request, path, served)
+
+        endpoint.__name__ = "branch" + re.sub(r"[^A-Za-z0-9]+", "_", path)
+        endpoint.__doc__ = (
+            f"One branch call; header {wire.H_OP} chooses the handler "
+            f"({', '.join(_LABELS)}; absent means {DEFAULT_OP})."
+        )
+        self.router.add_api_route(path, endpoint, methods=["POST"])
+        route = self.router.routes[-1]
+        assert isinstance(route, APIRoute)
+        self._routes[path] = route
+
     # -- request plumbing ----------------------------------------------------------------
+
+    @staticmethod
+    def _op_error(path: str, op: str, served: dict[str, Handler]) -> str:
+        if op in ("commit", "rollback"):
+            fixed = wire.COMMIT_PATH if op == "commit" else wire.ROLLBACK_PATH
+            return f"{wire.H_OP} {op!r} goes to {fixed}, not to a business path"
+        if op not in _LABELS:
+            return f"unknown {wire.H_OP} {op!r}: a business path serves {', '.join(_LABELS)}"
+        return f"{path} has no {op} handler; it serves {wire.H_OP}: {', '.join(served)}"
+
+    async def _dispatch(self, request: Request, path: str, served: dict[str, Handler]) -> Response:
+        op = request.headers.get(wire.H_OP) or DEFAULT_OP
+        handler = served.get(op)
+        if handler is None:
+            return _reply(400, {"detail": self._op_error(path, op, served)})
+        parsed = await self._branch_of(request, op)
+        if isinstance(parsed, Response):
+            return parsed
+        gid, branch, body = parsed
+        try:
+            payload = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            return _reply(409, {"reason": "payload is not valid JSON"})
+        if not isinstance(payload, dict):
+            return _reply(409, {"reason": "payload must be a JSON object"})
+        run = {PREPARE: self.prepare, ACTION: self.run_action, COMPENSATE: self.run_compensation}
+        try:
+            status, answer = await run[op](gid, branch, payload, handler)
+        except _Transient as e:
+            return _reply(503, {"detail": str(e)})
+        if status == 200:
+            self.crash.hit(_CRASH_AFTER[op])
+        return _reply(status, answer)
 
     async def _branch_of(self, request: Request, op: str) -> tuple[str, int, bytes] | Response:
         gid = request.headers.get(wire.H_GID, "")
@@ -138,25 +177,6 @@ class Participant:
             if not wire.verify(self.settings.hmac_secret, gid, branch, op, body, signature):
                 return _reply(401, {"detail": f"header {wire.H_SIGNATURE} is missing or wrong"})
         return gid, branch, body
-
-    async def _prepare_endpoint(self, request: Request, handler: Handler) -> Response:
-        parsed = await self._branch_of(request, "prepare")
-        if isinstance(parsed, Response):
-            return parsed
-        gid, branch, body = parsed
-        try:
-            payload = orjson.loads(body) if body else {}
-        except orjson.JSONDecodeError:
-            return _reply(409, {"reason": "payload is not valid JSON"})
-        if not isinstance(payload, dict):
-            return _reply(409, {"reason": "payload must be a JSON object"})
-        try:
-            status, answer = await self.prepare(gid, branch, payload, handler)
-        except _Transient as e:
-            return _reply(503, {"detail": str(e)})
-        if status == 200:
-            self.crash.hit("after_prepare_before_reply")
-        return _reply(status, answer)
 
     async def _commit_endpoint(self, request: Request) -> Response:
         parsed = await self._branch_of(request, "commit")
@@ -179,116 +199,3 @@ class Participant:
         except _Transient as e:
             return _reply(503, {"detail": str(e)})
         return _reply(status, answer)
-
-    # -- the protocol --------------------------------------------------------------------
-
-    def _autocommit(self) -> AsyncConnection:
-        """A connection whose statements commit by themselves (COMMIT PREPARED needs that)."""
-        return self.engine.execution_options(isolation_level="AUTOCOMMIT").connect()
-
-    async def prepare(
-        self, gid: str, branch: int, payload: dict[str, Any], handler: Handler
-    ) -> tuple[int, dict[str, Any]]:
-        """Phase one. 200: voted yes (prepared now, earlier, or already committed).
-        409: voted no, now or earlier, or refused because a rollback came first."""
-        xid = wire.xid(gid, branch)
-        key = {"gid": gid, "branch": branch}
-        async with self._autocommit() as conn:
-            if (await conn.execute(_IS_PREPARED, {"xid": xid})).first() is not None:
-                return 200, {"vote": "yes", "repeat": True}
-        try:
-            async with self.engine.connect() as conn:
-                trans = await conn.begin()
-                try:
-                    await conn.execute(
-                        text(f"SET LOCAL lock_timeout = {self.settings.lock_timeout_ms}")
-                    )
-                    fresh = await conn.execute(
-                        _BARRIER_INSERT, {**key, "outcome": "prepared", "reason": None}
-                    )
-                    if fresh.first() is None:
-                        await trans.rollback()
-                        return await self._answer_existing_prepare(conn, key)
-                    result = await handler(conn, payload)
-                    # The barrier row and the business change are prepared together: after
-                    # this they survive a crash, and only COMMIT/ROLLBACK PREPARED ends them.
-                    await conn.exec_driver_sql(f"PREPARE TRANSACTION '{xid}'")
-                    await trans.commit()  # the server has no open transaction any more
-                except BusinessError as e:
-                    await trans.rollback()
-                    await self._record_no_vote(key, e.reason)
-                    return 409, {"reason": e.reason}
-                except BaseException:
-                    if trans.is_active:
-                        await trans.rollback()
-                    raise
-        except DBAPIError as e:
-            raise _Transient(f"prepare of {xid} failed: {sqlstate(e) or e}") from e
-        log.info("prepared", extra={"gid": gid, "branch": branch})
-        return 200, {"vote": "yes", "result": result or {}}
-
-    async def _answer_existing_prepare(
-        self, conn: AsyncConnection, key: dict[str, Any]
-    ) -> tuple[int, dict[str, Any]]:
-        row = (await conn.execute(_BARRIER_READ, key)).first()
-        await conn.rollback()
-        if row is None:  # the row we conflicted with was rolled back meanwhile: try again
-            raise _Transient("branch is being resolved concurrently")
-        if row.outcome == "prepared":  # prepared and since committed
-            return 200, {"vote": "yes", "repeat": True}
-        if row.outcome == "rolled_back":
-            return 409, {"reason": "this branch was rolled back before it could be prepared"}
-        return 409, {"reason": row.reason or "voted no"}
-
-    async def _record_no_vote(self, key: dict[str, Any], reason: str) -> None:
-        # A repeated prepare must answer 409 with the same reason, not rerun the handler.
-        async with self._autocommit() as conn:
-            await conn.execute(_BARRIER_INSERT, {**key, "outcome": "voted_no", "reason": reason})
-
-    async def commit(self, gid: str, branch: int) -> tuple[int, dict[str, Any]]:
-        xid = wire.xid(gid, branch)
-        key = {"gid": gid, "branch": branch}
-        async with self._autocommit() as conn:
-            try:
-                await conn.exec_driver_sql(f"COMMIT PREPARED '{xid}'")
-                return 200, {"committed": True}
-            except DBAPIError as e:
-                code = sqlstate(e)
-                if code != UNDEFINED_OBJECT:
-                    raise _Transient(f"commit of {xid} failed: {code or e}") from e
-            row = (await conn.execute(_BARRIER_READ, key)).first()
-        if row is not None and row.outcome == "prepared":
-            return 200, {"committed": True, "repeat": True}
-        outcome = row.outcome if row is not None else "nothing recorded"
-        return 409, {"reason": f"cannot commit {xid}: it is not prepared ({outcome})"}
-
-    async def rollback(self, gid: str, branch: int) -> tuple[int, dict[str, Any]]:
-        xid = wire.xid(gid, branch)
-        key = {"gid": gid, "branch": branch}
-        marker = {**key, "outcome": "rolled_back", "reason": None}
-        async with self._autocommit() as conn:
-            try:
-                await conn.exec_driver_sql(f"ROLLBACK PREPARED '{xid}'")
-                # The prepared barrier row is gone with it: leave a marker so a duplicated
-                # prepare arriving later is refused instead of preparing again.
-                await conn.execute(_BARRIER_INSERT, marker)
-                return 200, {"rolled_back": True}
-            except DBAPIError as e:
-                code = sqlstate(e)
-                if code != UNDEFINED_OBJECT:
-                    raise _Transient(f"rollback of {xid} failed: {code or e}") from e
-        try:
-            async with self.engine.begin() as tconn:
-                await tconn.execute(
-                    text(f"SET LOCAL lock_timeout = {self.settings.lock_timeout_ms}")
-                )
-                inserted = (await tconn.execute(_BARRIER_INSERT, marker)).first()
-                row = None if inserted else (await tconn.execute(_BARRIER_READ, key)).first()
-        except DBAPIError as e:
-            # A prepare of this branch holds the key; once it is prepared, a retry finds it.
-            raise _Transient(f"rollback of {xid} must wait: {sqlstate(e) or e}") from e
-        if inserted is not None:
-            return 200, {"rolled_back": True, "marker": True}
-        if row is not None and row.outcome == "prepared":
-            return 409, {"reason": f"cannot roll back {xid}: it is already committed"}
-        return 200, {"rolled_back": True, "repeat": True}

@@ -447,3 +447,27 @@ async def test_live_summary_counts_live_stuck_and_oldest(store: LogStore) -> Non
     g1 = await must_get(store, "g1")
     _, probe = await store.insert(new_txn("g1", salt="clock probe"), "probe", LONG)
     assert 0 < live.oldest_age_s <= (probe.db_now - g1.created_at).total_seconds()
+
+
+# --- saga progress ------------------------------------------------------------------------
+
+
+async def test_write_progress_updates_one_branch_and_records_its_event(store: LogStore) -> None:
+    await store.insert(new_txn("g1", n=3), "a", LONG)
+    await store.write_progress(
+        "g1", 1, 1, BranchProgress("succeeded", 2, "once 503"), "action:succeeded", {"ms": 3}
+    )
+    rec = await must_get(store, "g1")
+    assert [(b.status, b.attempts, b.last_error) for b in rec.branches] == [
+        ("pending", 0, None),
+        ("succeeded", 2, "once 503"),
+        ("pending", 0, None),
+    ]
+    assert rec.request == {"gid": "g1", "salt": ""}  # the normalized request comes back
+    last = (await store.events("g1"))[-1]
+    assert (last.kind, last.branch, last.detail) == ("action:succeeded", 1, {"ms": 3})
+    with pytest.raises(OwnershipLost):
+        await store.write_progress(
+            "g1", 2, 0, BranchProgress("succeeded", 1, None), "action:succeeded", None
+        )
+    assert (await must_get(store, "g1")).branches[0].status == "pending"

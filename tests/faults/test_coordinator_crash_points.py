@@ -7,34 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from devstack.stack import Stack, StackConfig
-from tests.conftest import TEST_COORDINATOR_ENV
+from devstack.stack import Stack
 from tests.helpers import fetch, prepared_xacts, unique, wait_terminal
 
 MOVES = {"ledger1": -30, "ledger2": 20, "ledger3": 10}
 OPENING = 100
-
-
-@pytest.fixture(scope="module")
-def fault_stack(state_root: Path) -> Iterator[Stack]:
-    s = Stack(
-        StackConfig(
-            state_dir=state_root / "faults",
-            fsync=False,
-            coordinator_env=dict(TEST_COORDINATOR_ENV),
-        )
-    )
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.mark.parametrize(

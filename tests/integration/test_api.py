@@ -294,10 +294,86 @@ INVALID_CASES: dict[str, tuple[Any, list[Any], tuple[str, ...]]] = {
         ["body", "mode"],
         ("2pc", "saga"),
     ),
-    "saga mode refused in this version": (
+    "saga branch without compensation": (
         lambda b: b.update(mode="saga"),
+        ["body", "branches", 0, "compensation"],
+        ("needs a compensation",),
+    ),
+    "2pc branch with a compensation": (
+        lambda b: b["branches"][0].update(compensation="/undo"),
+        ["body", "branches", 0, "compensation"],
+        ("2pc branches have no compensation",),
+    ),
+    "2pc branch with depends_on": (
+        lambda b: b["branches"][0].update(depends_on=[]),
+        ["body", "branches", 0, "depends_on"],
+        ("depends_on is for sagas",),
+    ),
+    "saga dependency out of range": (
+        lambda b: (
+            b.update(mode="saga"),
+            b["branches"][0].update(compensation="/undo", depends_on=[3]),
+        ),
+        ["body", "branches", 0, "depends_on"],
+        ("0..0", "got 3"),
+    ),
+    "saga dependency cycle": (
+        lambda b: (
+            b.update(mode="saga"),
+            b["branches"][0].update(compensation="/undo", depends_on=[1]),
+            b["branches"].append(
+                {**branch("ledger2", "x", 1), "compensation": "/undo", "depends_on": [0]}
+            ),
+        ),
+        ["body", "branches", 0, "depends_on"],
+        ("cycle",),
+    ),
+    "unknown named saga": (
+        lambda b: (b.pop("mode"), b.pop("branches"), b.update(saga="nope", input={})),
+        ["body", "saga"],
+        ("unknown saga 'nope'", "transfer"),
+    ),
+    "named saga with a bad input": (
+        lambda b: (
+            b.pop("mode"),
+            b.pop("branches"),
+            b.update(saga="transfer", input={"from_ledger": "ledger1", "amount": 0}),
+        ),
+        ["body", "input", "from_account"],
+        ("Field required",),
+    ),
+    "named saga on an unknown ledger": (
+        lambda b: (
+            b.pop("mode"),
+            b.pop("branches"),
+            b.update(
+                saga="transfer",
+                input={
+                    "from_ledger": "ledger1",
+                    "from_account": "a",
+                    "to_ledger": "ledger9",
+                    "to_account": "b",
+                    "amount": 1,
+                },
+            ),
+        ),
+        ["body", "input"],
+        ("unknown participant", "ledger9"),
+    ),
+    "missing mode": (
+        lambda b: b.pop("mode"),
         ["body", "mode"],
-        ("saga", "not available"),
+        ("mode is required",),
+    ),
+    "retry policy on 2pc": (
+        lambda b: b.update(retry={"max_attempts": 2}),
+        ["body", "retry"],
+        ("not for 2pc",),
+    ),
+    "bad retry policy": (
+        lambda b: b.update(mode="saga", retry={"max_attempts": 0}),
+        ["body", "retry", "max_attempts"],
+        ("greater than or equal to 1",),
     ),
     "action that is a URL": (
         lambda b: b["branches"][0].update(action="http://evil/x"),

@@ -1,0 +1,154 @@
+"""Checks a submission beyond its schema and turns it into what the log stores: explicit
+branches (a named saga expanded), their dependencies, the retry policy. Every refusal names the
+field to fix (HTTP 422)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from coordinator.models import MAX_PAYLOAD_BYTES, BranchIn, TxnIn, payload_size
+from sagas import REGISTRY, SagaInputError, expand
+from sagas.policy import RetryPolicy
+
+Loc = tuple[str | int, ...]
+
+
+class Invalid(ValueError):
+    def __init__(self, loc: Loc, msg: str) -> None:
+        super().__init__(msg)
+        self.loc = loc
+        self.msg = msg
+
+
+@dataclass(frozen=True)
+class Normalized:
+    mode: str
+    branches: list[BranchIn]
+    deps: list[list[int]] | None
+    retry: RetryPolicy | None
+    saga: str | None
+
+    def request(self, body: TxnIn) -> dict[str, Any]:
+        """The stored request: the body as sent, plus the expanded plan the driver needs."""
+        stored = body.model_dump(mode="json", exclude={"gid"}, exclude_none=True)
+        stored["mode"] = self.mode
+        stored["branches"] = [b.model_dump(mode="json", exclude_none=True) for b in self.branches]
+        if self.deps is not None:
+            stored["deps"] = self.deps
+        if self.retry is not None:
+            stored["retry"] = self.retry.model_dump(mode="json")
+        return stored
+
+
+def normalize(body: TxnIn, registry: dict[str, str]) -> Normalized:
+    if body.saga is not None:
+        return _named(body, registry)
+    if body.input is not None:
+        raise Invalid(("body", "input"), "input goes with a named saga: give `saga` too")
+    if body.mode is None:
+        raise Invalid(
+            ("body", "mode"), "mode is required ('2pc' or 'saga') unless `saga` names one"
+        )
+    if body.branches is None:
+        raise Invalid(("body", "branches"), "branches are required unless `saga` names a saga")
+    _check_branches(body.branches, registry)
+    if body.mode == "2pc":
+        for i, b in enumerate(body.branches):
+            if b.compensation is not None:
+                raise Invalid(
+                    ("body", "branches", i, "compensation"),
+                    "2pc branches have no compensation (rollback undoes them); use mode 'saga'",
+                )
+            if b.depends_on is not None:
+                raise Invalid(
+                    ("body", "branches", i, "depends_on"),
+                    "2pc branches are prepared in parallel; depends_on is for sagas",
+                )
+        if body.retry is not None:
+            raise Invalid(("body", "retry"), "retry is the saga actions' policy; not for 2pc")
+        return Normalized("2pc", body.branches, None, None, None)
+    for i, b in enumerate(body.branches):
+        if b.compensation is None:
+            raise Invalid(
+                ("body", "branches", i, "compensation"),
+                "every saga branch needs a compensation (the path that undoes its action)",
+            )
+    deps = _deps(body.branches)
+    return Normalized("saga", body.branches, deps, body.retry or RetryPolicy(), None)
+
+
+def _named(body: TxnIn, registry: dict[str, str]) -> Normalized:
+    name = body.saga or ""
+    if body.mode not in (None, "saga"):
+        raise Invalid(("body", "mode"), "a named saga runs as mode 'saga'")
+    if body.branches is not None:
+        raise Invalid(("body", "branches"), "give either `saga` and `input`, or `branches`")
+    if name not in REGISTRY:
+        known = ", ".join(sorted(REGISTRY)) or "(none)"
+        raise Invalid(("body", "saga"), f"unknown saga {name!r}; the catalogue has: {known}")
+    try:
+        plan = expand(name, body.input or {})
+    except SagaInputError as e:
+        loc, msg = e.errors[0]
+        raise Invalid(("body", "input", *loc), msg) from e
+    branches = [BranchIn.model_validate(b) for b in plan.branches]
+    try:
+        _check_branches(branches, registry)
+    except Invalid as e:
+        raise Invalid(("body", "input"), f"saga {name!r}: {e.msg}") from e
+    retry = body.retry or plan.retry or RetryPolicy()
+    return Normalized("saga", branches, plan.deps, retry, name)
+
+
+def _check_branches(branches: list[BranchIn], registry: dict[str, str]) -> None:
+    known = ", ".join(sorted(registry)) or "(none configured)"
+    for i, branch in enumerate(branches):
+        if branch.participant not in registry:
+            hint = (
+                "raw URLs are not accepted; name a participant from the registry"
+                if "://" in branch.participant or "/" in branch.participant
+                else "unknown participant"
+            )
+            raise Invalid(
+                ("body", "branches", i, "participant"),
+                f"{hint}: {branch.participant!r}; known participants: {known}",
+            )
+        size = payload_size(branch.payload)
+        if size > MAX_PAYLOAD_BYTES:
+            raise Invalid(
+                ("body", "branches", i, "payload"),
+                f"payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES} bytes (64 KiB)",
+            )
+
+
+def _deps(branches: list[BranchIn]) -> list[list[int]]:
+    """Sequential when no branch gives depends_on; otherwise exactly the DAG given."""
+    n = len(branches)
+    if all(b.depends_on is None for b in branches):
+        return [[i - 1] if i else [] for i in range(n)]
+    deps = [sorted(set(b.depends_on or [])) for b in branches]
+    for i, d in enumerate(deps):
+        for j in d:
+            if not 0 <= j < n or j == i:
+                raise Invalid(
+                    ("body", "branches", i, "depends_on"),
+                    f"depends_on must name other branches by index 0..{n - 1}; got {j}",
+                )
+    # Kahn's algorithm: whatever cannot be ordered sits on a cycle.
+    remaining = {i: set(d) for i, d in enumerate(deps)}
+    while True:
+        ready = [i for i, waits in remaining.items() if not waits]
+        if not ready:
+            break
+        for i in ready:
+            del remaining[i]
+        for waits in remaining.values():
+            waits.difference_update(ready)
+    if remaining:
+        cycle = sorted(remaining)
+        raise Invalid(
+            ("body", "branches", cycle[0], "depends_on"),
+            f"depends_on has a cycle through branches {cycle}",
+        )
+    return deps

@@ -1,0 +1,67 @@
+"""What the SDK's 2PC and saga halves share: the handler type, the business and transient
+errors, the engine a participant holds, and the barrier's lock timeout."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from participants.sdk.settings import ParticipantSettings
+
+Handler = Callable[[AsyncConnection, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+# (op, gid, branch): awaited inside the local transaction right after the barrier write.
+BarrierHook = Callable[[str, str, int], Awaitable[None]]
+
+
+class BusinessError(Exception):
+    """Raised by a handler to refuse the work; the participant answers 409 with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Transient(Exception):
+    """The call cannot be answered now; the coordinator retries (HTTP 503)."""
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error, looking through SQLAlchemy's and asyncpg's wrappers."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        for attr in ("sqlstate", "pgcode"):
+            code = getattr(seen, attr, None)
+            if isinstance(code, str):
+                return code
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
+
+
+class _Core:
+    """The engine and settings both protocol halves run on."""
+
+    settings: ParticipantSettings
+    _engine: AsyncEngine | None
+    barrier_hook: BarrierHook | None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("the participant's engine is not open: use its lifespan")
+        return self._engine
+
+    def _autocommit(self) -> AsyncConnection:
+        """A connection whose statements commit by themselves (COMMIT PREPARED needs that)."""
+        return self.engine.execution_options(isolation_level="AUTOCOMMIT").connect()
+
+    async def _limit_lock_wait(self, conn: AsyncConnection) -> None:
+        """A call that finds its barrier key held by another call waits at most this long,
+        then answers 503: no request blocks for long behind another."""
+        await conn.execute(text(f"SET LOCAL lock_timeout = {int(self.settings.lock_timeout_ms)}"))
+
+    async def _at_barrier(self, op: str, gid: str, branch: int) -> None:
+        if self.barrier_hook is not None:
+            await self.barrier_hook(op, gid, branch)

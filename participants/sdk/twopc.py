@@ -1,0 +1,143 @@
+"""The 2PC half of the participant SDK: a prepare runs the business handler, writes the barrier
+row and ``PREPARE TRANSACTION`` in one local transaction; commit and rollback finish it. Every
+call is idempotent: a repeated call answers as the first one did."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from participants.sdk import wire
+from participants.sdk.base import BusinessError, Handler, _Core, _Transient, sqlstate
+from participants.sdk.schema import BARRIER
+
+log = logging.getLogger(__name__)
+
+# SQLSTATEs the 2PC calls tell apart.
+UNDEFINED_OBJECT = "42704"  # no prepared transaction with that name
+OBJECT_IN_USE = "55006"  # another backend is finishing that prepared transaction right now
+LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout: a prepare holds the branch's barrier key
+QUERY_CANCELED = "57014"
+
+_BARRIER_INSERT = text(
+    f"INSERT INTO {BARRIER} (gid, branch, op, outcome, reason) "
+    "VALUES (:gid, :branch, '2pc', :outcome, :reason) ON CONFLICT DO NOTHING RETURNING 1"
+)
+_BARRIER_READ = text(
+    f"SELECT outcome, reason FROM {BARRIER} WHERE gid = :gid AND branch = :branch AND op = '2pc'"
+)
+_IS_PREPARED = text(
+    "SELECT 1 FROM pg_prepared_xacts WHERE gid = :xid AND database = current_database()"
+)
+
+
+class TwoPhase(_Core):
+    """prepare, commit and rollback of one 2PC branch, as (HTTP status, JSON body)."""
+
+    async def prepare(
+        self, gid: str, branch: int, payload: dict[str, Any], handler: Handler
+    ) -> tuple[int, dict[str, Any]]:
+        """Phase one. 200: voted yes (prepared now, earlier, or already committed).
+        409: voted no, now or earlier, or refused because a rollback came first."""
+        xid = wire.xid(gid, branch)
+        key = {"gid": gid, "branch": branch}
+        async with self._autocommit() as conn:
+            if (await conn.execute(_IS_PREPARED, {"xid": xid})).first() is not None:
+                return 200, {"vote": "yes", "repeat": True}
+        try:
+            async with self.engine.connect() as conn:
+                trans = await conn.begin()
+                try:
+                    await self._limit_lock_wait(conn)
+                    fresh = await conn.execute(
+                        _BARRIER_INSERT, {**key, "outcome": "prepared", "reason": None}
+                    )
+                    if fresh.first() is None:
+                        await trans.rollback()
+                        return await self._answer_existing_prepare(conn, key)
+                    await self._at_barrier("prepare", gid, branch)
+                    result = await handler(conn, payload)
+                    # The barrier row and the business change are prepared together: after
+                    # this they survive a crash, and only COMMIT/ROLLBACK PREPARED ends them.
+                    await conn.exec_driver_sql(f"PREPARE TRANSACTION '{xid}'")
+                    await trans.commit()  # the server has no open transaction any more
+                except BusinessError as e:
+                    await trans.rollback()
+                    await self._record_no_vote(key, e.reason)
+                    return 409, {"reason": e.reason}
+                except BaseException:
+                    if trans.is_active:
+                        await trans.rollback()
+                    raise
+        except DBAPIError as e:
+            raise _Transient(f"prepare of {xid} failed: {sqlstate(e) or e}") from e
+        log.info("prepared", extra={"gid": gid, "branch": branch})
+        return 200, {"vote": "yes", "result": result or {}}
+
+    async def _answer_existing_prepare(
+        self, conn: AsyncConnection, key: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        row = (await conn.execute(_BARRIER_READ, key)).first()
+        await conn.rollback()
+        if row is None:  # the row we conflicted with was rolled back meanwhile: try again
+            raise _Transient("branch is being resolved concurrently")
+        if row.outcome == "prepared":  # prepared and since committed
+            return 200, {"vote": "yes", "repeat": True}
+        if row.outcome == "rolled_back":
+            return 409, {"reason": "this branch was rolled back before it could be prepared"}
+        return 409, {"reason": row.reason or "voted no"}
+
+    async def _record_no_vote(self, key: dict[str, Any], reason: str) -> None:
+        # A repeated prepare must answer 409 with the same reason, not rerun the handler.
+        async with self._autocommit() as conn:
+            await conn.execute(_BARRIER_INSERT, {**key, "outcome": "voted_no", "reason": reason})
+
+    async def commit(self, gid: str, branch: int) -> tuple[int, dict[str, Any]]:
+        xid = wire.xid(gid, branch)
+        key = {"gid": gid, "branch": branch}
+        async with self._autocommit() as conn:
+            try:
+                await conn.exec_driver_sql(f"COMMIT PREPARED '{xid}'")
+                return 200, {"committed": True}
+            except DBAPIError as e:
+                code = sqlstate(e)
+                if code != UNDEFINED_OBJECT:
+                    raise _Transient(f"commit of {xid} failed: {code or e}") from e
+            row = (await conn.execute(_BARRIER_READ, key)).first()
+        if row is not None and row.outcome == "prepared":
+            return 200, {"committed": True, "repeat": True}
+        outcome = row.outcome if row is not None else "nothing recorded"
+        return 409, {"reason": f"cannot commit {xid}: it is not prepared ({outcome})"}
+
+    async def rollback(self, gid: str, branch: int) -> tuple[int, dict[str, Any]]:
+        xid = wire.xid(gid, branch)
+        key = {"gid": gid, "branch": branch}
+        marker = {**key, "outcome": "rolled_back", "reason": None}
+        async with self._autocommit() as conn:
+            try:
+                await conn.exec_driver_sql(f"ROLLBACK PREPARED '{xid}'")
+                # The prepared barrier row is gone with it: leave a marker so a duplicated
+                # prepare arriving later is refused instead of preparing again.
+                await conn.execute(_BARRIER_INSERT, marker)
+                return 200, {"rolled_back": True}
+            except DBAPIError as e:
+                code = sqlstate(e)
+                if code != UNDEFINED_OBJECT:
+                    raise _Transient(f"rollback of {xid} failed: {code or e}") from e
+        try:
+            async with self.engine.begin() as tconn:
+                await self._limit_lock_wait(tconn)
+                inserted = (await tconn.execute(_BARRIER_INSERT, marker)).first()
+                row = None if inserted else (await tconn.execute(_BARRIER_READ, key)).first()
+        except DBAPIError as e:
+            # A prepare of this branch holds the key; once it is prepared, a retry finds it.
+            raise _Transient(f"rollback of {xid} must wait: {sqlstate(e) or e}") from e
+        if inserted is not None:
+            return 200, {"rolled_back": True, "marker": True}
+        if row is not None and row.outcome == "prepared":
+            return 409, {"reason": f"cannot roll back {xid}: it is already committed"}
+        return 200, {"rolled_back": True, "repeat": True}

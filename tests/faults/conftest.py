@@ -1,0 +1,28 @@
+"""The fault tests share one stack of their own: they restart, freeze and crash its pieces,
+which the other tests' stack must never see."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.stack import Stack, StackConfig
+from tests.conftest import TEST_COORDINATOR_ENV
+
+
+@pytest.fixture(scope="session")
+def fault_stack(state_root: Path) -> Iterator[Stack]:
+    s = Stack(
+        StackConfig(
+            state_dir=state_root / "faults",
+            fsync=False,
+            coordinator_env=dict(TEST_COORDINATOR_ENV),
+        )
+    )
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()

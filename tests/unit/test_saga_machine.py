@@ -1,0 +1,214 @@
+"""The pure saga state machine under Hypothesis: arbitrary interleavings of action results,
+compensation failures, timeouts, coordinator crashes and late deliveries of messages a crashed
+driver had sent. Participants are modelled with the SDK's barrier (duplicates answered as the
+first, null compensation, late actions refused)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sagas import machine as m
+from sagas.machine import Status, Step
+
+
+@dataclass
+class Barrier:
+    """One participant branch: what has really happened there."""
+
+    applied: bool = False  # the action's business effect exists
+    refused: bool = False  # the action was refused (no effect)
+    null_compensated: bool = False
+    compensated: bool = False
+    compensations_run: int = 0
+
+
+@dataclass
+class World:
+    deps: tuple[frozenset[int], ...]
+    verdicts: list[str]  # per step: "ok" or "refuse"
+    state: m.State
+    branches: list[Barrier]
+    logged: m.State
+    durable: m.State  # what survives a crash of the log's database (Progress is asynchronous)
+    network: list[tuple[int, str, int]] = field(default_factory=list)  # (generation, op, idx)
+    generation: int = 0
+    finished: Status | None = None
+    decided: bool = False
+
+    def apply(self, event: m.Event) -> None:
+        self.state, commands = m.step(self.state, event)
+        for command in commands:
+            match command:
+                case m.SendAction(idx):
+                    self.network.append((self.generation, "action", idx))
+                case m.SendCompensation(idx):
+                    assert self.decided, "compensation sent before the decision was logged"
+                    self.network.append((self.generation, "compensate", idx))
+                case m.Decide():
+                    assert not self.decided or self.logged.status is Status.COMPENSATING
+                    self.decided = True
+                    self.logged = self.durable = self.state
+                case m.Progress():
+                    self.logged = self.state
+                case m.Reschedule():
+                    self.logged = self.durable = self.state
+                    self.crash()
+                    return
+                case m.Finish(status):
+                    self.logged = self.durable = self.state
+                    self.finished = status
+
+    def crash(self) -> None:
+        """The driver dies. Messages already sent stay on the network (they may still arrive,
+        late); their replies go nowhere. A new driver resumes from the log."""
+        self.generation += 1
+        self.state = m.State(self.logged.status, self.logged.steps, self.deps, self.logged.reason)
+        if self.state.status not in m.TERMINAL:
+            self.apply(m.Resume(past_deadline=False))
+
+    def deliver(self, i: int, compensation_ok: bool) -> None:
+        generation, op, idx = self.network.pop(i)
+        b = self.branches[idx]
+        if op == "action":
+            if b.null_compensated or b.refused:
+                reply: m.Event = m.ActionFailed(idx, "refused")
+            elif b.applied:
+                reply = m.ActionDone(idx)  # duplicate: answered as the first, no rerun
+            elif self.verdicts[idx] == "ok":
+                b.applied = True
+                reply = m.ActionDone(idx)
+            else:
+                b.refused = True
+                reply = m.ActionFailed(idx, "refused")
+        else:
+            if not compensation_ok:
+                reply = m.CompensationDeferred(idx, "503")
+            else:
+                if b.applied and not b.compensated:
+                    # Reverse dependency order: every dependent's effect is undone already.
+                    for j, deps in enumerate(self.deps):
+                        if idx in deps and self.branches[j].applied:
+                            assert self.branches[j].compensated, f"{idx} undone before {j}"
+                    b.compensated = True
+                    b.compensations_run += 1
+                elif not b.applied and not b.refused:
+                    b.null_compensated = True
+                reply = m.CompensationDone(idx)
+        if generation == self.generation:
+            self.apply(reply)
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> tuple[frozenset[int], ...]:
+    n = draw(st.integers(1, 5))
+    if draw(st.booleans()):
+        return m.sequential(n)
+    return tuple(
+        frozenset(draw(st.sets(st.integers(0, i - 1), max_size=i)) if i else ()) for i in range(n)
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(deps=dags(), data=st.data())
+def test_saga_compensates_exactly_what_ran_in_order_and_reports_what_is_logged(
+    deps: tuple[frozenset[int], ...], data: st.DataObject
+) -> None:
+    verdicts = data.draw(
+        st.lists(st.sampled_from(["ok", "ok", "refuse"]), min_size=len(deps), max_size=len(deps))
+    )
+    start = m.State.new(deps)
+    world = World(deps, verdicts, start, [Barrier() for _ in deps], start, start)
+    world.apply(m.Start())
+    for _ in range(data.draw(st.integers(0, 60), label="chaos steps")):
+        if world.finished:
+            break
+        action = data.draw(
+            st.sampled_from(["deliver", "deliver", "fail", "timeout", "crash", "db crash"])
+        )
+        if action == "db crash":  # asynchronous progress writes since the last sync one are lost
+            world.logged = world.durable
+            world.crash()
+        elif action == "timeout":
+            world.apply(m.TimedOut())
+        elif action == "crash":
+            world.crash()
+        elif world.network:
+            i = data.draw(st.integers(0, len(world.network) - 1))
+            world.deliver(i, compensation_ok=action == "deliver")
+    for _ in range(2000):  # then everything answers, including late messages
+        if world.finished and not world.network:
+            break
+        if world.network:
+            world.deliver(0, compensation_ok=True)
+        elif not world.finished:
+            world.crash()  # a rescheduled saga is resumed by recovery
+    assert world.finished in (Status.COMMITTED, Status.ABORTED)
+    assert world.logged.status is world.finished  # the outcome reported is the one logged
+    for b in world.branches:
+        assert b.compensations_run <= 1, "a compensation ran twice"
+    if world.finished is Status.COMMITTED:
+        assert all(b.applied and not b.compensated for b in world.branches)
+        assert all(v == "ok" for v in verdicts)
+    else:
+        # Nothing left half done: every effect that exists is undone, late actions included.
+        for b in world.branches:
+            assert b.applied == b.compensated, b
+        assert all(s in (Step.PENDING, Step.COMPENSATED) for s in world.logged.steps)
+
+
+def test_sequential_saga_compensates_in_reverse() -> None:
+    state, commands = m.step(m.State.new(m.sequential(3)), m.Start())
+    assert commands == [m.SendAction(0)]
+    state, commands = m.step(state, m.ActionDone(0))
+    assert commands == [m.Progress(0), m.SendAction(1)]
+    state, commands = m.step(state, m.ActionDone(1))
+    state, commands = m.step(state, m.ActionFailed(2, "blocked destination"))
+    assert commands == [m.Progress(2), m.Decide("blocked destination"), m.SendCompensation(2)]
+    state, commands = m.step(state, m.CompensationDone(2))
+    assert commands == [m.Progress(2), m.SendCompensation(1)]
+    state, commands = m.step(state, m.CompensationDone(1))
+    assert commands == [m.Progress(1), m.SendCompensation(0)]
+    state, commands = m.step(state, m.CompensationDone(0))
+    assert commands == [m.Progress(0), m.Finish(Status.ABORTED)]
+    assert state.reason == "blocked destination"
+
+
+def test_parallel_steps_run_concurrently_and_a_join_waits_for_both() -> None:
+    deps = (frozenset(), frozenset(), frozenset({0, 1}))
+    state, commands = m.step(m.State.new(deps), m.Start())
+    assert commands == [m.SendAction(0), m.SendAction(1)]
+    state, commands = m.step(state, m.ActionDone(1))
+    assert commands == [m.Progress(1)]
+    state, commands = m.step(state, m.ActionDone(0))
+    assert commands == [m.Progress(0), m.SendAction(2)]
+    state, commands = m.step(state, m.ActionDone(2))
+    assert commands == [m.Progress(2), m.Finish(Status.COMMITTED)]
+
+
+def test_unattempted_steps_are_not_compensated() -> None:
+    state, _ = m.step(m.State.new(m.sequential(3)), m.Start())
+    state, commands = m.step(state, m.ActionFailed(0, "no stock"))
+    assert commands == [m.Progress(0), m.Decide("no stock"), m.SendCompensation(0)]
+    state, commands = m.step(state, m.CompensationDone(0))
+    assert commands == [m.Progress(0), m.Finish(Status.ABORTED)]
+    assert state.steps == (Step.COMPENSATED, Step.PENDING, Step.PENDING)
+
+
+def test_failing_compensation_stays_compensating_and_reschedules() -> None:
+    state, _ = m.step(m.State.new(m.sequential(2)), m.Start())
+    state, _ = m.step(state, m.ActionDone(0))
+    state, _ = m.step(state, m.ActionFailed(1, "no"))
+    state, commands = m.step(state, m.CompensationDeferred(1, "503"))
+    assert commands == [m.Progress(1), m.Reschedule()]
+    assert state.status is Status.COMPENSATING and state.steps[1] is Step.COMPENSATING
+
+
+def test_resume_past_deadline_compensates_whatever_may_have_run() -> None:
+    logged = m.State(Status.RUNNING, (Step.SUCCEEDED, Step.PENDING), m.sequential(2))
+    state, commands = m.step(logged, m.Resume(past_deadline=True))
+    assert state.status is Status.COMPENSATING
+    # Step 1 may have been sent by the crashed driver: it is compensated (first), then 0.
+    assert commands == [m.Decide("timed out before every step succeeded"), m.SendCompensation(1)]
