@@ -12,8 +12,8 @@ from tenacity import RetryCallState
 class RetryPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_attempts: int = Field(5, ge=1, le=100, description="Attempts of an action, first included.")
-    initial_s: float = Field(0.1, gt=0, le=60, description="Wait before the first retry.")
+    max_attempts: int = Field(8, ge=1, le=100, description="Attempts of an action, first included.")
+    initial_s: float = Field(0.2, gt=0, le=60, description="Wait before the first retry.")
     multiplier: float = Field(2.0, ge=1, le=10, description="Growth of the wait per retry.")
     max_s: float = Field(5.0, gt=0, le=300, description="Cap of the wait between retries.")
     jitter: float = Field(
