@@ -87,16 +87,8 @@ class _SagaRun:
                             self._spawn(self._action(idx))
                         case m.SendCompensation(idx):
                             self._spawn(self._compensation(idx))
-                        case m.Progress(idx):
-                            status = state.steps[idx]
-                            await d.store.write_progress(
-                                self.gid,
-                                self.epoch,
-                                idx,
-                                BranchProgress(str(status), self.attempts[idx], self.errors[idx]),
-                                _EVENT_OF.get(status, f"step:{status}"),
-                                {"error": self.errors[idx]} if self.errors[idx] else None,
-                            )
+                        case m.Progress(idx, status):
+                            await self._record(idx, status)
                         case m.Decide(reason):
                             # Rules 2 and 5: the decision to compensate is durable, fenced,
                             # before any compensation is sent.
@@ -151,6 +143,17 @@ class _SagaRun:
         finally:
             for task in list(self.tasks):
                 task.cancel()
+
+    async def _record(self, idx: int, status: m.Step) -> None:
+        failed = status in (m.Step.FAILED, m.Step.COMPENSATING)
+        await self.d.store.write_progress(
+            self.gid,
+            self.epoch,
+            idx,
+            BranchProgress(str(status), self.attempts[idx], self.errors[idx]),
+            _EVENT_OF[status],
+            {"error": self.errors[idx]} if failed and self.errors[idx] else None,
+        )
 
     async def _next_event(self, state: m.State) -> m.Event:
         if state.status is not m.Status.RUNNING:

@@ -124,9 +124,11 @@ class SendCompensation:
 
 @dataclass(frozen=True)
 class Progress:
-    """Record a step's progress (redoable: may be written asynchronously, DESIGN rule 4)."""
+    """Record how a step settled (redoable: may be written asynchronously, DESIGN rule 4):
+    SUCCEEDED or FAILED (its action), COMPENSATED, or COMPENSATING (a deferred compensation)."""
 
     idx: int
+    status: Step
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ def step(state: State, event: Event) -> tuple[State, list[Command]]:
             state = _set(state, idx, Step.FAILED)
             if state.status is Status.RUNNING:
                 decided, commands = _compensate(state, reason)
-                return decided, [Progress(idx), *commands]
+                return decided, [Progress(idx, Step.FAILED), *commands]
             return _advance(state, idx)
         case TimedOut():
             if state.status is not Status.RUNNING:
@@ -211,7 +213,9 @@ def _compensate(state: State, reason: str) -> tuple[State, list[Command]]:
 def _advance(state: State, progressed: int | None = None) -> tuple[State, list[Command]]:
     """Send what may be sent now; finish or reschedule when nothing is in flight."""
     # Every settled step gets its own progress record: the timeline shows each one.
-    head: list[Command] = [Progress(progressed)] if progressed is not None else []
+    head: list[Command] = (
+        [Progress(progressed, state.steps[progressed])] if progressed is not None else []
+    )
     sends: list[Command] = []
     steps = list(state.steps)
     if state.status is Status.RUNNING:

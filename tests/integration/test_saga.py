@@ -88,6 +88,9 @@ async def test_refused_step_compensates_what_ran_in_reverse_order(stack: Stack) 
     assert await balances(dsns(stack), account) == {n: OPENING for n in urls(stack)}
     compensations = [e["branch"] for e in txn["events"] if e["kind"] == "compensation:done"]
     assert compensations == [2, 1, 0]
+    failed = [e for e in txn["events"] if e["kind"] == "action:failed"]
+    assert [e["branch"] for e in failed] == [2] and "negative" in failed[0]["detail"]["error"]
+    assert not [e for e in txn["events"] if e["kind"] == "compensation:deferred"]
     # Each effect exactly once, by the participants' own records.
     ledger1 = dsns(stack)["ledger1"]
     assert await barrier_rows(ledger1, txn["gid"]) == [

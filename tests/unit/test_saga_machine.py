@@ -163,16 +163,20 @@ def test_sequential_saga_compensates_in_reverse() -> None:
     state, commands = m.step(m.State.new(m.sequential(3)), m.Start())
     assert commands == [m.SendAction(0)]
     state, commands = m.step(state, m.ActionDone(0))
-    assert commands == [m.Progress(0), m.SendAction(1)]
+    assert commands == [m.Progress(0, Step.SUCCEEDED), m.SendAction(1)]
     state, commands = m.step(state, m.ActionDone(1))
     state, commands = m.step(state, m.ActionFailed(2, "blocked destination"))
-    assert commands == [m.Progress(2), m.Decide("blocked destination"), m.SendCompensation(2)]
+    assert commands == [
+        m.Progress(2, Step.FAILED),
+        m.Decide("blocked destination"),
+        m.SendCompensation(2),
+    ]
     state, commands = m.step(state, m.CompensationDone(2))
-    assert commands == [m.Progress(2), m.SendCompensation(1)]
+    assert commands == [m.Progress(2, Step.COMPENSATED), m.SendCompensation(1)]
     state, commands = m.step(state, m.CompensationDone(1))
-    assert commands == [m.Progress(1), m.SendCompensation(0)]
+    assert commands == [m.Progress(1, Step.COMPENSATED), m.SendCompensation(0)]
     state, commands = m.step(state, m.CompensationDone(0))
-    assert commands == [m.Progress(0), m.Finish(Status.ABORTED)]
+    assert commands == [m.Progress(0, Step.COMPENSATED), m.Finish(Status.ABORTED)]
     assert state.reason == "blocked destination"
 
 
@@ -181,19 +185,19 @@ def test_parallel_steps_run_concurrently_and_a_join_waits_for_both() -> None:
     state, commands = m.step(m.State.new(deps), m.Start())
     assert commands == [m.SendAction(0), m.SendAction(1)]
     state, commands = m.step(state, m.ActionDone(1))
-    assert commands == [m.Progress(1)]
+    assert commands == [m.Progress(1, Step.SUCCEEDED)]
     state, commands = m.step(state, m.ActionDone(0))
-    assert commands == [m.Progress(0), m.SendAction(2)]
+    assert commands == [m.Progress(0, Step.SUCCEEDED), m.SendAction(2)]
     state, commands = m.step(state, m.ActionDone(2))
-    assert commands == [m.Progress(2), m.Finish(Status.COMMITTED)]
+    assert commands == [m.Progress(2, Step.SUCCEEDED), m.Finish(Status.COMMITTED)]
 
 
 def test_unattempted_steps_are_not_compensated() -> None:
     state, _ = m.step(m.State.new(m.sequential(3)), m.Start())
     state, commands = m.step(state, m.ActionFailed(0, "no stock"))
-    assert commands == [m.Progress(0), m.Decide("no stock"), m.SendCompensation(0)]
+    assert commands == [m.Progress(0, Step.FAILED), m.Decide("no stock"), m.SendCompensation(0)]
     state, commands = m.step(state, m.CompensationDone(0))
-    assert commands == [m.Progress(0), m.Finish(Status.ABORTED)]
+    assert commands == [m.Progress(0, Step.COMPENSATED), m.Finish(Status.ABORTED)]
     assert state.steps == (Step.COMPENSATED, Step.PENDING, Step.PENDING)
 
 
@@ -202,7 +206,7 @@ def test_failing_compensation_stays_compensating_and_reschedules() -> None:
     state, _ = m.step(state, m.ActionDone(0))
     state, _ = m.step(state, m.ActionFailed(1, "no"))
     state, commands = m.step(state, m.CompensationDeferred(1, "503"))
-    assert commands == [m.Progress(1), m.Reschedule()]
+    assert commands == [m.Progress(1, Step.COMPENSATING), m.Reschedule()]
     assert state.status is Status.COMPENSATING and state.steps[1] is Step.COMPENSATING
 
 
