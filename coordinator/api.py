@@ -196,6 +196,7 @@ def create_app(
         record = await c.store.get(gid)
         if record is None:
             raise HTTPException(404, detail=f"no transaction with gid {gid}")
+        record = await c.resolve_doubt(record)
         timeline = None
         if events:
             timeline = [

@@ -78,6 +78,11 @@ class LogStore(Protocol):
         owner holds) in one statement, bumping each epoch."""
         ...
 
+    async def abort_orphan(self, gid: str, owner: str, lease_s: float, reason: str) -> Claim | None:
+        """If ``gid`` is a 2PC transaction still ``preparing`` whose lease has run out, decide
+        abort (presumed abort), bump the epoch and hand it to ``owner``; else None."""
+        ...
+
     async def renew(self, owner: str, held: Mapping[str, int], lease_s: float) -> set[str]:
         """Extend the leases ``owner`` still holds at the given epochs, in one statement; returns
         the renewed gids."""

@@ -255,6 +255,22 @@ class MemLog:
             claims.append(Claim(copy.deepcopy(row.rec), now))
         return claims
 
+    async def abort_orphan(self, gid: str, owner: str, lease_s: float, reason: str) -> Claim | None:
+        now = self.now()
+        row = self._txns.get(gid)
+        if row is None or row.rec.mode != "2pc" or row.rec.status != "preparing":
+            return None
+        if row.lease_until is not None and not row.lease_until < now:
+            return None
+        rec = row.rec
+        rec.status, rec.reason, rec.epoch, rec.owner = "aborting", reason, rec.epoch + 1, owner
+        rec.updated_at = now
+        row.lease_until = now + timedelta(seconds=lease_s)
+        row.next_attempt_at = now
+        detail = {"status": "aborting", "reason": reason, "epoch": rec.epoch, "owner": owner}
+        self._event(gid, now, "decided", detail)
+        return Claim(copy.deepcopy(rec), now)
+
     async def renew(self, owner: str, held: Mapping[str, int], lease_s: float) -> set[str]:
         now = self.now()
         renewed = set()

@@ -54,6 +54,7 @@ _CLAIM = _stmt(queries.CLAIM)
 _RENEW = _stmt(queries.RENEW)
 _LIVE_SUMMARY = _stmt(queries.LIVE_SUMMARY)
 _WRITE_PROGRESS = _stmt(queries.WRITE_PROGRESS)
+_ABORT_ORPHAN = _stmt(queries.ABORT_ORPHAN)
 
 
 def _txn(row: Any) -> TxnRecord:
@@ -295,6 +296,16 @@ class PgLog:
             records = [_txn(r) for r in rows]
             await self._attach_branches(conn, records)
         return [Claim(rec, row.db_now) for rec, row in zip(records, rows, strict=True)]
+
+    async def abort_orphan(self, gid: str, owner: str, lease_s: float, reason: str) -> Claim | None:
+        params = {"gid": gid, "owner": owner, "lease_s": float(lease_s), "reason": reason}
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_ABORT_ORPHAN, params)).first()
+            if row is None:
+                return None
+            record = _txn(row)
+            await self._attach_branches(conn, [record])
+        return Claim(record, row.db_now)
 
     async def renew(self, owner: str, held: Mapping[str, int], lease_s: float) -> set[str]:
         if not held:

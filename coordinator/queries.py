@@ -151,3 +151,26 @@ WITH t AS (
 )
 SELECT count(*) AS n FROM t
 """
+
+# Doubt resolution: asked about a 2PC transaction still `preparing` whose owner's lease ran out,
+# decide abort (presumed abort) before answering. The epoch bump fences the old driver, should
+# it wake up; the asker becomes the owner and drives the rollbacks. Guarded by the lease, so a
+# live owner is never overruled.
+ABORT_ORPHAN = """
+WITH t AS (
+    UPDATE transactions
+    SET status = 'aborting', reason = :reason, epoch = epoch + 1, owner = :owner,
+        lease_until = now() + make_interval(secs => :lease_s), updated_at = now(),
+        next_attempt_at = now()
+    WHERE gid = :gid AND mode = '2pc' AND status = 'preparing'
+      AND (lease_until IS NULL OR lease_until < now())
+    RETURNING *
+), e AS (
+    INSERT INTO events (gid, kind, detail)
+    SELECT t.gid, 'decided', jsonb_build_object('status', t.status, 'reason', t.reason,
+                                                'epoch', t.epoch, 'owner', t.owner)
+    FROM t
+    RETURNING 1
+)
+SELECT t.*, now() AS db_now FROM t
+"""

@@ -96,6 +96,24 @@ class Coordinator:
                 del self._tasks[gid]
             self.notify(gid)
 
+    async def resolve_doubt(self, record: TxnRecord) -> TxnRecord:
+        """Someone asks about ``record``. If it is a 2PC transaction still preparing whose
+        owner's lease ran out, decide abort first (a fenced write), drive the rollbacks, and
+        answer with that: the question itself ends the doubt."""
+        if record.mode != "2pc" or record.status != "preparing":
+            return record
+        claim = await self.store.abort_orphan(
+            record.gid,
+            self.settings.instance_id,
+            self.settings.lease_s,
+            "presumed abort: asked while preparing, after its coordinator's lease ran out",
+        )
+        if claim is None:
+            return record
+        log.warning("in doubt and orphaned: decided abort", extra={"gid": record.gid})
+        self._drive(claim, fresh=False)
+        return claim.record
+
     # -- waiting for outcomes ------------------------------------------------------------
 
     def notify(self, gid: str) -> None:

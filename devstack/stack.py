@@ -213,6 +213,9 @@ class Stack:
     def _start_services(self) -> None:
         logs = self.state_dir / "logs"
         registry: dict[str, str] = {}
+        coordinator_ports = [free_port() for _ in range(self.config.coordinators)]
+        # Participants' doubt resolvers ask any coordinator (they share one log).
+        coordinator_urls = ",".join(f"http://127.0.0.1:{p}" for p in coordinator_ports)
         for i in range(1, self.config.ledgers + 1):
             name = f"ledger{i}"
             port = free_port()
@@ -225,6 +228,7 @@ class Stack:
                     "TXNP_NAME": name,
                     "TXNP_DSN": dsn,
                     "TXNP_PORT": str(port),
+                    "TXNP_COORDINATORS": coordinator_urls,
                     **self.config.participant_env,
                 },
                 port=port,
@@ -232,9 +236,8 @@ class Stack:
                 dsn=dsn,
             )
             registry[name] = f"http://127.0.0.1:{port}"
-        for i in range(1, self.config.coordinators + 1):
+        for i, port in enumerate(coordinator_ports, start=1):
             name = f"coord{i}"
-            port = free_port()
             self.services[name] = Service(
                 name=name,
                 kind="coordinator",

@@ -5,6 +5,8 @@ on the ``Txn-Op`` header to the handler registered for that op (``prepare``: the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,6 +22,7 @@ from coordinator.crash import PARTICIPANT_POINTS, CrashPoints
 from coordinator.db import make_engine
 from participants.sdk import wire
 from participants.sdk.base import BarrierHook, BusinessError, Handler, _Transient, sqlstate
+from participants.sdk.resolver import DoubtResolver
 from participants.sdk.saga import SagaBarrier
 from participants.sdk.settings import ParticipantSettings
 from participants.sdk.twopc import TwoPhase
@@ -73,11 +76,30 @@ class Participant(TwoPhase, SagaBarrier):
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
         if self._engine is None:
             self._engine = make_engine(self.settings.dsn, pool_size=self.settings.pool_size)
+        resolver: asyncio.Task[None] | None = None
+        if self.settings.coordinators:
+            resolver = asyncio.create_task(
+                self.resolver().run(self.settings.resolver_interval_s), name="doubt-resolver"
+            )
         try:
             yield
         finally:
+            if resolver is not None:
+                resolver.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await resolver
             await self._engine.dispose()
             self._engine = None
+
+    def resolver(self) -> DoubtResolver:
+        """The doubt resolver over this participant's prepared transactions."""
+        return DoubtResolver(
+            self.engine,
+            self.settings.coordinators,
+            self.settings.orphan_safety_s,
+            self.commit,
+            self.rollback,
+        )
 
     # -- registration --------------------------------------------------------------------
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated, Any
+
+import orjson
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ParticipantSettings(BaseSettings):
+    """Everything the SDK reads from its environment (prefix ``TXNP_``)."""
+
     model_config = SettingsConfigDict(env_prefix="TXNP_", extra="ignore")
 
     name: str = Field("participant", description="Service name, used in logs.")
@@ -21,5 +26,23 @@ class ParticipantSettings(BaseSettings):
     lock_timeout_ms: int = Field(
         2000, gt=0, description="How long a barrier write waits on a branch another call holds."
     )
+    coordinators: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Coordinator base URLs the doubt resolver asks (JSON list or comma-separated); "
+        "empty: no resolver.",
+    )
+    orphan_safety_s: float = Field(
+        30.0, ge=0, description="Age a prepared transaction must reach before the resolver asks."
+    )
+    resolver_interval_s: float = Field(5.0, gt=0, description="How often the resolver looks.")
     crash_at: str = Field("", description="Crash point name (tests only); empty: none.")
     crash_marker: str = Field("", description="Crash only while this file does not exist.")
+
+    @field_validator("coordinators", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return orjson.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

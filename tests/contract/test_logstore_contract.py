@@ -471,3 +471,32 @@ async def test_write_progress_updates_one_branch_and_records_its_event(store: Lo
             "g1", 2, 0, BranchProgress("succeeded", 1, None), "action:succeeded", None
         )
     assert (await must_get(store, "g1")).branches[0].status == "pending"
+
+
+# --- doubt resolution -------------------------------------------------------------------
+
+
+async def test_abort_orphan_only_when_preparing_and_the_lease_ran_out(store: LogStore) -> None:
+    _, live = await store.insert(new_txn("g1", mode="2pc"), "a", LONG)
+    assert await store.abort_orphan("g1", "b", LONG, "why") is None  # a live owner rules
+    assert (await must_get(store, "g1")).status == "preparing"
+    _, short = await store.insert(new_txn("g2", mode="2pc"), "a", 0.2)
+    await wait_past(store, lease_end(short, 0.2), "g2")
+    claim = await store.abort_orphan("g2", "b", LONG, "presumed abort")
+    assert claim is not None
+    rec = claim.record
+    assert (rec.status, rec.reason, rec.owner, rec.epoch) == ("aborting", "presumed abort", "b", 2)
+    assert len(rec.branches) == 2
+    last = (await store.events("g2"))[-1]
+    assert last.kind == "decided" and last.detail is not None
+    assert last.detail["status"] == "aborting" and last.detail["epoch"] == 2
+    # The old driver is fenced out; asking again changes nothing more.
+    with pytest.raises(OwnershipLost):
+        await store.write_status("g2", 1, "committing", None, [], "decided")
+    assert await store.abort_orphan("g2", "c", LONG, "again") is None
+    assert (await must_get(store, "g2")).status == "aborting"
+    # Sagas are never aborted by a question.
+    _, saga = await store.insert(new_txn("g3", mode="saga"), "a", 0.2)
+    await wait_past(store, lease_end(saga, 0.2), "g3")
+    assert await store.abort_orphan("g3", "b", LONG, "no") is None
+    assert live.record.epoch == 1
