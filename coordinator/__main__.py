@@ -10,8 +10,22 @@ from coordinator.api import create_app
 from coordinator.settings import get_settings
 
 
+class ContextFormatter(logging.Formatter):
+    """Appends the transaction context a log call passed as extras (``gid``, ``epoch``,
+    ``branch``), so one grep follows a transaction across processes."""
+
+    KEYS = ("gid", "epoch", "branch")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        context = " ".join(f"{k}={getattr(record, k)}" for k in self.KEYS if hasattr(record, k))
+        return f"{line} [{context}]" if context else line
+
+
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(ContextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     settings = get_settings()
     uvicorn.run(
         create_app(settings),

@@ -73,9 +73,12 @@ class LogStore(Protocol):
         jitter, and release the lease so any instance can claim it when due. Returns the delay."""
         ...
 
-    async def claim(self, owner: str, limit: int, lease_s: float, own: bool) -> list[Claim]:
-        """Claim due, unleased live transactions (or, with ``own``, every live transaction this
-        owner holds) in one statement, bumping each epoch."""
+    async def claim(
+        self, owner: str, limit: int, lease_s: float, own: bool, exclude: Sequence[str] = ()
+    ) -> list[Claim]:
+        """Claim due, unleased live transactions (or, with ``own``, also every live transaction
+        this owner holds but the ``exclude``d ones it is driving already) in one statement,
+        bumping each epoch."""
         ...
 
     async def abort_orphan(self, gid: str, owner: str, lease_s: float, reason: str) -> Claim | None:

@@ -233,7 +233,9 @@ class MemLog:
         self._event(gid, now, "rescheduled", {"delay_s": delay})
         return delay
 
-    async def claim(self, owner: str, limit: int, lease_s: float, own: bool) -> list[Claim]:
+    async def claim(
+        self, owner: str, limit: int, lease_s: float, own: bool, exclude: Sequence[str] = ()
+    ) -> list[Claim]:
         now = self.now()
         due = [
             r
@@ -241,7 +243,7 @@ class MemLog:
             if r.rec.status not in TERMINAL
             and (
                 (r.next_attempt_at <= now and (r.lease_until is None or r.lease_until < now))
-                or (own and r.rec.owner == owner)
+                or (own and r.rec.owner == owner and r.rec.gid not in exclude)
             )
         ]
         due.sort(key=lambda r: r.next_attempt_at)

@@ -13,6 +13,7 @@ _HELP = {
     "txn_participant_calls_total": ("counter", "Calls to participants, by outcome."),
     "txn_rescheduled_total": ("counter", "Phase-two bursts that gave up and were rescheduled."),
     "txn_recovered_total": ("counter", "Transactions claimed by recovery."),
+    "txn_claim_batches_total": ("counter", "Claim statements that returned work."),
     "txn_live": ("gauge", "Live (non-terminal) transactions in the log, by status."),
     "txn_stuck": ("gauge", "Live transactions rescheduled at least TXN_STUCK_ATTEMPTS times."),
     "txn_oldest_live_seconds": ("gauge", "Age of the oldest live transaction, by status."),

@@ -38,6 +38,7 @@ _ARRAYS: dict[str, Any] = {
     "berror": ARRAY(Text),
     "gids": ARRAY(Text),
     "epochs": ARRAY(BigInteger),
+    "exclude": ARRAY(Text),
 }
 
 
@@ -287,8 +288,16 @@ class PgLog:
             raise OwnershipLost(f"transaction {gid}: epoch {epoch} is no longer current")
         return float(row.delay)
 
-    async def claim(self, owner: str, limit: int, lease_s: float, own: bool) -> list[Claim]:
-        params = {"owner": owner, "limit": limit, "lease_s": float(lease_s), "own": own}
+    async def claim(
+        self, owner: str, limit: int, lease_s: float, own: bool, exclude: Sequence[str] = ()
+    ) -> list[Claim]:
+        params = {
+            "owner": owner,
+            "limit": limit,
+            "lease_s": float(lease_s),
+            "own": own,
+            "exclude": list(exclude),
+        }
         async with self.engine.connect() as conn:
             rows = list(await conn.execute(_CLAIM, params))
             if not rows:

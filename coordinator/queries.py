@@ -96,7 +96,8 @@ WITH due AS (
     SELECT gid FROM transactions
     WHERE status NOT IN ('committed', 'aborted')
       AND ((next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now()))
-           OR (CAST(:own AS boolean) AND owner = :owner))
+           OR (CAST(:own AS boolean) AND owner = :owner
+               AND NOT (gid = ANY(CAST(:exclude AS text[])))))
     ORDER BY next_attempt_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED

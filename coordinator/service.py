@@ -150,9 +150,16 @@ class Coordinator:
     # -- recovery and leases -------------------------------------------------------------
 
     async def recover_once(self, own: bool) -> int:
+        # Bounded: a backlog is taken in batches as drivers finish, not all at once.
+        room = self.settings.max_recovering - len(self.active)
+        limit = min(self.settings.claim_batch, room)
+        if limit <= 0:
+            return 0
         claims = await self.store.claim(
-            self.settings.instance_id, self.settings.claim_batch, self.settings.lease_s, own
+            self.settings.instance_id, limit, self.settings.lease_s, own
         )
+        if claims:
+            self.metrics.inc("txn_claim_batches_total")
         for claim in claims:
             self.metrics.inc("txn_recovered_total")
             log.info(
@@ -168,7 +175,7 @@ class Coordinator:
         while True:
             try:
                 claimed = await self.recover_once(own)
-                own = False
+                own = own and claimed >= self.settings.claim_batch  # all of our own, first
                 if claimed >= self.settings.claim_batch:
                     continue  # a backlog: keep claiming without waiting
             except asyncio.CancelledError:
@@ -178,7 +185,7 @@ class Coordinator:
             await asyncio.sleep(self.settings.claim_interval_s)
 
     async def _renew_loop(self) -> None:
-        interval = self.settings.lease_s / 3
+        interval = self.settings.renew_interval_s
         while True:
             await asyncio.sleep(interval)
             held = dict(self.active)

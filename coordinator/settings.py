@@ -34,8 +34,14 @@ class Settings(BaseSettings):
     hmac_secret: str = Field("", description="Shared secret for Txn-Signature; empty: no signing.")
     production: bool = Field(False, description="Refuse to start without an HMAC secret.")
     lease_s: float = Field(3.0, gt=0, description="Lease a driver holds on a transaction.")
+    renew_interval_s: float = Field(
+        1.0, gt=0, description="How often one statement renews every lease this instance holds."
+    )
     claim_interval_s: float = Field(1.0, gt=0, description="How often recovery claims due work.")
     claim_batch: int = Field(100, gt=0, description="Most transactions claimed per statement.")
+    max_recovering: int = Field(
+        500, gt=0, description="Most transactions this instance drives at once from recovery."
+    )
     call_timeout_s: float = Field(10.0, gt=0, description="Timeout of one participant call.")
     default_timeout_s: float = Field(30.0, gt=0, description="Default 2PC prepare deadline.")
     retry_initial_s: float = Field(0.05, gt=0, description="First retry backoff within a burst.")
@@ -65,6 +71,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_production(self) -> Settings:
+        if self.renew_interval_s >= self.lease_s:
+            raise ValueError(
+                f"TXN_RENEW_INTERVAL_S ({self.renew_interval_s}) must be shorter than "
+                f"TXN_LEASE_S ({self.lease_s}), or leases lapse between renewals"
+            )
         if self.production and not self.hmac_secret:
             raise ValueError("TXN_HMAC_SECRET must be set when TXN_PRODUCTION is true")
         if self.production and self.crash_at:

@@ -18,6 +18,7 @@ from migrations import upgrade
 # Fast clocks for tests: short leases and claim intervals so recovery is quick to observe.
 TEST_COORDINATOR_ENV = {
     "TXN_LEASE_S": "2",
+    "TXN_RENEW_INTERVAL_S": "0.5",
     "TXN_CLAIM_INTERVAL_S": "0.2",
     "TXN_RESCHEDULE_INITIAL_S": "0.1",
     "TXN_RESCHEDULE_MAX_S": "1",

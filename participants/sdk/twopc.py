@@ -35,6 +35,10 @@ _IS_PREPARED = text(
 )
 
 
+# Lock timeout, deadlock detected, serialization failure: another transaction is in the way.
+CONTENTION = frozenset({"55P03", "40P01", "40001"})
+
+
 class TwoPhase(_Core):
     """prepare, commit and rollback of one 2PC branch, as (HTTP status, JSON body)."""
 
@@ -60,7 +64,19 @@ class TwoPhase(_Core):
                         await trans.rollback()
                         return await self._answer_existing_prepare(conn, key)
                     await self._at_barrier("prepare", gid, branch)
-                    result = await handler(conn, payload)
+                    try:
+                        result = await handler(conn, payload)
+                    except DBAPIError as e:
+                        if sqlstate(e) not in CONTENTION:
+                            raise
+                        # Waiting on another transaction's row locks while this one's other
+                        # branches hold theirs can deadlock across databases, where no single
+                        # server sees the cycle. Vote no: the global transaction aborts, frees
+                        # its locks, and the client may retry it.
+                        raise BusinessError(
+                            f"contention: rows locked by another transaction for over "
+                            f"{self.settings.lock_timeout_ms} ms ({sqlstate(e)}); retry later"
+                        ) from e
                     # The barrier row and the business change are prepared together: after
                     # this they survive a crash, and only COMMIT/ROLLBACK PREPARED ends them.
                     await conn.exec_driver_sql(f"PREPARE TRANSACTION '{xid}'")

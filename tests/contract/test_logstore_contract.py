@@ -500,3 +500,11 @@ async def test_abort_orphan_only_when_preparing_and_the_lease_ran_out(store: Log
     await wait_past(store, lease_end(saga, 0.2), "g3")
     assert await store.abort_orphan("g3", "b", LONG, "no") is None
     assert live.record.epoch == 1
+
+
+async def test_claim_own_skips_what_the_owner_is_driving_already(store: LogStore) -> None:
+    await store.insert(new_txn("g1"), "a", LONG)
+    await store.insert(new_txn("g2"), "a", LONG)
+    claims = await store.claim("a", 10, LONG, own=True, exclude=["g1"])
+    assert gids(claims) == {"g2"}
+    assert (await must_get(store, "g1")).epoch == 1  # its driver is not fenced out

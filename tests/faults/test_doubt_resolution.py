@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from coordinator.crash import CRASH_EXIT_CODE
 from devstack.stack import Stack, StackConfig
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import balances, fetch, open_accounts, prepared_xacts, unique
@@ -103,9 +103,9 @@ async def transfer_until_crash(
         await client.post(f"{stack.service(via).url}/v1/transactions", json=body)
 
     async def crashed() -> bool:
-        return os.path.exists(marker) and stack.service(via).pid is None
+        return stack.service(via).exited() == CRASH_EXIT_CODE
 
-    await wait_for(crashed, f"{via} to exit at its crash point")
+    await wait_for(crashed, f"{via} to exit at its crash point")  # exit code 70: the point
     return account, gid
 
 

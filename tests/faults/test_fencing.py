@@ -138,7 +138,7 @@ class Takeover:
 @pytest.fixture(scope="module")
 async def takeover(fencing_stack: Stack) -> AsyncIterator[Takeover]:
     stack = fencing_stack
-    coord1, coord2 = stack.service("coord1"), stack.service("coord2")
+    coord1 = stack.service("coord1")
     ledger3 = stack.service("ledger3")
     log_dsn = stack.log_dsn
     dsns = {p.name: p.dsn for p in stack.participants if p.dsn is not None}
@@ -324,13 +324,9 @@ async def test_a_write_under_the_old_epoch_affects_zero_rows(
     try:
         progress = [BranchProgress("committed", 7, "stale writer")] * 3
         with pytest.raises(OwnershipLost, match="is no longer current"):
-            await store.write_status(
-                t.gid, t.old_epoch, "committing", "stale", progress, "decided"
-            )
+            await store.write_status(t.gid, t.old_epoch, "committing", "stale", progress, "decided")
         with pytest.raises(OwnershipLost, match="is no longer current"):
-            await store.write_status(
-                t.gid, t.old_epoch, "committed", "stale", progress, "finished"
-            )
+            await store.write_status(t.gid, t.old_epoch, "committed", "stale", progress, "finished")
         with pytest.raises(OwnershipLost, match="is no longer current"):
             await store.reschedule(t.gid, t.old_epoch, progress, 0.1, 1.0)
         with pytest.raises(OwnershipLost, match="is no longer current"):

@@ -201,3 +201,26 @@ async def test_http_endpoints_check_headers_and_signature(ledger_dsn: str) -> No
             done = await client.post(wire.COMMIT_PATH, headers=commit_headers)
             assert done.status_code == 200
     assert await balance(ledger_dsn, "f") == 11
+
+
+async def test_prepare_blocked_by_row_locks_votes_no_instead_of_waiting(
+    sdk: Participant, ledger_dsn: str
+) -> None:
+    """Another transaction holds the row: the prepare waits at most the lock timeout, then
+    votes no (a wait across databases could be a distributed deadlock no server detects)."""
+    await open_account(ledger_dsn, "hot", 10)
+    holder = await asyncpg.connect(ledger_dsn)
+    try:
+        locked = holder.transaction()
+        await locked.start()
+        await holder.execute("SELECT 1 FROM accounts WHERE id = 'hot' FOR UPDATE")
+        g = gid()
+        status, body = await sdk.prepare(g, 0, {"account": "hot", "delta": 1}, adjust)
+        assert status == 409 and "contention" in body["reason"]
+        await locked.rollback()
+    finally:
+        await holder.close()
+    assert await prepared(ledger_dsn) == []
+    assert await balance(ledger_dsn, "hot") == 10
+    # Answered the same way if the coordinator asks again.
+    assert (await sdk.prepare(g, 0, {"account": "hot", "delta": 1}, adjust))[0] == 409

@@ -40,3 +40,9 @@ def test_unknown_crash_point_is_refused() -> None:
         CrashPoints("after_lunch", "", COORDINATOR_POINTS)
     quiet = CrashPoints("", "", COORDINATOR_POINTS)
     quiet.hit("after_decision")  # not armed: returns
+
+
+def test_renewal_must_come_before_the_lease_lapses() -> None:
+    with pytest.raises(ValidationError, match="TXN_RENEW_INTERVAL_S"):
+        Settings(lease_s=1.0, renew_interval_s=1.0)
+    assert Settings(lease_s=3.0, renew_interval_s=1.0).renew_interval_s == 1.0

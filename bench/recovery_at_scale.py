@@ -1,0 +1,163 @@
+"""Recovery at scale: N transactions left in flight by a killed coordinator, driven to a terminal
+status by the restarted one, against the time the same N take when nothing fails.
+
+    .venv/bin/python bench/recovery_at_scale.py [--n 1000] [--concurrency 32]
+
+Scenario, on one embedded stack: (1) baseline: submit N 2PC transfers across the three ledgers
+and time until all are terminal; (2) freeze the ledgers (SIGSTOP), submit N more (logged, their
+prepares hanging), SIGKILL the coordinator, thaw the ledgers, restart the coordinator and time
+until all N are terminal. Claims come in batches (TXN_CLAIM_BATCH); the script reports how many
+claim statements recovery needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from devstack.stack import Stack, StackConfig
+
+TERMINAL = ("committed", "aborted")
+
+
+async def _submit_all(base: str, gids: list[str], concurrency: int, wait_s: float) -> None:
+    """Submit with ``concurrency`` clients; with ``wait_s`` each waits for the outcome, so at most
+    ``concurrency`` transactions are in flight (a client-paced load, as in production)."""
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for gid in gids:
+        queue.put_nowait(gid)
+    async with aiohttp.ClientSession() as session:
+
+        async def worker(account: str) -> None:
+            while not queue.empty():
+                gid = queue.get_nowait()
+                body = {
+                    "gid": gid,
+                    "mode": "2pc",
+                    "branches": [
+                        {
+                            "participant": f"ledger{i}",
+                            "action": "/accounts/adjust",
+                            "payload": {"account": account, "delta": 1},
+                        }
+                        for i in (1, 2, 3)
+                    ],
+                }
+                url = f"{base}/v1/transactions?wait={wait_s}"
+                async with session.post(url, json=body) as reply:
+                    if reply.status != 201:
+                        raise RuntimeError(f"{gid}: {reply.status} {await reply.text()}")
+
+        # One account per client: the load measures the protocol, not contention on one row.
+        await asyncio.gather(*(worker(f"bench{i}") for i in range(concurrency)))
+
+
+async def _wait_terminal(log_dsn: str, prefix: str, n: int, timeout_s: float) -> float:
+    """Seconds until all ``n`` transactions with this gid prefix are terminal (log clock)."""
+    conn = await asyncpg.connect(log_dsn)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            done = await conn.fetchval(
+                "SELECT count(*) FROM transactions WHERE gid LIKE $1 || '%' "
+                "AND status IN ('committed', 'aborted')",
+                prefix,
+            )
+            if done >= n:
+                return time.monotonic()
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"only {done} of {n} terminal after {timeout_s}s")
+    finally:
+        await conn.close()
+
+
+async def _metric(base: str, name: str) -> float:
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as reply:
+        for line in (await reply.text()).splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.split()[-1])
+    return 0.0
+
+
+async def _open_accounts(stack: Stack, n: int) -> None:
+    async with aiohttp.ClientSession() as session:
+        for p in stack.participants:
+            for i in range(n):
+                body = {"id": f"bench{i}", "balance": 0}
+                async with session.post(f"{p.url}/accounts", json=body) as reply:
+                    if reply.status not in (201, 409):
+                        raise RuntimeError(await reply.text())
+
+
+def run(stack: Stack, n: int, concurrency: int, timeout_s: float = 600) -> dict[str, Any]:
+    """The two phases on a running stack; returns the measured figures."""
+    coord = stack.coordinators[0]
+    tag = f"{os.getpid()}-{time.monotonic_ns()}"
+    asyncio.run(_open_accounts(stack, concurrency))
+
+    base_prefix = f"base-{tag}-"
+    started = time.monotonic()
+    asyncio.run(
+        _submit_all(coord.url, [f"{base_prefix}{i}" for i in range(n)], concurrency, 60)
+    )
+    baseline = asyncio.run(_wait_terminal(stack.log_dsn, base_prefix, n, timeout_s)) - started
+
+    crash_prefix = f"crash-{tag}-"
+    for p in stack.participants:
+        p.signal(signal.SIGSTOP)
+    try:
+        # No waiting here: every submission is logged and left hanging on a frozen ledger.
+        asyncio.run(
+            _submit_all(coord.url, [f"{crash_prefix}{i}" for i in range(n)], concurrency, 0)
+        )
+        coord.restart = False
+        assert coord.pid is not None
+        os.kill(coord.pid, signal.SIGKILL)
+        if coord.proc is not None:
+            coord.proc.wait()  # reap it: it is ours
+    finally:
+        for p in stack.participants:
+            p.signal(signal.SIGCONT)
+    restarted = time.monotonic()
+    coord.restart = True
+    stack.restart(coord.name)
+    recovery = asyncio.run(_wait_terminal(stack.log_dsn, crash_prefix, n, timeout_s)) - restarted
+    recovered = asyncio.run(_metric(coord.url, "txn_recovered_total"))
+    batches = asyncio.run(_metric(coord.url, "txn_claim_batches_total"))
+    return {
+        "n": n,
+        "concurrency": concurrency,
+        "baseline_s": round(baseline, 2),
+        "recovery_s": round(recovery, 2),
+        "ratio": round(recovery / baseline, 2),
+        "recovered": int(recovered),
+        "claim_statements": int(batches),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="txn-bench-") as tmp:
+        Path(tmp).chmod(0o755)  # the Postgres servers run as an unprivileged user under root
+        with Stack(StackConfig(state_dir=Path(tmp))) as stack:
+            print(json.dumps(run(stack, args.n, args.concurrency), indent=2))
+
+
+if __name__ == "__main__":
+    main()
