@@ -110,9 +110,7 @@ def run(stack: Stack, n: int, concurrency: int, timeout_s: float = 600) -> dict[
 
     base_prefix = f"base-{tag}-"
     started = time.monotonic()
-    asyncio.run(
-        _submit_all(coord.url, [f"{base_prefix}{i}" for i in range(n)], concurrency, 60)
-    )
+    asyncio.run(_submit_all(coord.url, [f"{base_prefix}{i}" for i in range(n)], concurrency, 60))
     baseline = asyncio.run(_wait_terminal(stack.log_dsn, base_prefix, n, timeout_s)) - started
 
     crash_prefix = f"crash-{tag}-"

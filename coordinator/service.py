@@ -155,8 +155,9 @@ class Coordinator:
         limit = min(self.settings.claim_batch, room)
         if limit <= 0:
             return 0
+        # Own work being driven here already is not claimed again (that would fence it out).
         claims = await self.store.claim(
-            self.settings.instance_id, limit, self.settings.lease_s, own
+            self.settings.instance_id, limit, self.settings.lease_s, own, exclude=list(self.active)
         )
         if claims:
             self.metrics.inc("txn_claim_batches_total")
