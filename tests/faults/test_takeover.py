@@ -392,7 +392,9 @@ async def test_survivor_takes_over_a_killed_coordinators_work_within_the_lease(
     coord1 = takeover_stack.service("coord1")
     try:
         async with httpx.AsyncClient(timeout=10) as client:
-            outcome = await run_scenario(takeover_stack, client)
+            # Six accounts per ledger: a realistic spread. (All clients on one row per ledger
+            # measures lock contention instead: prepares wait up to TXNP_LOCK_TIMEOUT_MS.)
+            outcome = await run_scenario(takeover_stack, client, accounts=6)
             print(outcome.summary())
             await check_invariants(takeover_stack, outcome)
         # The survivor picks every orphan up within the bound (its lease ran out, it was
