@@ -8,8 +8,11 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+
+from migrations import TARGETS
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -20,6 +23,7 @@ def _dev(args: argparse.Namespace) -> int:
             state_dir=Path(args.state_dir),
             coordinators=args.coordinators,
             ledgers=args.ledgers,
+            shop=not args.no_shop,
             fsync=not args.no_fsync,
         )
     )
@@ -46,15 +50,30 @@ def _dev(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from devstack.demo import run_demo
-
-    if args.state_dir:
-        return run_demo(Path(args.state_dir))
+def _in_state_dir(state_dir: str, run: Callable[[Path], int]) -> int:
+    if state_dir:
+        return run(Path(state_dir))
     with tempfile.TemporaryDirectory(prefix="txn-demo-") as tmp:
         # Postgres runs as an unprivileged user when we are root: let it into the folder.
         Path(tmp).chmod(0o755)
-        return run_demo(Path(tmp))
+        return run(Path(tmp))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from devstack.shop_demo import run_demo
+
+    if args.against:
+        return run_demo(None, Path(args.against), args.orders, args.concurrency, args.seed)
+    return _in_state_dir(
+        args.state_dir,
+        lambda d: run_demo(d, None, args.orders, args.concurrency, args.seed),
+    )
+
+
+def _demo_transfers(args: argparse.Namespace) -> int:
+    from devstack.demo import run_demo
+
+    return _in_state_dir(args.state_dir, run_demo)
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -81,15 +100,26 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--coordinators", type=int, default=1, choices=range(1, 9))
     dev.add_argument("--ledgers", type=int, default=3, choices=range(1, 17))
     dev.add_argument("--no-fsync", action="store_true", help="faster, not crash-safe for the OS")
+    dev.add_argument("--no-shop", action="store_true", help="without the demo shop's services")
     dev.set_defaults(func=_dev)
 
-    demo = sub.add_parser("demo", help="boot the stack, run a committed and an aborted transfer")
+    demo = sub.add_parser("demo", help="the shop: place orders in both modes, check invariants")
     demo.add_argument("--state-dir", default="", help="keep the stack's data here (default: temp)")
+    demo.add_argument("--against", default="", help="stack.json of a running `txn dev`")
+    demo.add_argument("--orders", type=int, default=300, help="how many orders to place")
+    demo.add_argument("--concurrency", type=int, default=16, help="orders in flight at once")
+    demo.add_argument("--seed", type=int, default=7, help="seed of the order mix")
     demo.set_defaults(func=_demo)
+
+    transfers = sub.add_parser(
+        "demo-transfers", help="3 ledgers: one committed and one aborted 2PC transfer"
+    )
+    transfers.add_argument("--state-dir", default="", help="keep the data here (default: temp)")
+    transfers.set_defaults(func=_demo_transfers)
 
     migrate = sub.add_parser("migrate", help="apply migrations to a database")
     migrate.add_argument("--dsn", required=True)
-    migrate.add_argument("--target", default="coordinator", choices=["coordinator", "ledger"])
+    migrate.add_argument("--target", default="coordinator", choices=list(TARGETS))
     migrate.set_defaults(func=_migrate)
 
     serve = sub.add_parser("serve", help="run one coordinator (settings from TXN_* variables)")

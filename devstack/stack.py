@@ -37,7 +37,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LOG_DB = "txn_log"
-LEDGER_DB = "ledger"
+SHOP = ("orders", "inventory", "payments", "shipping")
+
+
+@dataclass(frozen=True)
+class ParticipantSpec:
+    """A participant service the stack runs: its name (registry, cluster, database), the module
+    it runs as, and its migration target."""
+
+    name: str
+    module: str
+    target: str
 
 
 @dataclass
@@ -45,6 +55,8 @@ class StackConfig:
     state_dir: Path
     coordinators: int = 1
     ledgers: int = 3
+    # The e-commerce demo's four services (orders, inventory, payments, shipping).
+    shop: bool = False
     # One cluster per participant (default), so one participant's database can crash alone.
     cluster_per_participant: bool = True
     fsync: bool = True
@@ -145,7 +157,7 @@ class Stack:
         root = self._cluster_root(run_as)
         names = ["log"]
         if self.config.cluster_per_participant:
-            names += [f"ledger{i}" for i in range(1, self.config.ledgers + 1)]
+            names += [spec.name for spec in self.participant_specs()]
         previous = self._previous_ports()
         for name in names:
             cluster = Cluster(
@@ -191,17 +203,27 @@ class Stack:
     def participant_cluster(self, name: str) -> Cluster:
         return self.clusters.get(name) or self.clusters["log"]
 
-    def participant_db(self, name: str) -> str:
-        # On a shared cluster every participant needs its own database.
-        return LEDGER_DB if name in self.clusters else name
+    def participant_db(self, spec: ParticipantSpec) -> str:
+        # A cluster of its own holds one database named after the target (e.g. "ledger"); on a
+        # shared cluster every participant needs its own database.
+        return spec.target if spec.name in self.clusters else spec.name
+
+    def participant_specs(self) -> list[ParticipantSpec]:
+        specs = [
+            ParticipantSpec(f"ledger{i}", "participants.ledger", "ledger")
+            for i in range(1, self.config.ledgers + 1)
+        ]
+        if self.config.shop:
+            specs += [ParticipantSpec(name, f"participants.{name}", name) for name in SHOP]
+        return specs
 
     def _migrate(self) -> None:
         log_cluster = self.clusters["log"]
         self.log_dsn = log_cluster.dsn(LOG_DB)
         targets = [(log_cluster, LOG_DB, "coordinator")]
-        for i in range(1, self.config.ledgers + 1):
-            name = f"ledger{i}"
-            targets.append((self.participant_cluster(name), self.participant_db(name), "ledger"))
+        for spec in self.participant_specs():
+            cluster = self.participant_cluster(spec.name)
+            targets.append((cluster, self.participant_db(spec), spec.target))
         for cluster, db, target in targets:
             admin = cluster.dsn("postgres")
             run_sync(lambda admin=admin, db=db: _ensure_database(admin, db))  # type: ignore[misc]
@@ -216,14 +238,14 @@ class Stack:
         coordinator_ports = [free_port() for _ in range(self.config.coordinators)]
         # Participants' doubt resolvers ask any coordinator (they share one log).
         coordinator_urls = ",".join(f"http://127.0.0.1:{p}" for p in coordinator_ports)
-        for i in range(1, self.config.ledgers + 1):
-            name = f"ledger{i}"
+        for spec in self.participant_specs():
+            name = spec.name
             port = free_port()
-            dsn = self.participant_cluster(name).dsn(self.participant_db(name))
+            dsn = self.participant_cluster(name).dsn(self.participant_db(spec))
             self.services[name] = Service(
                 name=name,
                 kind="participant",
-                argv=[sys.executable, "-m", "participants.ledger"],
+                argv=[sys.executable, "-m", spec.module],
                 env={
                     "TXNP_NAME": name,
                     "TXNP_DSN": dsn,

@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config
 
 HERE = Path(__file__).parent
-TARGETS = ("coordinator", "ledger")
+TARGETS = ("coordinator", "ledger", "inventory", "payments", "shipping", "orders")
 
 
 def config(dsn: str, target: str) -> Config:

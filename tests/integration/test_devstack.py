@@ -139,6 +139,7 @@ def _start_txn_dev(state_dir: Path) -> subprocess.Popen[bytes]:
                 "dev",
                 "--state-dir",
                 str(state_dir),
+                "--no-shop",
                 "--ledgers",
                 "1",
                 "--no-fsync",

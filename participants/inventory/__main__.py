@@ -1,0 +1,22 @@
+"""Run one inventory instance: ``python -m participants.inventory`` (settings from ``TXNP_*``)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from participants.inventory.app import InventorySettings, create_app
+
+
+def main() -> None:
+    settings = InventorySettings()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

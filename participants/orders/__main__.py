@@ -1,0 +1,22 @@
+"""Run one orders instance: ``python -m participants.orders`` (settings from ``TXNP_*``)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from participants.orders.app import OrdersSettings, create_app
+
+
+def main() -> None:
+    settings = OrdersSettings()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Run one shipping instance: ``python -m participants.shipping`` (settings from ``TXNP_*``)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from participants.shipping.app import ShippingSettings, create_app
+
+
+def main() -> None:
+    settings = ShippingSettings()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""The shop end to end: real services, real coordinator, real Postgres. Orders in both modes,
+each failure a customer can meet, the demo's own run, and the invariant checker (including that
+it does catch a broken invariant)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from devstack.invariants import check, take_baseline
+from devstack.shop_demo import run_against
+from devstack.stack import Stack, StackConfig
+from tests.conftest import TEST_COORDINATOR_ENV
+from tests.helpers import fetch, unique
+
+
+@pytest.fixture(scope="module")
+def shop(state_root: Path) -> Iterator[Stack]:
+    s = Stack(
+        StackConfig(
+            state_dir=state_root / "shop",
+            ledgers=0,
+            shop=True,
+            fsync=False,
+            coordinator_env=dict(TEST_COORDINATOR_ENV),
+        )
+    )
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def url(stack: Stack, name: str) -> str:
+    return stack.service(name).url
+
+
+async def seed(
+    client: httpx.AsyncClient, stack: Stack, sku_stock: dict[str, int], wallets: dict[str, int]
+) -> None:
+    for sku, qty in sku_stock.items():
+        await client.post(f"{url(stack, 'inventory')}/stock", json={"sku": sku, "available": qty})
+    for customer, balance in wallets.items():
+        reply = await client.post(
+            f"{url(stack, 'payments')}/wallets", json={"customer": customer, "balance": balance}
+        )
+        assert reply.status_code == 201, reply.text
+
+
+async def order(client: httpx.AsyncClient, stack: Stack, **body: Any) -> dict[str, Any]:
+    reply = await client.post(f"{url(stack, 'orders')}/orders", json=body)
+    assert reply.status_code == 201, reply.text
+    result: dict[str, Any] = reply.json()
+    return result
+
+
+@pytest.mark.parametrize("mode", ["2pc", "saga"])
+async def test_orders_confirm_or_cancel_with_a_reason(shop: Stack, mode: str) -> None:
+    rich, poor = unique("rich"), unique("poor")
+    async with httpx.AsyncClient(timeout=60) as client:
+        await seed(client, shop, {"SKU-1": 1000, "SKU-3": 5}, {rich: 100_000, poor: 100})
+        baseline = await take_baseline(shop.state())
+        stock_before = await fetch(
+            shop.service("inventory").dsn or "", "SELECT available FROM stock WHERE sku = 'SKU-3'"
+        )
+        ok = await order(
+            client,
+            shop,
+            customer=rich,
+            items=[{"sku": "SKU-1", "qty": 2}],
+            destination="Oslo",
+            mode=mode,
+        )
+        assert ok["status"] == "confirmed", ok
+        assert ok["total"] == 4800
+        broke = await order(
+            client,
+            shop,
+            customer=poor,
+            items=[{"sku": "SKU-1", "qty": 1}],
+            destination="Oslo",
+            mode=mode,
+        )
+        assert broke["status"] == "cancelled"
+        assert f"insufficient funds: {poor} has 1.00, the order costs 24.00" in broke["reason"]
+        available = int(stock_before[0]["available"]) if stock_before else 0
+        greedy = await order(
+            client,
+            shop,
+            customer=rich,
+            items=[{"sku": "SKU-3", "qty": available + 1}],
+            destination="Oslo",
+            mode=mode,
+        )
+        assert greedy["status"] == "cancelled"
+        assert f"only {available} left of SKU-3" in greedy["reason"]
+        later = (await client.get(f"{url(shop, 'orders')}/orders/{ok['id']}")).json()
+        assert later["status"] == "confirmed" and later["id"] == ok["id"]
+    rules = await check(shop.state(), baseline)
+    assert all(r.ok for r in rules), [r for r in rules if not r.ok]
+
+
+async def test_saga_blocked_destination_is_compensated(shop: Stack) -> None:
+    customer = unique("traveller")
+    async with httpx.AsyncClient(timeout=60) as client:
+        await seed(client, shop, {"SKU-2": 1000}, {customer: 100_000})
+        baseline = await take_baseline(shop.state())
+        before = await fetch(
+            shop.service("payments").dsn or "",
+            f"SELECT balance FROM wallets WHERE customer = '{customer}'",
+        )
+        blocked = await order(
+            client,
+            shop,
+            customer=customer,
+            items=[{"sku": "SKU-2", "qty": 1}],
+            destination="Atlantis",
+            mode="saga",
+        )
+    assert blocked["status"] == "cancelled"
+    assert "we do not ship to Atlantis" in blocked["reason"]
+    after = await fetch(
+        shop.service("payments").dsn or "",
+        f"SELECT balance FROM wallets WHERE customer = '{customer}'",
+    )
+    assert after == before  # charged, then refunded
+    refunds = await fetch(
+        shop.service("payments").dsn or "",
+        f"SELECT status FROM payments WHERE order_id = '{blocked['id']}'",
+    )
+    assert [r["status"] for r in refunds] == ["refunded"]
+    rules = await check(shop.state(), baseline)
+    assert all(r.ok for r in rules), [r for r in rules if not r.ok]
+
+
+def test_the_demo_runs_and_its_invariants_hold(
+    shop: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_against(shop.state(), n=40, concurrency=8, seed=3) == 0
+    out = capsys.readouterr().out
+    assert "transactions/s" in out and "FAIL" not in out
+    assert "confirmed" in out and "cancelled" in out
+
+
+async def test_the_checker_catches_a_broken_invariant(shop: Stack) -> None:
+    state = shop.state()
+    baseline = await take_baseline(state)
+    inventory = shop.service("inventory").dsn or ""
+    await fetch(inventory, "UPDATE stock SET available = available + 1 WHERE sku = 'SKU-1'")
+    try:
+        rules = await check(state, baseline)
+        broken = [r for r in rules if not r.ok]
+        assert [r.name.split(":")[0] for r in broken] == ["per SKU"]
+        assert "SKU-1" in broken[0].violations[0]
+    finally:
+        await fetch(inventory, "UPDATE stock SET available = available - 1 WHERE sku = 'SKU-1'")
+    assert all(r.ok for r in await check(state, baseline))

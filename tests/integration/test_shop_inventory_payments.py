@@ -1,0 +1,519 @@
+"""The shop's inventory and payments participants against a real Postgres: their handlers run
+through the SDK's 2PC and saga methods on fresh migrated databases, and each service once over
+HTTP. Every check reads the real rows back: stock, reservations, wallets, payments."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator.db import make_engine
+from devstack.postgres import Cluster
+from participants.inventory.app import InventorySettings, release, reserve
+from participants.inventory.app import create_app as inventory_app
+from participants.payments.app import PaymentsSettings, charge, refund
+from participants.payments.app import create_app as payments_app
+from participants.sdk import Handler, Participant, ParticipantSettings, wire
+from tests.conftest import create_db
+
+# -- fixtures and helpers --------------------------------------------------------------------
+
+
+@pytest.fixture
+async def inv_dsn(pg: Cluster) -> str:
+    return await create_db(pg, "inventory")
+
+
+@pytest.fixture
+async def pay_dsn(pg: Cluster) -> str:
+    return await create_db(pg, "payments")
+
+
+async def _participant(dsn: str) -> AsyncIterator[Participant]:
+    engine = make_engine(dsn, pool_size=10)
+    try:
+        yield Participant(ParticipantSettings(name="t", dsn=dsn, lock_timeout_ms=5000), engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def inv(inv_dsn: str) -> AsyncIterator[Participant]:
+    async for p in _participant(inv_dsn):
+        yield p
+
+
+@pytest.fixture
+async def pay(pay_dsn: str) -> AsyncIterator[Participant]:
+    async for p in _participant(pay_dsn):
+        yield p
+
+
+async def sql(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
+
+
+def gid() -> str:
+    return f"shop-{uuid.uuid4().hex}"
+
+
+async def seed_stock(dsn: str, **skus: int) -> None:
+    for sku, available in skus.items():
+        await sql(
+            dsn,
+            "INSERT INTO stock (sku, available, reserved) VALUES ($1, $2, 0)",
+            sku.replace("_", "-"),
+            available,
+        )
+
+
+async def stock(dsn: str) -> dict[str, tuple[int, int]]:
+    rows = await sql(dsn, "SELECT sku, available, reserved FROM stock")
+    return {r["sku"]: (r["available"], r["reserved"]) for r in rows}
+
+
+async def reservations(dsn: str) -> list[tuple[str, str, int, str]]:
+    rows = await sql(dsn, "SELECT * FROM reservations ORDER BY order_id, sku")
+    return [(r["order_id"], r["sku"], r["qty"], r["status"]) for r in rows]
+
+
+async def seed_wallet(dsn: str, customer: str, balance: int) -> None:
+    await sql(dsn, "INSERT INTO wallets (customer, balance) VALUES ($1, $2)", customer, balance)
+
+
+async def wallets(dsn: str) -> dict[str, int]:
+    rows = await sql(dsn, "SELECT customer, balance FROM wallets")
+    return {r["customer"]: r["balance"] for r in rows}
+
+
+async def payments(dsn: str) -> list[tuple[str, str, int, str]]:
+    rows = await sql(dsn, "SELECT * FROM payments ORDER BY order_id")
+    return [(r["order_id"], r["customer"], r["amount"], r["status"]) for r in rows]
+
+
+async def prepared(dsn: str) -> list[str]:
+    rows = await sql(dsn, "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()")
+    return [r["gid"] for r in rows]
+
+
+class Counting:
+    """Wraps a handler and counts how often the business code ran."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.calls = 0
+
+    async def __call__(self, conn: AsyncConnection, payload: dict[str, Any]) -> Any:
+        self.calls += 1
+        return await self.handler(conn, payload)
+
+
+def order(order_id: str, *items: tuple[str, int]) -> dict[str, Any]:
+    return {"order_id": order_id, "items": [{"sku": s, "qty": q} for s, q in items]}
+
+
+# -- inventory -------------------------------------------------------------------------------
+
+
+async def test_reserve_moves_stock_and_records_reservations(inv: Participant, inv_dsn: str) -> None:
+    await seed_stock(inv_dsn, SKU_1=10, SKU_2=5, SKU_3=1)
+    payload = order("o1", ("SKU-2", 2), ("SKU-1", 3), ("SKU-1", 1))  # SKU-1 on two lines
+    status, body = await inv.run_action(gid(), 0, payload, reserve)
+    assert status == 200, body
+    assert body["result"] == {
+        "order_id": "o1",
+        "reserved": [{"sku": "SKU-1", "qty": 4}, {"sku": "SKU-2", "qty": 2}],
+    }
+    assert await stock(inv_dsn) == {"SKU-1": (6, 4), "SKU-2": (3, 2), "SKU-3": (1, 0)}
+    assert await reservations(inv_dsn) == [
+        ("o1", "SKU-1", 4, "reserved"),
+        ("o1", "SKU-2", 2, "reserved"),
+    ]
+    # The same order cannot hold a second reservation of a SKU it still holds.
+    again = await inv.run_action(gid(), 0, order("o1", ("SKU-3", 1), ("SKU-2", 1)), reserve)
+    assert again == (409, {"reason": "order o1 already holds a reservation of SKU-2"})
+    assert await stock(inv_dsn) == {"SKU-1": (6, 4), "SKU-2": (3, 2), "SKU-3": (1, 0)}
+
+
+async def test_short_stock_refuses_with_reason_and_changes_nothing(
+    inv: Participant, inv_dsn: str
+) -> None:
+    await seed_stock(inv_dsn, SKU_1=10, SKU_7=2)
+    payload = order("o1", ("SKU-1", 5), ("SKU-7", 3))  # SKU-1 is applied first, then undone
+    g = gid()
+    assert await inv.run_action(g, 0, payload, reserve) == (
+        409,
+        {"reason": "only 2 left of SKU-7"},
+    )
+    assert await stock(inv_dsn) == {"SKU-1": (10, 0), "SKU-7": (2, 0)}
+    assert await reservations(inv_dsn) == []
+    # As a 2PC prepare: votes no with the same reason, nothing left prepared.
+    assert await inv.prepare(gid(), 0, payload, reserve) == (
+        409,
+        {"reason": "only 2 left of SKU-7"},
+    )
+    assert await prepared(inv_dsn) == []
+    assert await stock(inv_dsn) == {"SKU-1": (10, 0), "SKU-7": (2, 0)}
+    # Exactly what is left can be reserved.
+    assert (await inv.run_action(gid(), 0, order("o2", ("SKU-7", 2)), reserve))[0] == 200
+    assert await stock(inv_dsn) == {"SKU-1": (10, 0), "SKU-7": (0, 2)}
+
+
+async def test_unknown_sku_and_malformed_payloads_are_refused(
+    inv: Participant, inv_dsn: str
+) -> None:
+    await seed_stock(inv_dsn, SKU_1=10)
+    unknown = await inv.run_action(gid(), 0, order("o1", ("SKU-1", 1), ("SKU-99", 1)), reserve)
+    assert unknown == (409, {"reason": "unknown SKU SKU-99"})
+    cases: list[tuple[dict[str, Any], str]] = [
+        (order("o1", ("SKU-1", 0)), "items.0.qty: Input should be greater than 0"),
+        (
+            {"order_id": "o1", "items": []},
+            "items: List should have at least 1 item after validation, not 0",
+        ),
+        ({"items": [{"sku": "SKU-1", "qty": 1}]}, "order_id: Field required"),
+        (
+            {"order_id": "o1", "items": [{"sku": "SKU-1", "qty": "2"}]},
+            "items.0.qty: Input should be a valid integer",
+        ),
+    ]
+    for payload, why in cases:
+        status, body = await inv.run_action(gid(), 0, payload, reserve)
+        assert (status, body) == (409, {"reason": f"invalid reservation payload: {why}"})
+    assert await stock(inv_dsn) == {"SKU-1": (10, 0)}
+    assert await reservations(inv_dsn) == []
+
+
+async def test_release_restores_stock_and_is_idempotent(inv: Participant, inv_dsn: str) -> None:
+    await seed_stock(inv_dsn, SKU_1=10, SKU_2=5)
+    payload = order("o1", ("SKU-1", 3), ("SKU-2", 5))
+    assert (await inv.run_action(gid(), 0, payload, reserve))[0] == 200
+    assert (await inv.run_action(gid(), 0, order("o2", ("SKU-1", 2)), reserve))[0] == 200
+    assert await stock(inv_dsn) == {"SKU-1": (5, 5), "SKU-2": (0, 5)}
+    # The handler itself, outside any barrier: a second release changes nothing.
+    async with inv.engine.begin() as conn:
+        first = await release(conn, payload)
+    assert first == {
+        "order_id": "o1",
+        "released": [{"sku": "SKU-1", "qty": 3}, {"sku": "SKU-2", "qty": 5}],
+    }
+    async with inv.engine.begin() as conn:
+        assert await release(conn, payload) == {"order_id": "o1", "released": []}
+    assert await stock(inv_dsn) == {"SKU-1": (8, 2), "SKU-2": (5, 0)}  # o2 still holds 2
+    assert await reservations(inv_dsn) == [
+        ("o1", "SKU-1", 3, "released"),
+        ("o1", "SKU-2", 5, "released"),
+        ("o2", "SKU-1", 2, "reserved"),
+    ]
+    # An order never reserved: nothing to do, success.
+    async with inv.engine.begin() as conn:
+        assert await release(conn, order("ghost", ("SKU-1", 1))) == {
+            "order_id": "ghost",
+            "released": [],
+        }
+    assert await stock(inv_dsn) == {"SKU-1": (8, 2), "SKU-2": (5, 0)}
+    # A released order may reserve again (retried under a new transaction).
+    assert (await inv.run_action(gid(), 0, order("o1", ("SKU-2", 1)), reserve))[0] == 200
+    assert await stock(inv_dsn) == {"SKU-1": (8, 2), "SKU-2": (4, 1)}
+    assert ("o1", "SKU-2", 1, "reserved") in await reservations(inv_dsn)
+
+
+async def test_reserve_2pc_commit_applies_once_rollback_leaves_stock(
+    inv: Participant, inv_dsn: str
+) -> None:
+    await seed_stock(inv_dsn, SKU_1=10, SKU_2=4)
+    payload = order("o1", ("SKU-1", 3), ("SKU-2", 4))
+    g = gid()
+    status, body = await inv.prepare(g, 0, payload, reserve)
+    assert status == 200 and body["vote"] == "yes"
+    assert await prepared(inv_dsn) == [f"txn:{g}:0"]
+    assert await stock(inv_dsn) == {"SKU-1": (10, 0), "SKU-2": (4, 0)}  # invisible until commit
+    assert (await inv.prepare(g, 0, payload, reserve))[1].get("repeat") is True
+    assert (await inv.commit(g, 0))[0] == 200
+    assert (await inv.commit(g, 0))[0] == 200
+    assert (await inv.prepare(g, 0, payload, reserve))[0] == 200  # late duplicate: no effect
+    assert await stock(inv_dsn) == {"SKU-1": (7, 3), "SKU-2": (0, 4)}
+    assert await reservations(inv_dsn) == [
+        ("o1", "SKU-1", 3, "reserved"),
+        ("o1", "SKU-2", 4, "reserved"),
+    ]
+    # Prepare then rollback: nothing applied, and the late duplicate prepare is refused.
+    await sql(inv_dsn, "UPDATE stock SET available = 10 WHERE sku = 'SKU-2'")
+    g2, payload2 = gid(), order("o2", ("SKU-2", 6))
+    assert (await inv.prepare(g2, 1, payload2, reserve))[0] == 200
+    assert (await inv.rollback(g2, 1))[0] == 200
+    assert (await inv.prepare(g2, 1, payload2, reserve))[0] == 409
+    assert await prepared(inv_dsn) == []
+    assert await stock(inv_dsn) == {"SKU-1": (7, 3), "SKU-2": (10, 4)}
+    assert [r[0] for r in await reservations(inv_dsn)] == ["o1", "o1"]
+
+
+async def test_reserve_saga_action_then_compensation_restores_everything(
+    inv: Participant, inv_dsn: str
+) -> None:
+    await seed_stock(inv_dsn, SKU_1=10, SKU_2=5)
+    payload = order("o1", ("SKU-1", 3), ("SKU-2", 5))
+    g, undo = gid(), Counting(release)
+    assert (await inv.run_action(g, 2, payload, reserve))[0] == 200
+    assert await stock(inv_dsn) == {"SKU-1": (7, 3), "SKU-2": (0, 5)}
+    first = await inv.run_compensation(g, 2, payload, undo)
+    assert first[0] == 200 and first[1]["result"]["released"] == [
+        {"sku": "SKU-1", "qty": 3},
+        {"sku": "SKU-2", "qty": 5},
+    ]
+    again = await inv.run_compensation(g, 2, payload, undo)
+    assert again == (200, {"compensated": True, "repeat": True})
+    assert undo.calls == 1
+    assert await stock(inv_dsn) == {"SKU-1": (10, 0), "SKU-2": (5, 0)}
+    assert await reservations(inv_dsn) == [
+        ("o1", "SKU-1", 3, "released"),
+        ("o1", "SKU-2", 5, "released"),
+    ]
+    # A compensation of a refused action runs no business code.
+    short = order("o2", ("SKU-2", 6))
+    g2 = gid()
+    assert (await inv.run_action(g2, 0, short, reserve))[0] == 409
+    assert (await inv.run_compensation(g2, 0, short, undo))[1].get("nothing_to_undo") is True
+    assert undo.calls == 1
+
+
+async def test_duplicate_reserve_action_runs_once(inv: Participant, inv_dsn: str) -> None:
+    await seed_stock(inv_dsn, SKU_1=10)
+    g, action = gid(), Counting(reserve)
+    payload = order("o1", ("SKU-1", 4))
+    assert (await inv.run_action(g, 0, payload, action))[0] == 200
+    assert await inv.run_action(g, 0, payload, action) == (200, {"done": True, "repeat": True})
+    assert action.calls == 1
+    assert await stock(inv_dsn) == {"SKU-1": (6, 4)}
+
+
+async def test_concurrent_reserves_never_oversell_nor_deadlock(
+    inv: Participant, inv_dsn: str
+) -> None:
+    await seed_stock(inv_dsn, SKU_3=3, SKU_1=100, SKU_2=100)
+    last = [order(f"last{i}", ("SKU-3", 1)) for i in range(8)]
+    answers = await asyncio.gather(*(inv.run_action(gid(), 0, p, reserve) for p in last))
+    assert sorted(status for status, _ in answers) == [200] * 3 + [409] * 5
+    assert {b["reason"] for s, b in answers if s == 409} == {"only 0 left of SKU-3"}
+    # Orders listing the same SKUs in opposite orders: locked in one order, no deadlock.
+    crossed = [
+        order(f"x{i}", *([("SKU-1", 1), ("SKU-2", 1)][:: 1 if i % 2 else -1])) for i in range(8)
+    ]
+    answers = await asyncio.gather(*(inv.run_action(gid(), 0, p, reserve) for p in crossed))
+    assert [status for status, _ in answers] == [200] * 8
+    assert await stock(inv_dsn) == {"SKU-1": (92, 8), "SKU-2": (92, 8), "SKU-3": (0, 3)}
+    assert len(await reservations(inv_dsn)) == 3 + 16
+
+
+async def test_inventory_http_seeding_listing_and_a_saga_step(inv_dsn: str) -> None:
+    app = inventory_app(InventorySettings(dsn=inv_dsn))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://inventory") as client:
+            assert (await client.get("/healthz")).json() == {"status": "ok"}
+            seeded = await client.post("/stock", json={"sku": "SKU-7", "available": 2})
+            assert seeded.status_code == 201, seeded.text
+            assert (await client.post("/stock", json={"sku": "SKU-1", "available": 5})).is_success
+            dup = await client.post("/stock", json={"sku": "SKU-7", "available": 9})
+            assert dup.status_code == 409 and dup.json()["detail"] == "SKU-7 is already stocked"
+            bad = await client.post("/stock", json={"sku": "SKU-99", "available": 1})
+            assert bad.status_code == 422 and "not in the shop's catalogue" in bad.text
+            assert (
+                await client.post("/stock", json={"sku": "SKU-2", "available": -1})
+            ).status_code == 422
+
+            g = gid()
+
+            async def step(path: str, op: str, payload: dict[str, Any]) -> httpx.Response:
+                headers = {wire.H_GID: g, wire.H_BRANCH: "0", wire.H_OP: op}
+                return await client.post(path, json=payload, headers=headers)
+
+            short = await step("/stock/reserve", "action", order("o1", ("SKU-7", 3)))
+            assert short.status_code == 409 and short.json() == {"reason": "only 2 left of SKU-7"}
+            g = gid()
+            done = await step("/stock/reserve", "action", order("o2", ("SKU-7", 2), ("SKU-1", 1)))
+            assert done.status_code == 200, done.text
+            listed = (await client.get("/stock")).json()
+            assert listed == [
+                {
+                    "sku": "SKU-1",
+                    "name": "Espresso beans, 1 kg",
+                    "price": 2400,
+                    "available": 4,
+                    "reserved": 1,
+                },
+                {
+                    "sku": "SKU-7",
+                    "name": "Limited-edition cup",
+                    "price": 4500,
+                    "available": 0,
+                    "reserved": 2,
+                },
+            ]
+            undone = await step("/stock/reserve/undo", "compensate", order("o2", ("SKU-7", 2)))
+            assert undone.status_code == 200, undone.text
+            held = (await client.get("/reservations")).json()
+            assert {(r["sku"], r["status"]) for r in held} == {
+                ("SKU-1", "released"),
+                ("SKU-7", "released"),
+            }
+    assert await stock(inv_dsn) == {"SKU-1": (5, 0), "SKU-7": (2, 0)}
+
+
+# -- payments --------------------------------------------------------------------------------
+
+
+def pay_for(order_id: str, customer: str, amount: int) -> dict[str, Any]:
+    return {"order_id": order_id, "customer": customer, "amount": amount}
+
+
+async def test_charge_debits_the_wallet_and_records_the_payment(
+    pay: Participant, pay_dsn: str
+) -> None:
+    await seed_wallet(pay_dsn, "alice", 5000)
+    status, body = await pay.run_action(gid(), 0, pay_for("o1", "alice", 3000), charge)
+    assert status == 200
+    assert body["result"] == {"order_id": "o1", "customer": "alice", "balance": 2000}
+    assert await wallets(pay_dsn) == {"alice": 2000}
+    assert await payments(pay_dsn) == [("o1", "alice", 3000, "captured")]
+    # The same order is not charged twice, even under another transaction.
+    again = await pay.run_action(gid(), 0, pay_for("o1", "alice", 3000), charge)
+    assert again == (409, {"reason": "order o1 is already paid"})
+    assert await wallets(pay_dsn) == {"alice": 2000}
+
+
+async def test_charge_refusals_change_nothing(pay: Participant, pay_dsn: str) -> None:
+    await seed_wallet(pay_dsn, "alice", 1200)
+    short = await pay.run_action(gid(), 0, pay_for("o1", "alice", 3000), charge)
+    assert short == (409, {"reason": "insufficient funds: alice has 12.00, the order costs 30.00"})
+    unknown = await pay.run_action(gid(), 0, pay_for("o2", "bob", 100), charge)
+    assert unknown == (409, {"reason": "unknown customer bob"})
+    as_2pc = await pay.prepare(gid(), 0, pay_for("o3", "alice", 1201), charge)
+    assert as_2pc == (
+        409,
+        {"reason": "insufficient funds: alice has 12.00, the order costs 12.01"},
+    )
+    for bad, why in [
+        (pay_for("o4", "alice", 0), "amount: Input should be greater than 0"),
+        ({**pay_for("o4", "alice", 1), "amount": 12.5}, "amount: Input should be a valid integer"),
+        ({"order_id": "o4", "amount": 1}, "customer: Field required"),
+    ]:
+        refused = await pay.run_action(gid(), 0, bad, charge)
+        assert refused == (409, {"reason": f"invalid charge payload: {why}"})
+    assert await prepared(pay_dsn) == []
+    assert await wallets(pay_dsn) == {"alice": 1200}
+    assert await payments(pay_dsn) == []
+
+
+async def test_refund_restores_the_wallet_once(pay: Participant, pay_dsn: str) -> None:
+    await seed_wallet(pay_dsn, "alice", 5000)
+    payload = pay_for("o1", "alice", 3000)
+    assert (await pay.run_action(gid(), 0, payload, charge))[0] == 200
+    async with pay.engine.begin() as conn:
+        first = await refund(conn, payload)
+    assert first == {"order_id": "o1", "customer": "alice", "refunded": 3000, "balance": 5000}
+    async with pay.engine.begin() as conn:
+        assert await refund(conn, payload) == {"order_id": "o1", "refunded": 0}
+    async with pay.engine.begin() as conn:  # never charged: nothing to do
+        assert await refund(conn, pay_for("ghost", "alice", 1)) == {
+            "order_id": "ghost",
+            "refunded": 0,
+        }
+    assert await wallets(pay_dsn) == {"alice": 5000}
+    assert await payments(pay_dsn) == [("o1", "alice", 3000, "refunded")]
+    # A refunded order may be charged again (retried under a new transaction).
+    assert (await pay.run_action(gid(), 0, pay_for("o1", "alice", 1000), charge))[0] == 200
+    assert await wallets(pay_dsn) == {"alice": 4000}
+    assert await payments(pay_dsn) == [("o1", "alice", 1000, "captured")]
+
+
+async def test_charge_2pc_commit_applies_once_rollback_leaves_wallet(
+    pay: Participant, pay_dsn: str
+) -> None:
+    await seed_wallet(pay_dsn, "alice", 5000)
+    g, payload = gid(), pay_for("o1", "alice", 1500)
+    assert (await pay.prepare(g, 0, payload, charge))[0] == 200
+    assert await wallets(pay_dsn) == {"alice": 5000}
+    assert (await pay.commit(g, 0))[0] == 200
+    assert (await pay.prepare(g, 0, payload, charge))[0] == 200  # late duplicate: no effect
+    assert await wallets(pay_dsn) == {"alice": 3500}
+    g2, payload2 = gid(), pay_for("o2", "alice", 3500)
+    assert (await pay.prepare(g2, 0, payload2, charge))[0] == 200
+    assert (await pay.rollback(g2, 0))[0] == 200
+    assert await prepared(pay_dsn) == []
+    assert await wallets(pay_dsn) == {"alice": 3500}
+    assert await payments(pay_dsn) == [("o1", "alice", 1500, "captured")]
+
+
+async def test_charge_saga_action_compensation_and_duplicates(
+    pay: Participant, pay_dsn: str
+) -> None:
+    await seed_wallet(pay_dsn, "alice", 5000)
+    g, action, undo = gid(), Counting(charge), Counting(refund)
+    payload = pay_for("o1", "alice", 4200)
+    assert (await pay.run_action(g, 1, payload, action))[0] == 200
+    assert await pay.run_action(g, 1, payload, action) == (200, {"done": True, "repeat": True})
+    assert await wallets(pay_dsn) == {"alice": 800}
+    assert (await pay.run_compensation(g, 1, payload, undo))[0] == 200
+    assert (await pay.run_compensation(g, 1, payload, undo))[1].get("repeat") is True
+    assert (action.calls, undo.calls) == (1, 1)
+    assert await wallets(pay_dsn) == {"alice": 5000}
+    assert await payments(pay_dsn) == [("o1", "alice", 4200, "refunded")]
+
+
+async def test_concurrent_charges_never_overdraw(pay: Participant, pay_dsn: str) -> None:
+    await seed_wallet(pay_dsn, "alice", 10000)
+    charges = [pay_for(f"o{i}", "alice", 3000) for i in range(8)]
+    answers = await asyncio.gather(*(pay.run_action(gid(), 0, p, charge) for p in charges))
+    assert sorted(status for status, _ in answers) == [200] * 3 + [409] * 5
+    assert {b["reason"] for s, b in answers if s == 409} == {
+        "insufficient funds: alice has 10.00, the order costs 30.00"
+    }
+    assert await wallets(pay_dsn) == {"alice": 1000}
+    assert len(await payments(pay_dsn)) == 3
+
+
+async def test_payments_http_wallets_listing_and_a_2pc_branch(pay_dsn: str) -> None:
+    app = payments_app(PaymentsSettings(dsn=pay_dsn))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://payments") as client:
+            assert (await client.get("/healthz")).json() == {"status": "ok"}
+            made = await client.post("/wallets", json={"customer": "alice", "balance": 5000})
+            assert made.status_code == 201 and made.json() == {"customer": "alice", "balance": 5000}
+            dup = await client.post("/wallets", json={"customer": "alice", "balance": 1})
+            assert dup.status_code == 409 and dup.json()["detail"] == "alice already has a wallet"
+            neg = await client.post("/wallets", json={"customer": "bob", "balance": -1})
+            assert neg.status_code == 422
+            g = gid()
+            headers = {wire.H_GID: g, wire.H_BRANCH: "0", wire.H_OP: "prepare"}
+            voted = await client.post(
+                "/payments/charge", json=pay_for("o1", "alice", 1999), headers=headers
+            )
+            assert voted.status_code == 200 and voted.json()["vote"] == "yes", voted.text
+            del headers[wire.H_OP]
+            assert (await client.post(wire.COMMIT_PATH, headers=headers)).status_code == 200
+            assert (await client.get("/wallets")).json() == [{"customer": "alice", "balance": 3001}]
+            assert (await client.get("/payments")).json() == [
+                {"order_id": "o1", "customer": "alice", "amount": 1999, "status": "captured"}
+            ]
+            headers = {wire.H_GID: gid(), wire.H_BRANCH: "0", wire.H_OP: "prepare"}
+            no = await client.post(
+                "/payments/charge", json=pay_for("o2", "alice", 3002), headers=headers
+            )
+            assert no.status_code == 409
+            assert no.json() == {
+                "reason": "insufficient funds: alice has 30.01, the order costs 30.02"
+            }
+    assert await wallets(pay_dsn) == {"alice": 3001}
