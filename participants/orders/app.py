@@ -222,6 +222,10 @@ def outcome_of(reply: Reply, unknown_after_s: float | None) -> tuple[str, str | 
         return None
     if reply.status == 404 and unknown_after_s is not None:
         return "cancelled", NEVER_REACHED
+    if reply.status == 422:
+        # The coordinator refused the submission: nothing was logged, nothing can happen.
+        detail = reply.body.get("detail") if reply.body is not None else None
+        return "cancelled", f"refused by the coordinator: {detail}"
     return None
 
 

@@ -4,6 +4,8 @@ it does catch a broken invariant)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -160,3 +162,28 @@ async def test_the_checker_catches_a_broken_invariant(shop: Stack) -> None:
     finally:
         await fetch(inventory, "UPDATE stock SET available = available - 1 WHERE sku = 'SKU-1'")
     assert all(r.ok for r in await check(state, baseline))
+
+
+def test_txn_demo_against_a_running_stack(shop: Stack) -> None:
+    """`txn demo --against stack.json`, as a user runs it against `txn dev`."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coordinator.cli",
+            "demo",
+            "--against",
+            str(shop.state_dir / "stack.json"),
+            "--orders",
+            "20",
+            "--concurrency",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "20 orders in" in done.stdout
+    assert "ok   every transaction in the log is terminal" in done.stdout

@@ -273,7 +273,10 @@ async def test_confirm_refuses_a_non_pending_order(
         (Reply(200, {"status": "committing", "reason": None}), ("pending", None)),
         (Reply(None, error="connection refused"), ("pending", None)),
         (Reply(503, {"detail": "log unreachable"}), ("pending", None)),
-        (Reply(422, {"detail": []}), ("pending", None)),
+        (
+            Reply(422, {"detail": "unknown participant"}),
+            ("cancelled", "refused by the coordinator: unknown participant"),
+        ),
         (Reply(404, {"detail": "no transaction"}), ("pending", None)),  # no age rule given
     ],
 )
