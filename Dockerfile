@@ -1,5 +1,7 @@
 # The image every service of compose.yaml built from this project runs: the coordinator
-# (`txn serve`), the migration job (`txn migrate`) and the ledgers (`python -m participants.ledger`).
+# (`txn serve`), the migration job (`txn migrate`), the ledgers (`python -m participants.ledger`)
+# and the demo shop's services (`python -m participants.orders`, `.inventory`, `.payments`,
+# `.shipping`).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -27,7 +27,6 @@ async def call_in_burst(
     attempts: int,
     initial_s: float,
     max_s: float,
-    on_attempt: Callable[[Reply], None],
     budget_s: float | None = None,
     retriable: Callable[[Reply], bool] = is_retriable,
 ) -> Reply:
@@ -38,23 +37,23 @@ async def call_in_burst(
     if budget_s is not None:
         stop = stop | stop_after_delay(max(budget_s, 0.0))
 
-    async def attempt() -> Reply:
-        reply = await call()
-        on_attempt(reply)
-        return reply
-
     retrying = AsyncRetrying(
         stop=stop,
         wait=wait_exponential_jitter(initial=initial_s, max=max_s),
         retry=retry_if_result(retriable),
         # Out of attempts: hand back the last (transient) reply instead of raising.
-        retry_error_callback=_last_reply,
+        retry_error_callback=last_reply,
     )
+
+    async def attempt() -> Reply:  # tenacity needs a coroutine function to await the calls
+        return await call()
+
     reply: Reply = await retrying(attempt)
     return reply
 
 
-def _last_reply(state: RetryCallState) -> Reply:
+def last_reply(state: RetryCallState) -> Reply:
+    """Out of attempts: the last reply, instead of tenacity's RetryError."""
     assert state.outcome is not None
     reply: Reply = state.outcome.result()
     return reply

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from coordinator.crash import COORDINATOR_POINTS, CrashPoints
+from coordinator.drivebase import Deps
 from coordinator.driver import TwoPCDriver
 from coordinator.errors import OwnershipLost
 from coordinator.logstore import LogStore
@@ -31,10 +32,9 @@ class Coordinator:
         self.transport = transport
         self.crash = CrashPoints(settings.crash_at, settings.crash_marker, COORDINATOR_POINTS)
         self.metrics = Metrics()
-        self.driver = TwoPCDriver(store, transport, settings, self.crash, self.notify, self.metrics)
-        self.saga_driver = SagaDriver(
-            store, transport, settings, self.crash, self.notify, self.metrics
-        )
+        deps = Deps(store, transport, settings, self.crash, self.notify, self.metrics)
+        self.driver = TwoPCDriver(deps)
+        self.saga_driver = SagaDriver(deps)
         self.active: dict[str, int] = {}
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._waiters: dict[str, list[asyncio.Event]] = {}

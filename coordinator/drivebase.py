@@ -1,0 +1,146 @@
+"""What the 2PC and saga drivers share: their dependencies, and one drive's bookkeeping (the
+epoch it holds, attempts and last errors per branch, the events its calls produce, the
+deadline) with the participant calls every protocol makes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from coordinator.crash import CrashPoints
+from coordinator.logstore import LogStore
+from coordinator.metrics import Metrics
+from coordinator.records import BranchProgress, Claim
+from coordinator.retry import call_in_burst
+from coordinator.settings import Settings
+from coordinator.transport import Kind, Reply, Transport
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E")
+
+
+@dataclass(frozen=True)
+class Deps:
+    store: LogStore
+    transport: Transport
+    settings: Settings
+    crash: CrashPoints
+    notify: Callable[[str], None]
+    metrics: Metrics
+
+
+class Run(Generic[E]):
+    """One drive of one transaction under one epoch. ``E``: the protocol's event type."""
+
+    def __init__(self, deps: Deps, claim: Claim) -> None:
+        self.d = deps
+        self.record = claim.record
+        self.gid, self.epoch = claim.record.gid, claim.record.epoch
+        self.attempts = [b.attempts for b in claim.record.branches]
+        self.errors: list[str | None] = [b.last_error for b in claim.record.branches]
+        self.events: asyncio.Queue[E] = asyncio.Queue()
+        self.tasks: set[asyncio.Task[None]] = set()
+        # Rule 6: the deadline was computed by the database (now() + timeout_s); only the span
+        # remaining at claim time, also by the database clock, is counted down here.
+        self.deadline = asyncio.get_running_loop().time() + claim.seconds_to_deadline
+        self.past_deadline = claim.seconds_to_deadline <= 0
+        self.extra = {"gid": self.gid, "epoch": self.epoch}
+        self.main = asyncio.current_task()
+
+    def progress(self, statuses: Sequence[object]) -> list[BranchProgress]:
+        return [
+            BranchProgress(str(s), self.attempts[i], self.errors[i]) for i, s in enumerate(statuses)
+        ]
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._settled)
+        return task
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        # A call that crashed would leave the drive waiting for its reply for ever: stop the
+        # drive instead; its lease lapses and recovery resumes the transaction from the log.
+        log.error(
+            "a participant call failed unexpectedly", exc_info=task.exception(), extra=self.extra
+        )
+        if self.main is not None:
+            self.main.cancel()
+
+    def cancel_all(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+    async def next_event(self, until_deadline: bool, timed_out: Callable[[], E]) -> E:
+        """The next reply; with ``until_deadline``, ``timed_out()`` once the deadline passes."""
+        if not until_deadline:
+            return await self.events.get()
+        remaining = self.deadline - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(self.events.get(), max(remaining, 0.0))
+        except TimeoutError:
+            return timed_out()
+
+    async def call(self, idx: int, path: str, op: str, payload: dict[str, Any] | None) -> Reply:
+        # Counted when sent, so an attempt cut off by a deadline still shows.
+        self.attempts[idx] += 1
+        branch = self.record.branches[idx]
+        reply = await self.d.transport.call(branch.participant, path, op, self.gid, idx, payload)
+        self.d.metrics.inc(
+            "txn_participant_calls_total", participant=branch.participant, op=op, result=reply.kind
+        )
+        if reply.kind is not Kind.OK:
+            self.errors[idx] = reply.reason
+        return reply
+
+    async def owed(self, idx: int, path: str, op: str, payload: dict[str, Any] | None) -> Reply:
+        """A call that never fails for good (commit, rollback, compensation): retried in one
+        burst, a 409 like any failure; a non-OK reply means "owed again later"."""
+        s = self.d.settings
+        return await call_in_burst(
+            lambda: self.call(idx, path, op, payload),
+            attempts=s.burst_attempts,
+            initial_s=s.retry_initial_s,
+            max_s=s.retry_max_s,
+            retriable=lambda r: r.kind is not Kind.OK,
+        )
+
+    # -- the log writes every protocol makes (each fenced on the epoch: rule 5) --------------
+
+    async def decide(self, status: str, reason: str | None, statuses: Sequence[object]) -> None:
+        """Rule 2: the decision is durable before anything listed after it is sent."""
+        await self.d.store.write_status(
+            self.gid, self.epoch, status, reason, self.progress(statuses), "decided"
+        )
+        log.info("decided %s", status, extra=self.extra)
+        self.d.notify(self.gid)
+
+    async def finish(self, status: str, reason: str | None, statuses: Sequence[object]) -> None:
+        """Rule 3: the outcome is logged before anyone is told."""
+        await self.d.store.write_status(
+            self.gid, self.epoch, status, reason, self.progress(statuses), "finished"
+        )
+        log.info("finished %s", status, extra=self.extra)
+        self.d.metrics.inc("txn_finished_total", status=status)
+        self.d.notify(self.gid)
+
+    async def reschedule(self, statuses: Sequence[object]) -> None:
+        """Calls are still owed: record progress, release the lease, retry when due."""
+        s = self.d.settings
+        delay = await self.d.store.reschedule(
+            self.gid,
+            self.epoch,
+            self.progress(statuses),
+            s.reschedule_initial_s,
+            s.reschedule_max_s,
+        )
+        log.warning("rescheduled in %.2fs", delay, extra=self.extra)
+        self.d.metrics.inc("txn_rescheduled_total")
+        self.d.notify(self.gid)
