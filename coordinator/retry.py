@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable
 
 from tenacity import (
@@ -10,7 +11,6 @@ from tenacity import (
     retry_if_result,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
 )
 from tenacity.stop import stop_base
 
@@ -37,9 +37,15 @@ async def call_in_burst(
     if budget_s is not None:
         stop = stop | stop_after_delay(max(budget_s, 0.0))
 
+    def wait(state: RetryCallState) -> float:
+        # Capped exponential backoff, jittered into [half, all] of the step: callers retrying
+        # the same participant at once spread out instead of arriving together.
+        step: float = min(max_s, initial_s * 2.0 ** (state.attempt_number - 1))
+        return step * random.uniform(0.5, 1.0)
+
     retrying = AsyncRetrying(
         stop=stop,
-        wait=wait_exponential_jitter(initial=initial_s, max=max_s),
+        wait=wait,
         retry=retry_if_result(retriable),
         # Out of attempts: hand back the last (transient) reply instead of raising.
         retry_error_callback=last_reply,

@@ -1,0 +1,96 @@
+"""The drivers on the in-memory log with a scripted transport (pure unit tests; the contract
+suite keeps MemLog honest, the integration and fault suites cover the real edges)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from coordinator.crash import COORDINATOR_POINTS, CrashPoints
+from coordinator.drivebase import Deps
+from coordinator.driver import TwoPCDriver
+from coordinator.memlog import MemLog
+from coordinator.metrics import Metrics
+from coordinator.records import BranchSpec, Inserted, NewTxn
+from coordinator.settings import Settings
+from coordinator.transport import Kind, Reply
+
+
+class Scripted:
+    """Answers per (op, branch): a Reply, or an exception to raise."""
+
+    def __init__(self, script: dict[tuple[str, int], Reply | Exception]) -> None:
+        self.script = script
+        self.calls: list[tuple[str, int]] = []
+
+    async def call(
+        self,
+        participant: str,
+        path: str,
+        op: str,
+        gid: str,
+        branch: int,
+        payload: dict[str, Any] | None,
+    ) -> Reply:
+        self.calls.append((op, branch))
+        answer = self.script.get((op, branch), Reply(Kind.OK, 200, ""))
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def close(self) -> None:
+        return None
+
+
+def deps(store: MemLog, transport: Scripted) -> Deps:
+    settings = Settings(retry_initial_s=0.001, retry_max_s=0.002, burst_attempts=2)
+    return Deps(
+        store,
+        transport,
+        settings,
+        CrashPoints("", "", COORDINATOR_POINTS),
+        lambda gid: None,
+        Metrics(),
+    )
+
+
+async def submit(store: MemLog, n: int = 2) -> Any:
+    branches = tuple(BranchSpec(f"p{i}", "/do", None, {}) for i in range(n))
+    outcome, claim = await store.insert(NewTxn("g", "2pc", {}, "h", branches, 30), "me", 60)
+    assert outcome is Inserted.CREATED
+    return claim
+
+
+async def test_commits_when_every_branch_votes_yes() -> None:
+    store, transport = MemLog(), Scripted({})
+    state = await TwoPCDriver(deps(store, transport)).drive(await submit(store), fresh=True)
+    assert state is not None and state.status == "committed"
+    record = await store.get("g")
+    assert record is not None and record.status == "committed"
+    assert sorted(transport.calls) == [("commit", 0), ("commit", 1), ("prepare", 0), ("prepare", 1)]
+
+
+async def test_a_commit_owed_to_a_failing_participant_is_rescheduled() -> None:
+    store = MemLog()
+    transport = Scripted({("commit", 1): Reply(Kind.TRANSIENT, 503, "down")})
+    state = await TwoPCDriver(deps(store, transport)).drive(await submit(store), fresh=True)
+    assert state is not None and state.status == "committing"
+    record = await store.get("g")
+    assert record is not None and record.status == "committing" and record.attempts == 1
+    assert [b.status for b in record.branches] == ["committed", "prepared"]
+    assert record.branches[1].last_error == "down"
+
+
+async def test_a_crashing_call_stops_the_drive_instead_of_hanging_it() -> None:
+    store = MemLog()
+    transport = Scripted({("commit", 0): RuntimeError("bug in a transport")})
+    drive = asyncio.create_task(
+        TwoPCDriver(deps(store, transport)).drive(await submit(store), fresh=True)
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(drive, 5)
+    record = await store.get("g")
+    # The decision stands; the lease will lapse and recovery will finish the commit.
+    assert record is not None and record.status == "committing"
