@@ -9,6 +9,8 @@ The coordinator client is injected (``create_app(settings, coordinator=...)``): 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +21,7 @@ from typing import Annotated, Any, Literal
 import aiohttp
 from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field, ValidationError, field_validator
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -51,6 +53,9 @@ class OrdersSettings(ParticipantSettings):
         60.0,
         ge=0,
         description="A pending order the coordinator does not know after this long is cancelled.",
+    )
+    reconcile_interval_s: float = Field(
+        5.0, gt=0, description="How often pending orders are settled by asking the coordinator."
     )
 
 
@@ -97,7 +102,9 @@ class HttpCoordinator:
                 continue
             except TimeoutError:
                 return Reply(None, error=f"{base}: no answer within {self.timeout.total}s")
-            except aiohttp.ClientConnectionError as e:
+            except aiohttp.ClientError as e:
+                # Connection refused or lost, even mid-answer: asking again (here or at the next
+                # coordinator) is safe, since a resubmitted gid with the same body is idempotent.
                 last = Reply(None, error=f"{base}: {e!r}")
                 continue
             if reply.status in (502, 503, 504):
@@ -314,13 +321,54 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with sdk.lifespan(app):
+            reconciler = asyncio.create_task(reconcile_forever(), name="order-reconciler")
             try:
                 yield
             finally:
+                reconciler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reconciler
                 if owned is not None:
                     await owned.close()
 
+    async def reconcile_once() -> int:
+        """Settle orders left pending (their submission's answer was lost: a coordinator
+        restarted, a timeout) by asking the coordinator what became of them."""
+        age = func.now() - orders.c.created_at
+        stale = (
+            select(orders.c.id, orders.c.gid, func.extract("epoch", age).label("age_s"))
+            .where(orders.c.status == "pending", age > text("interval '2 seconds'"))
+            .order_by(orders.c.created_at)
+            .limit(100)
+        )
+        async with sdk.engine.connect() as conn:
+            pending = list(await conn.execute(stale))
+        for row in pending:
+            reply = await ask("GET", f"/v1/transactions/{row.gid}?events=false", None)
+            if reply.status == 404 and float(row.age_s) < settings.unknown_after_s:
+                # It never reached a coordinator (none answered when it was placed): submit it
+                # now. Safe to repeat: the same gid with the same body is idempotent.
+                async with sdk.engine.connect() as conn:
+                    order = await load_order(conn, row.id)
+                if order is not None and order.status == "pending":
+                    reply = await ask("POST", "/v1/transactions?wait=0", transaction_for(order))
+                    log.warning("order %s resubmitted: %s", row.id, reply.status)
+                continue
+            await settle(row.id, reply, settings.unknown_after_s)
+        return len(pending)
+
+    async def reconcile_forever() -> None:
+        while True:
+            await asyncio.sleep(settings.reconcile_interval_s)
+            try:
+                await reconcile_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconciling pending orders failed; trying again later")
+
     app = FastAPI(title=f"orders ({settings.name})", lifespan=lifespan)
+    app.state.reconcile_once = reconcile_once
     app.include_router(sdk.router)
 
     async def settle(order_id: str, reply: Reply, unknown_after_s: float | None) -> Order:
