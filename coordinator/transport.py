@@ -55,6 +55,20 @@ def _reason(status: int, raw: bytes) -> tuple[str, dict[str, Any] | None]:
     return f"HTTP {status}", None
 
 
+MAX_REPLY_BYTES = 64 * 1024
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """At most MAX_REPLY_BYTES of the body: a participant answering with a huge body costs us
+    64 KiB, not its size (only the reason is read from it)."""
+    raw = bytearray()
+    async for chunk in resp.content.iter_chunked(8192):
+        raw += chunk
+        if len(raw) >= MAX_REPLY_BYTES:
+            break
+    return bytes(raw[:MAX_REPLY_BYTES])
+
+
 class HttpTransport:
     def __init__(self, registry: dict[str, str], timeout_s: float, hmac_secret: str = "") -> None:
         self.registry = registry
@@ -92,9 +106,13 @@ class HttpTransport:
         if self.secret:
             headers[wire.H_SIGNATURE] = wire.sign(self.secret, gid, branch, op, body)
         try:
-            async with self._client().post(base + path, data=body, headers=headers) as resp:
-                raw = await resp.read()
+            # No redirects: a participant must not send the coordinator to some other host.
+            post = self._client().post(
+                base + path, data=body, headers=headers, allow_redirects=False
+            )
+            async with post as resp:
                 status = resp.status
+                raw = await _read_capped(resp)
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             return Reply(Kind.TRANSIENT, None, f"{type(e).__name__}: {e}".rstrip(": "))
         reason, parsed = _reason(status, raw)

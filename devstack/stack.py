@@ -57,6 +57,8 @@ class StackConfig:
     ledgers: int = 3
     # The e-commerce demo's four services (orders, inventory, payments, shipping).
     shop: bool = False
+    # Participants the stack does not run but the coordinators should know (name -> base URL).
+    extra_registry: dict[str, str] = field(default_factory=dict)
     # One cluster per participant (default), so one participant's database can crash alone.
     cluster_per_participant: bool = True
     fsync: bool = True
@@ -258,6 +260,7 @@ class Stack:
                 dsn=dsn,
             )
             registry[name] = f"http://127.0.0.1:{port}"
+        registry.update(self.config.extra_registry)
         for i, port in enumerate(coordinator_ports, start=1):
             name = f"coord{i}"
             self.services[name] = Service(
