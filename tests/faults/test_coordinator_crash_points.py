@@ -176,3 +176,56 @@ async def test_log_database_crash_answers_503_then_recovers(fault_stack: Stack) 
         accepted = await client.post(f"{coord.url}/v1/transactions?wait=10", json=body)
         assert accepted.status_code in (200, 201), accepted.text
         assert accepted.json()["status"] == "committed"
+
+
+@pytest.mark.parametrize(
+    ("ledger", "point"),
+    [("ledger2", "after_prepare_before_reply"), ("ledger3", "after_commit_before_reply")],
+)
+async def test_participant_exits_before_replying_and_the_transfer_commits_once(
+    fault_stack: Stack, tmp_path: Path, ledger: str, point: str
+) -> None:
+    """The participant did the work (prepared, or committed) and died before answering; the
+    restart policy brings it back, the coordinator's retry gets the repeated answer, and the
+    transfer commits with every effect applied exactly once."""
+    coord = fault_stack.coordinators[0]
+    target = fault_stack.service(ledger)
+    marker = tmp_path / "crashed"
+    # Prepares are retried within one burst: make it outlast a participant's restart, so the
+    # outcome is commit (with a short burst it would be a clean abort instead).
+    fault_stack.restart(coord.name, env={"TXN_BURST_ATTEMPTS": "12"})
+    fault_stack.restart(ledger, env={"TXNP_CRASH_AT": point, "TXNP_CRASH_MARKER": str(marker)})
+    restarts = target.restarts
+    account, gid = unique("pcrash"), unique(f"pcrash-{point}")
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            for p in fault_stack.participants:
+                opened = await client.post(
+                    f"{p.url}/accounts", json={"id": account, "balance": OPENING}
+                )
+                assert opened.status_code == 201, opened.text
+            body = {
+                "gid": gid,
+                "mode": "2pc",
+                "branches": [
+                    {
+                        "participant": name,
+                        "action": "/accounts/adjust",
+                        "payload": {"account": account, "delta": delta},
+                    }
+                    for name, delta in MOVES.items()
+                ],
+            }
+            await client.post(f"{coord.url}/v1/transactions", json=body)
+            txn = await wait_terminal(client, coord.url, gid, timeout_s=60)
+        fault_stack.wait_restarted(ledger, restarts + 1)
+        assert target.exits[-1] == 70
+        assert txn["status"] == "committed", txn
+        for p in fault_stack.participants:
+            assert p.dsn is not None
+            rows = await fetch(p.dsn, "SELECT balance FROM accounts WHERE id = $1", account)
+            assert rows[0]["balance"] == OPENING + MOVES[p.name], p.name
+            assert await prepared_xacts(p.dsn) == []
+    finally:
+        fault_stack.restart(ledger, env={"TXNP_CRASH_AT": "", "TXNP_CRASH_MARKER": ""})
+        fault_stack.restart(coord.name, env={"TXN_BURST_ATTEMPTS": "4"})

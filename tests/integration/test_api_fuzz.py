@@ -1,0 +1,447 @@
+"""Schema-driven fuzzing of the REST API (Hypothesis) against the real coordinator over HTTP.
+
+Acceptance: no request gets a 5xx; every rejection is a 4xx whose JSON body carries a
+``detail`` (a message, or a list of errors each with ``loc`` and ``msg``); a rejected
+submission writes nothing to the log. Afterwards the coordinator is ready and commits a normal
+2PC transfer.
+
+Bodies the coordinator would accept (predicted locally with the API's own models) start real
+transactions on the shared session stack; their time knobs are clamped (timeout, retry policy,
+a compensation the ledgers serve) so they end within seconds instead of lingering.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from coordinator.models import STATUSES, TxnIn
+from coordinator.normalize import Invalid, normalize
+from devstack.stack import Stack, run_sync
+from participants.sdk.wire import GID_PATTERN
+from tests.helpers import fetch
+
+FUZZ = settings(
+    deadline=None,
+    database=None,  # no .hypothesis/ example database written by this file
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
+)
+LEDGERS = ("ledger1", "ledger2", "ledger3")
+UNDO = "/accounts/adjust/undo"
+MISSING = object()  # a key left out of the body
+
+
+# -- checks --------------------------------------------------------------------------------
+
+
+def check_rejection(r: httpx.Response, sent: object) -> None:
+    """A 4xx is JSON with a non-empty detail: a message, or errors with loc and msg."""
+    assert 400 <= r.status_code < 500
+    assert r.headers.get("content-type", "").startswith("application/json"), (sent, r.text)
+    detail = r.json().get("detail")
+    assert detail, (sent, r.text)
+    if isinstance(detail, list):
+        for err in detail:
+            assert isinstance(err, dict), (sent, r.text)
+            assert isinstance(err.get("loc"), list), (sent, r.text)
+            assert isinstance(err.get("msg"), str) and err["msg"], (sent, r.text)
+    else:
+        assert isinstance(detail, str), (sent, r.text)
+
+
+def check_reply(r: httpx.Response, sent: object) -> None:
+    assert r.status_code < 500, f"{r.status_code} for {sent!r}: {r.text[:500]}"
+    if r.status_code >= 400:
+        check_rejection(r, sent)
+
+
+def is_valid_gid(gid: object) -> bool:
+    return isinstance(gid, str) and GID_PATTERN.fullmatch(gid) is not None
+
+
+def predict(body: object, registry: dict[str, str]) -> bool | None:
+    """Would the coordinator accept ``body``? None: the API's own code cannot tell (it raises
+    something else; the request must still not get a 5xx)."""
+    if not isinstance(body, dict):
+        return False
+    try:
+        normalize(TxnIn.model_validate(body), registry)
+    except (ValidationError, Invalid):
+        return False
+    except Exception:
+        return None
+    return True
+
+
+def clamp(body: dict[str, Any]) -> dict[str, Any]:
+    """An acceptable body, made quick to finish: short deadline, tight retries, and a
+    compensation every ledger serves (null when its action never ran)."""
+    body = {**body, "timeout_s": 2}
+    saga = body.get("mode") == "saga" or body.get("saga") is not None
+    if saga:
+        body["retry"] = {"max_attempts": 2, "initial_s": 0.05, "max_s": 0.1}
+        if isinstance(body.get("branches"), list):
+            body["branches"] = [{**b, "compensation": UNDO} for b in body["branches"]]
+    return body
+
+
+# -- strategies ----------------------------------------------------------------------------
+
+LEAF = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+JSON = st.recursive(
+    LEAF,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def long_text(min_size: int = 200, max_size: int = 2000) -> st.SearchStrategy[str]:
+    return st.builds(lambda c, n: c * n, st.characters(), st.integers(min_size, max_size))
+
+
+TEXT = st.one_of(
+    st.just(""),
+    st.text(max_size=30),
+    st.text(st.characters(min_codepoint=0x80), max_size=10),  # non-ASCII only
+    long_text(),
+)
+NUMBER = st.one_of(
+    st.sampled_from([0, -1, 1, 0.5, 1e-300, 86_400, 86_401, 1e308, -1e308, 2**63, 10**30]),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+WRONG = st.one_of(JSON, TEXT, NUMBER)  # anything, mostly the wrong type
+
+
+def nested(depth: int) -> Any:
+    value: Any = "deep"
+    for i in range(depth):
+        value = [value] if i % 2 else {"n": value}
+    return value
+
+
+PAYLOAD = st.one_of(
+    st.fixed_dictionaries(
+        {"account": st.one_of(TEXT, st.just("acct-nope")), "delta": NUMBER}
+    ),
+    st.dictionaries(st.text(max_size=10), JSON, max_size=5),
+    st.builds(lambda d: {"deep": nested(d)}, st.integers(1, 400)),
+    st.builds(lambda n: {"pad": "x" * n}, st.integers(60_000, 70_000)),
+    st.just({}),
+    WRONG,
+)
+PATH_CHARS = st.text(
+    st.sampled_from("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789._~/-"), max_size=40
+)
+ACTION = st.one_of(
+    st.sampled_from(["/accounts/adjust", "accounts/adjust", UNDO, "/", "http://127.0.0.1:9/x"]),
+    st.builds(lambda p: "/" + p, PATH_CHARS),
+    PATH_CHARS,
+    st.builds(lambda n: "/" + "a" * n, st.integers(500, 600)),
+    TEXT,
+    WRONG,
+)
+PARTICIPANT = st.one_of(
+    st.sampled_from(LEDGERS),
+    st.sampled_from(LEDGERS),  # twice: registry names are the interesting ones
+    st.sampled_from(
+        ["ledger9", "", "Ledger1", "ledger1 ", "http://127.0.0.1:1/", "ledger1/x", "x" * 65]
+    ),
+    TEXT,
+    WRONG,
+)
+DEPENDS_ON = st.one_of(
+    st.none(),
+    st.lists(st.integers(-3, 70), max_size=6),
+    st.lists(st.integers(), max_size=3),
+    st.lists(WRONG, max_size=3),
+    WRONG,
+)
+
+
+def optional(strategies: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    """Dicts with any subset of ``strategies``' keys, sometimes one unknown key more."""
+    return st.builds(
+        lambda d, extra: {**d, **extra},
+        st.fixed_dictionaries({}, optional=strategies),
+        st.one_of(st.just({}), st.dictionaries(st.text(max_size=10), JSON, max_size=1)),
+    )
+
+
+BRANCH = st.one_of(
+    optional(
+        {
+            "participant": PARTICIPANT,
+            "action": ACTION,
+            "compensation": st.one_of(st.none(), st.just(UNDO), ACTION),
+            "payload": PAYLOAD,
+            "depends_on": DEPENDS_ON,
+        }
+    ),
+    st.fixed_dictionaries(  # well formed, so the body gets as far as normalize()
+        {"participant": st.sampled_from(LEDGERS), "action": st.just("/accounts/adjust")},
+        optional={
+            "compensation": st.just(UNDO),
+            "payload": PAYLOAD,
+            "depends_on": st.lists(st.integers(-1, 5), max_size=3),
+        },
+    ),
+    WRONG,
+)
+BRANCHES = st.one_of(
+    st.lists(BRANCH, max_size=5),
+    st.builds(lambda b, n: [b] * n, BRANCH, st.integers(0, 70)),
+    WRONG,
+)
+RETRY = st.one_of(
+    st.none(),
+    optional(
+        {
+            "max_attempts": NUMBER,
+            "initial_s": NUMBER,
+            "multiplier": NUMBER,
+            "max_s": NUMBER,
+            "jitter": NUMBER,
+        }
+    ),
+    WRONG,
+)
+TRANSFER_INPUT = optional(
+    {
+        "from_ledger": st.one_of(st.sampled_from(LEDGERS), TEXT),
+        "from_account": st.one_of(st.just("acct-nope"), TEXT),
+        "to_ledger": st.one_of(st.sampled_from(LEDGERS), TEXT),
+        "to_account": st.one_of(st.just("acct-nope2"), TEXT),
+        "amount": NUMBER,
+    }
+)
+
+
+def body_strategy(prefix: str) -> st.SearchStrategy[Any]:
+    gid = st.one_of(
+        st.builds(
+            lambda s: prefix + s,
+            st.from_regex(r"[A-Za-z0-9._:-]{0,24}", fullmatch=True),
+        ),
+        st.sampled_from(
+            [prefix + " x", prefix + "/x", prefix + "é", prefix + "a" * 128, "", " "]
+        ),
+        st.builds(lambda s: prefix + s, TEXT),
+        st.none(),
+        WRONG,
+    )
+    fields = {
+        "gid": gid,
+        "mode": st.one_of(st.sampled_from(["2pc", "saga", "3pc", "", "2PC", " saga"]), WRONG),
+        "branches": BRANCHES,
+        "saga": st.one_of(st.sampled_from(["transfer", "place_order", "nope", ""]), TEXT, WRONG),
+        "input": st.one_of(TRANSFER_INPUT, WRONG),
+        "retry": RETRY,
+        "timeout_s": st.one_of(st.none(), NUMBER, WRONG),
+    }
+    two_pc = st.fixed_dictionaries(
+        {"gid": gid, "mode": st.just("2pc"), "branches": BRANCHES},
+        optional={"timeout_s": fields["timeout_s"]},
+    )
+    saga = st.fixed_dictionaries(
+        {"gid": gid, "mode": st.just("saga"), "branches": BRANCHES},
+        optional={"retry": RETRY, "timeout_s": fields["timeout_s"]},
+    )
+    named = st.fixed_dictionaries(
+        {"gid": gid, "saga": st.just("transfer"), "input": TRANSFER_INPUT},
+        optional={"mode": fields["mode"], "retry": RETRY},
+    )
+    return st.one_of(optional(fields), two_pc, saga, named, JSON)
+
+
+RAW_BODIES = st.one_of(
+    st.binary(max_size=200),
+    st.sampled_from(
+        [
+            b"",
+            b"{",
+            b"null",
+            b"[]",
+            b'{"mode": "2pc", "timeout_s": NaN}',
+            b'{"mode": "2pc", "timeout_s": Infinity}',
+            b'{"mode": "\\ud800"}',
+            b'{"gid": "\\udfff"}',
+            b"\xff\xfe{}",
+            b'{"mode": "2pc"} trailing',
+            b'\xef\xbb\xbf{"mode": "2pc"}',
+        ]
+    ),
+    st.builds(lambda v: json.dumps(v).encode("utf-16"), JSON),
+)
+CONTENT_TYPES = st.sampled_from(
+    [
+        None,
+        "application/json",
+        "application/json; charset=latin-1",
+        "application/problem+json",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/octet-stream",
+        "",
+        "garbage",
+    ]
+)
+WAITS = st.one_of(
+    st.sampled_from(
+        ["0", "0.5", "1", "-1", "-0.001", "300.001", "1e308", "1e400", "nan", "inf", "-inf"]
+    ),
+    st.sampled_from(["", "abc", " 1 ", "0x10", "true", "1,5", "٣", "10**9"]),
+    st.text(max_size=12).filter(lambda s: not _long_wait(s)),
+    st.integers(-(10**9), -1).map(str),
+    st.integers(301, 10**30).map(str),
+)
+
+
+def _long_wait(s: str) -> bool:
+    """A query text Python would read as a wait over a second: not worth the time here."""
+    try:
+        value = float(s)
+    except ValueError:
+        return False
+    return not math.isnan(value) and value > 1
+
+
+# One request: ("json", body, wait) or ("raw", bytes, content type, wait); wait may be MISSING.
+def request_strategy(prefix: str) -> st.SearchStrategy[tuple[Any, ...]]:
+    wait = st.one_of(st.just(MISSING), WAITS)
+    return st.one_of(
+        st.tuples(st.just("json"), body_strategy(prefix), wait),
+        st.tuples(st.just("json"), body_strategy(prefix), wait),
+        st.tuples(st.just("raw"), RAW_BODIES, CONTENT_TYPES, wait),
+    )
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def http(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.coordinator_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def registry(stack: Stack) -> dict[str, str]:
+    names = {p.name: p.url for p in stack.participants}
+    assert set(LEDGERS) <= set(names), names
+    return names
+
+
+def count_rows(dsn: str, prefix: str) -> tuple[int, set[str], set[str], set[str]]:
+    async def go() -> tuple[int, set[str], set[str], set[str]]:
+        total = (await fetch(dsn, "SELECT count(*) AS n FROM transactions"))[0]["n"]
+
+        async def gids(table: str) -> set[str]:
+            query = f"SELECT DISTINCT gid FROM {table} WHERE starts_with(gid, $1)"
+            return {r["gid"] for r in await fetch(dsn, query, prefix)}
+
+        return int(total), await gids("transactions"), await gids("branches"), await gids("events")
+
+    result: tuple[int, set[str], set[str], set[str]] = run_sync(go)
+    return result
+
+
+# -- (a) submissions -----------------------------------------------------------------------
+
+
+def test_fuzzed_submissions_get_no_5xx_and_rejections_write_nothing(
+    http: httpx.Client, stack: Stack, registry: dict[str, str]
+) -> None:
+    prefix = f"fz.{uuid.uuid4().hex[:10]}."
+    total_before, *_ = count_rows(stack.log_dsn, prefix)
+    created: set[str] = set()  # gids this test created (201)
+    created_count = 0
+
+    def submit(req: tuple[Any, ...]) -> None:
+        nonlocal created_count
+        kind, wait = req[0], req[-1]
+        params = {} if wait is MISSING else {"wait": wait}
+        if kind == "json":
+            body = req[1]
+            accepted = predict(body, registry)
+            if accepted:
+                body = clamp(body)
+                accepted = predict(body, registry)
+            r = http.post("/v1/transactions", params=params, json=body)
+            sent: object = (body, params)
+        else:
+            raw, content_type = req[1], req[2]
+            headers = {} if content_type is None else {"content-type": content_type}
+            r = http.post("/v1/transactions", params=params, content=raw, headers=headers)
+            sent = (raw, content_type, params)
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+            accepted = None
+        check_reply(r, sent)
+        gid = body.get("gid") if isinstance(body, dict) else None
+        if accepted is False:
+            assert r.status_code >= 400, (sent, r.status_code, r.text)
+        if accepted and not params:
+            assert r.status_code in (200, 201) or (r.status_code == 409 and gid in created), (
+                sent,
+                r.status_code,
+                r.text,
+            )
+        if r.status_code in (200, 201):
+            txn = r.json()
+            assert isinstance(txn.get("gid"), str) and txn["gid"], (sent, txn)
+            assert txn.get("status") in STATUSES, (sent, txn)
+            assert txn.get("mode") in ("2pc", "saga"), (sent, txn)
+            assert isinstance(txn.get("branches"), list) and txn["branches"], (sent, txn)
+            if gid is not None:
+                assert txn["gid"] == gid, (sent, txn)
+            if r.status_code == 201:
+                created_count += 1
+                created.add(txn["gid"])
+            else:
+                assert txn["gid"] in created, (sent, txn)
+            return
+        assert r.status_code >= 400, (sent, r.status_code, r.text)
+        if is_valid_gid(gid) and gid.startswith(prefix) and gid not in created:
+            got = http.get(f"/v1/transactions/{gid}")
+            assert got.status_code == 404, (sent, got.status_code, got.text)
+
+    @settings(FUZZ, max_examples=300)
+    @given(request_strategy(prefix))
+    def fuzz(req: tuple[Any, ...]) -> None:
+        submit(req)
+
+    fuzz()
+
+    total_after, in_log, in_branches, in_events = count_rows(stack.log_dsn, prefix)
+    assert total_after - total_before == created_count, "a rejected request wrote to the log"
+    mine = {g for g in created if g.startswith(prefix)}
+    assert in_log == mine
+    assert in_branches <= mine and in_events <= mine
