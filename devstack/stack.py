@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from devstack.faultproxy import FaultProxy
 from devstack.postgres import Cluster, RunAs, find_bindir, free_port
 from devstack.services import Service
 from migrations import upgrade
@@ -57,6 +58,8 @@ class StackConfig:
     ledgers: int = 3
     # The e-commerce demo's four services (orders, inventory, payments, shipping).
     shop: bool = False
+    # A fault proxy (devstack.faultproxy) in front of every participant service and database.
+    fault_proxies: bool = False
     # Participants the stack does not run but the coordinators should know (name -> base URL).
     extra_registry: dict[str, str] = field(default_factory=dict)
     # One cluster per participant (default), so one participant's database can crash alone.
@@ -88,6 +91,9 @@ class Stack:
         self.state_dir = config.state_dir.resolve()
         self.clusters: dict[str, Cluster] = {}
         self.services: dict[str, Service] = {}
+        # With fault_proxies: the proxy in front of each participant service and database.
+        self.proxies: dict[str, FaultProxy] = {}
+        self.db_proxies: dict[str, FaultProxy] = {}
         self.log_dsn = ""
         self._lock = threading.RLock()
         self._stopping = threading.Event()
@@ -132,6 +138,8 @@ class Stack:
         with self._lock:
             for service in reversed(list(self.services.values())):
                 service.stop()
+            for proxy in [*self.proxies.values(), *self.db_proxies.values()]:
+                proxy.stop()
             for cluster in self.clusters.values():
                 cluster.stop()
             self._started = False
@@ -243,14 +251,23 @@ class Stack:
         for spec in self.participant_specs():
             name = spec.name
             port = free_port()
-            dsn = self.participant_cluster(name).dsn(self.participant_db(spec))
+            cluster = self.participant_cluster(name)
+            dsn = cluster.dsn(self.participant_db(spec))
+            service_dsn, url = dsn, f"http://127.0.0.1:{port}"
+            if self.config.fault_proxies:
+                db_proxy = FaultProxy(cluster.port, free_port(), http=False)
+                self.db_proxies[name] = db_proxy
+                service_dsn = dsn.replace(f":{cluster.port}/", f":{db_proxy.port}/")
+                proxy = FaultProxy(port, free_port(), http=True)
+                self.proxies[name] = proxy
+                url = f"http://127.0.0.1:{proxy.port}"
             self.services[name] = Service(
                 name=name,
                 kind="participant",
                 argv=[sys.executable, "-m", spec.module],
                 env={
                     "TXNP_NAME": name,
-                    "TXNP_DSN": dsn,
+                    "TXNP_DSN": service_dsn,
                     "TXNP_PORT": str(port),
                     "TXNP_COORDINATORS": coordinator_urls,
                     **self.config.participant_env,
@@ -259,7 +276,7 @@ class Stack:
                 log_file=logs / f"{name}.log",
                 dsn=dsn,
             )
-            registry[name] = f"http://127.0.0.1:{port}"
+            registry[name] = url
         registry.update(self.config.extra_registry)
         for i, port in enumerate(coordinator_ports, start=1):
             name = f"coord{i}"
