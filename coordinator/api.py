@@ -28,6 +28,7 @@ from coordinator.records import BranchSpec, Inserted, NewTxn, TxnRecord
 from coordinator.service import Coordinator
 from coordinator.settings import Settings, get_settings
 from coordinator.transport import HttpTransport, Transport
+from participants.sdk.base import sqlstate
 from participants.sdk.wire import GID_PATTERN
 
 log = logging.getLogger(__name__)
@@ -108,9 +109,25 @@ def create_app(
         response: Response = await call_next(request)
         return response
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes the offending input, which fails on undecodable bytes:
+        # answer with where and what, never the input itself.
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
     @app.exception_handler(DBAPIError)
     @app.exception_handler(OSError)
     async def log_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, DBAPIError) and (sqlstate(exc) or "").startswith("22"):
+            # A data exception: the request carried something the log cannot store.
+            return JSONResponse(
+                {"detail": f"the request holds data the log cannot store ({sqlstate(exc)})"},
+                status_code=422,
+            )
         # The log is down or unreachable: nothing was decided by this request that a retry
         # could not repeat (a submission with the same gid is idempotent).
         log.warning("log unavailable: %s", exc)

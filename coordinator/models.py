@@ -28,7 +28,7 @@ STATUSES = (
 
 
 class BranchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     participant: str = Field(
         min_length=1, max_length=64, description="A participant name from the registry."
@@ -50,7 +50,7 @@ class BranchIn(BaseModel):
 
 
 class TxnIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     gid: str | None = Field(
         None,

@@ -41,7 +41,40 @@ class Normalized:
         return stored
 
 
+def check_storable(value: Any, loc: Loc) -> None:
+    """What the log's jsonb and our JSON encoder accept: no NUL characters, no lone surrogates,
+    integers within 64 bits, nesting under 200 levels. Refused here (422), not by the log."""
+    stack: list[tuple[Any, Loc, int]] = [(value, loc, 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if depth > 200:
+            raise Invalid(where, "nested too deeply (at most 200 levels)")
+        if isinstance(item, str):
+            _check_text(item, where)
+        elif isinstance(item, bool) or item is None or isinstance(item, float):
+            continue
+        elif isinstance(item, int):
+            if not -(2**63) <= item < 2**63:
+                raise Invalid(where, "integers must fit in 64 bits")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                _check_text(str(key), where)
+                stack.append((child, (*where, str(key)), depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, (*where, i), depth + 1) for i, child in enumerate(item))
+
+
+def _check_text(text: str, where: Loc) -> None:
+    if "\x00" in text:
+        raise Invalid(where, "text must not contain NUL (\\u0000) characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise Invalid(where, "text must be valid Unicode (no lone surrogates)") from e
+
+
 def normalize(body: TxnIn, registry: dict[str, str]) -> Normalized:
+    check_storable(body.model_dump(mode="python", exclude_none=True), ("body",))
     if body.saga is not None:
         return _named(body, registry)
     if body.input is not None:

@@ -26,6 +26,7 @@ from coordinator.records import (
     TxnRecord,
 )
 from coordinator.schema import branches, events, transactions
+from participants.sdk.wire import GID_PATTERN
 
 _ARRAYS: dict[str, Any] = {
     "idx": ARRAY(Integer),
@@ -108,9 +109,18 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         at, gid = orjson.loads(raw)
-        return datetime.fromisoformat(at), str(gid)
+        when = datetime.fromisoformat(at)
     except Exception as e:
         raise ValueError("cursor is not one this API returned") from e
+    # Only what encode_cursor can produce: an aware time Postgres can hold, and a real gid.
+    if (
+        when.tzinfo is None
+        or not 1970 <= when.year <= 9000
+        or not isinstance(gid, str)
+        or not GID_PATTERN.match(gid)
+    ):
+        raise ValueError("cursor is not one this API returned")
+    return when, gid
 
 
 class PgLog:

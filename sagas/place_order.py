@@ -10,14 +10,14 @@ from sagas.catalogue import StepSpec, saga
 
 
 class Item(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     sku: str = Field(min_length=1, max_length=32)
     qty: int = Field(gt=0, le=100)
 
 
 class PlaceOrderInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     order_id: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")
     customer: str = Field(min_length=1, max_length=64)

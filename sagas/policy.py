@@ -10,7 +10,7 @@ from tenacity import RetryCallState
 
 
 class RetryPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_attempts: int = Field(8, ge=1, le=100, description="Attempts of an action, first included.")
     initial_s: float = Field(0.2, gt=0, le=60, description="Wait before the first retry.")

@@ -11,7 +11,7 @@ PARTICIPANT = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 class TransferInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     from_ledger: str = Field(pattern=PARTICIPANT, description="Participant holding the payer.")
     from_account: str = Field(pattern=ACCOUNT)
