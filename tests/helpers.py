@@ -85,3 +85,19 @@ async def barrier_rows(dsn: str, gid: str) -> list[tuple[int, str, str]]:
         dsn, "SELECT branch, op, outcome FROM txn_barrier WHERE gid = $1 ORDER BY branch, op", gid
     )
     return [(r["branch"], r["op"], r["outcome"]) for r in rows]
+
+
+def twopc_transfer(gid: str, account: str, moves: dict[str, int]) -> dict[str, Any]:
+    """A 2PC submission adjusting ``account`` on each ledger of ``moves`` by its delta."""
+    return {
+        "gid": gid,
+        "mode": "2pc",
+        "branches": [
+            {
+                "participant": ledger,
+                "action": "/accounts/adjust",
+                "payload": {"account": account, "delta": delta},
+            }
+            for ledger, delta in moves.items()
+        ],
+    }

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from devstack.stack import Stack
-from tests.helpers import fetch, prepared_xacts, unique, wait_terminal
+from tests.helpers import fetch, prepared_xacts, twopc_transfer, unique, wait_terminal
 
 MOVES = {"ledger1": -30, "ledger2": 20, "ledger3": 10}
 OPENING = 100
@@ -45,18 +45,7 @@ async def test_coordinator_exits_at_crash_point_and_recovers(
                     f"{p.url}/accounts", json={"id": account, "balance": OPENING}
                 )
                 assert opened.status_code == 201, opened.text
-            body = {
-                "gid": gid,
-                "mode": "2pc",
-                "branches": [
-                    {
-                        "participant": name,
-                        "action": "/accounts/adjust",
-                        "payload": {"account": account, "delta": delta},
-                    }
-                    for name, delta in MOVES.items()
-                ],
-            }
+            body = twopc_transfer(gid, account, MOVES)
             # after_log_insert kills the process inside this very request.
             with contextlib.suppress(httpx.TransportError):
                 await client.post(f"{coord.url}/v1/transactions", json=body)
@@ -96,18 +85,7 @@ async def test_commit_is_rescheduled_durably_until_the_participant_returns(
         async with httpx.AsyncClient(timeout=10) as client:
             for p in fault_stack.participants:
                 await client.post(f"{p.url}/accounts", json={"id": account, "balance": OPENING})
-            body = {
-                "gid": gid,
-                "mode": "2pc",
-                "branches": [
-                    {
-                        "participant": name,
-                        "action": "/accounts/adjust",
-                        "payload": {"account": account, "delta": delta},
-                    }
-                    for name, delta in MOVES.items()
-                ],
-            }
+            body = twopc_transfer(gid, account, MOVES)
             reply = await client.post(f"{coord.url}/v1/transactions?wait=3", json=body)
             assert reply.status_code == 201
             assert reply.json()["status"] == "committing"  # decided, but owed to ledger3
@@ -204,18 +182,7 @@ async def test_participant_exits_before_replying_and_the_transfer_commits_once(
                     f"{p.url}/accounts", json={"id": account, "balance": OPENING}
                 )
                 assert opened.status_code == 201, opened.text
-            body = {
-                "gid": gid,
-                "mode": "2pc",
-                "branches": [
-                    {
-                        "participant": name,
-                        "action": "/accounts/adjust",
-                        "payload": {"account": account, "delta": delta},
-                    }
-                    for name, delta in MOVES.items()
-                ],
-            }
+            body = twopc_transfer(gid, account, MOVES)
             await client.post(f"{coord.url}/v1/transactions", json=body)
             txn = await wait_terminal(client, coord.url, gid, timeout_s=60)
         fault_stack.wait_restarted(ledger, restarts + 1)

@@ -17,7 +17,7 @@ import pytest
 from coordinator.crash import CRASH_EXIT_CODE
 from devstack.stack import Stack, StackConfig
 from tests.conftest import TEST_COORDINATOR_ENV
-from tests.helpers import balances, fetch, open_accounts, prepared_xacts, unique
+from tests.helpers import balances, fetch, open_accounts, prepared_xacts, twopc_transfer, unique
 
 OPENING = 100
 MOVES = {"ledger1": -30, "ledger2": 20, "ledger3": 10}
@@ -87,18 +87,7 @@ async def transfer_until_crash(
 ) -> tuple[str, str]:
     account, gid = unique("doubt"), unique("doubt")
     await open_accounts(client, {p.name: p.url for p in stack.participants}, account, OPENING)
-    body = {
-        "gid": gid,
-        "mode": "2pc",
-        "branches": [
-            {
-                "participant": name,
-                "action": "/accounts/adjust",
-                "payload": {"account": account, "delta": delta},
-            }
-            for name, delta in MOVES.items()
-        ],
-    }
+    body = twopc_transfer(gid, account, MOVES)
     with contextlib.suppress(httpx.TransportError):
         await client.post(f"{stack.service(via).url}/v1/transactions", json=body)
 
