@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy.exc import DBAPIError
 
+from coordinator.db import LOG_APPLICATION_NAME
 from coordinator.logstore import LogStore
 from coordinator.models import (
     STATUSES,
@@ -78,7 +79,12 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         coordinator = Coordinator(
             settings,
-            store or PgLog.connect(settings.log_dsn, settings.pool_size),
+            store
+            or PgLog.connect(
+                settings.log_dsn,
+                settings.pool_size,
+                application_name=f"{LOG_APPLICATION_NAME} {settings.instance_id}",
+            ),
             transport
             or HttpTransport(settings.participants, settings.call_timeout_s, settings.hmac_secret),
         )

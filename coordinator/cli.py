@@ -84,6 +84,33 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chaos(args: argparse.Namespace) -> int:
+    from devstack.chaos import ChaosConfig, report, run_chaos, write_json
+    from devstack.faults import KINDS
+
+    kinds = tuple(k for k in args.kinds.split(",") if k) if args.kinds else KINDS
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        print(f"unknown fault kinds: {', '.join(sorted(unknown))}; known: {', '.join(KINDS)}")
+        return 2
+
+    def run(state_dir: Path) -> int:
+        config = ChaosConfig(
+            state_dir=state_dir,
+            seed=args.seed,
+            duration_s=args.duration,
+            concurrency=args.concurrency,
+            kinds=kinds,
+        )
+        result = run_chaos(config)
+        print(report(result), flush=True)
+        if args.json:
+            write_json(result, Path(args.json))
+        return 0 if result.ok else 1
+
+    return _in_state_dir(args.state_dir, run)
+
+
 def _serve(_args: argparse.Namespace) -> int:
     from coordinator.__main__ import main as serve
 
@@ -124,6 +151,19 @@ def main(argv: list[str] | None = None) -> int:
 
     serve = sub.add_parser("serve", help="run one coordinator (settings from TXN_* variables)")
     serve.set_defaults(func=_serve)
+
+    chaos = sub.add_parser(
+        "chaos", help="the shop's load in both modes under random faults, then the invariants"
+    )
+    chaos.add_argument("--seed", type=int, default=1, help="fixes the orders and the faults")
+    chaos.add_argument("--duration", type=float, default=60.0, help="seconds of load and faults")
+    chaos.add_argument("--concurrency", type=int, default=8, help="orders in flight at once")
+    chaos.add_argument("--kinds", default="", help="comma-separated fault kinds (default: all)")
+    chaos.add_argument("--state-dir", default="", help="keep the stack's data here (default: temp)")
+    chaos.add_argument("--json", default="", help="also write the results to this file")
+    chaos.set_defaults(func=_chaos)
+
+
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

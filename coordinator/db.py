@@ -7,6 +7,9 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+# The coordinator's log connections' application_name prefix (pg_stat_activity; fault tools).
+LOG_APPLICATION_NAME = "txn-coordinator"
+
 
 def async_url(dsn: str) -> str:
     """Accept a plain ``postgresql://`` DSN and name the asyncpg driver for SQLAlchemy."""
@@ -21,11 +24,21 @@ def _dumps(value: Any) -> str:
 
 
 def make_engine(
-    dsn: str, pool_size: int = 10, autocommit: bool = False, synchronous_commit: bool = True
+    dsn: str,
+    pool_size: int = 10,
+    autocommit: bool = False,
+    synchronous_commit: bool = True,
+    application_name: str = "",
 ) -> AsyncEngine:
     kwargs: dict[str, Any] = {}
+    server_settings: dict[str, str] = {}
     if not synchronous_commit:
-        kwargs["connect_args"] = {"server_settings": {"synchronous_commit": "off"}}
+        server_settings["synchronous_commit"] = "off"
+    if application_name:
+        # Shows in pg_stat_activity: operators (and the fault tools) can tell whose it is.
+        server_settings["application_name"] = application_name[:63]
+    if server_settings:
+        kwargs["connect_args"] = {"server_settings": server_settings}
     if autocommit:
         # Single-statement writes commit by themselves: no BEGIN/COMMIT round trips.
         kwargs["isolation_level"] = "AUTOCOMMIT"

@@ -131,13 +131,19 @@ class PgLog:
         self.progress_engine = progress_engine or engine
 
     @classmethod
-    def connect(cls, dsn: str, pool_size: int = 20) -> PgLog:
+    def connect(cls, dsn: str, pool_size: int = 20, application_name: str = "") -> PgLog:
         return cls(
-            make_engine(dsn, pool_size=pool_size, autocommit=True),
+            make_engine(
+                dsn, pool_size=pool_size, autocommit=True, application_name=application_name
+            ),
             # Rule 4: progress that recovery redoes idempotently (a saga step's result) is
             # committed without waiting for the WAL flush; decisions never go through here.
             make_engine(
-                dsn, pool_size=max(2, pool_size // 2), autocommit=True, synchronous_commit=False
+                dsn,
+                pool_size=max(2, pool_size // 2),
+                autocommit=True,
+                synchronous_commit=False,
+                application_name=application_name,
             ),
         )
 

@@ -29,9 +29,21 @@ TEST_COORDINATOR_ENV = {
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak", action="store_true", help="run the long soak tests too")
+    parser.addoption("--chaos-seed", type=int, default=1, help="seed of the chaos run")
+    parser.addoption(
+        "--chaos-duration",
+        type=float,
+        default=60.0,
+        help="seconds of load and faults in the chaos run (the default run's short form: 60)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The chaos run lasts as long as asked, plus the boot and a bounded quiet period.
+    chaos_timeout = float(config.getoption("--chaos-duration")) + 600
+    for item in items:
+        if item.get_closest_marker("chaos"):
+            item.add_marker(pytest.mark.timeout(chaos_timeout))
     if config.getoption("--soak"):
         return
     deselected = [i for i in items if i.get_closest_marker("soak")]
