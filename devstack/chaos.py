@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -263,7 +264,7 @@ def _run(stack: Stack, config: ChaosConfig, progress: bool) -> ChaosResult:
     kinds: Counter[str] = Counter()
     for key, n in reasons.items():
         mode, _, reason = key.partition(" ")
-        kinds[f"{mode} {reason_kind(reason)}"] += n
+        kinds[f"{mode} {_reason_group(reason)}"] += n
     return ChaosResult(
         seed=config.seed,
         duration_s=config.duration_s,
@@ -275,6 +276,15 @@ def _run(stack: Stack, config: ChaosConfig, progress: bool) -> ChaosResult:
         quiesce_s=quiesce_s,
         rules=rules,
     )
+
+
+def _reason_group(reason: str) -> str:
+    """A cancellation reason without what differs per order (ids, gids, amounts), so alike
+    reasons count together."""
+    generic = re.sub(r"order-[0-9a-f]+[\w:.-]*", "<order>", reason)
+    generic = re.sub(r"\b\d+(\.\d+)?\b", "N", generic)
+    kind = reason_kind(reason)
+    return kind if kind != reason[:60] else generic[:80]
 
 
 def report(result: ChaosResult) -> str:
@@ -289,9 +299,9 @@ def report(result: ChaosResult) -> str:
         lines.append(f"  {key:<28} {n:>7}")
     lines.append(f"  {'client requests unanswered':<28} {result.client_errors:>7}")
     lines.append("")
-    lines.append(f"  {'cancelled because':<60} {'count':>7}")
+    lines.append(f"  {'cancelled because':<80} {'count':>7}")
     for key, n in result.reasons.items():
-        lines.append(f"  {key[:60]:<60} {n:>7}")
+        lines.append(f"  {key[:80]:<80} {n:>7}")
     lines.append("")
     lines.append(f"  {'faults injected':<28} {'count':>7}")
     for kind, n in result.faults.items():
