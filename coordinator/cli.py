@@ -16,6 +16,8 @@ from migrations import TARGETS
 
 
 def _dev(args: argparse.Namespace) -> int:
+    from devstack.fault_control import FaultControl
+    from devstack.faults import Injector
     from devstack.stack import Stack, StackConfig
 
     stack = Stack(
@@ -25,8 +27,10 @@ def _dev(args: argparse.Namespace) -> int:
             ledgers=args.ledgers,
             shop=not args.no_shop,
             fsync=not args.no_fsync,
+            fault_proxies=args.fault_proxies,
         )
     )
+    control = FaultControl(Injector(stack))
     done = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -36,16 +40,21 @@ def _dev(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     stack.start()
     try:
+        control.start()
+        stack.extra_state["fault_control"] = control.url
+        stack.write_state()
         state_file = Path(args.state_dir).resolve() / "stack.json"
         print(f"dev stack up; state in {state_file}", flush=True)
         for c in stack.coordinators:
             print(f"  coordinator {c.name}: {c.url}  (OpenAPI: {c.url}/docs)", flush=True)
         for p in stack.participants:
             print(f"  participant {p.name}: {p.url}", flush=True)
+        print(f"  fault tools: {control.url}/faults  (`txn fault --help`)", flush=True)
         print("Ctrl-C stops everything.", flush=True)
         done.wait()
     finally:
         print("stopping the dev stack...", flush=True)
+        control.stop()
         stack.stop()
     return 0
 
@@ -111,6 +120,12 @@ def _chaos(args: argparse.Namespace) -> int:
     return _in_state_dir(args.state_dir, run)
 
 
+def _fault(args: argparse.Namespace) -> int:
+    from devstack.fault_cli import run_fault
+
+    return run_fault(args)
+
+
 def _serve(_args: argparse.Namespace) -> int:
     from coordinator.__main__ import main as serve
 
@@ -128,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--ledgers", type=int, default=3, choices=range(1, 17))
     dev.add_argument("--no-fsync", action="store_true", help="faster, not crash-safe for the OS")
     dev.add_argument("--no-shop", action="store_true", help="without the demo shop's services")
+    dev.add_argument(
+        "--fault-proxies",
+        action="store_true",
+        help="a fault proxy in front of every participant service and database (txn fault)",
+    )
     dev.set_defaults(func=_dev)
 
     demo = sub.add_parser("demo", help="the shop: place orders in both modes, check invariants")
@@ -162,6 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     chaos.add_argument("--state-dir", default="", help="keep the stack's data here (default: temp)")
     chaos.add_argument("--json", default="", help="also write the results to this file")
     chaos.set_defaults(func=_chaos)
+
+    from devstack.fault_cli import add_arguments as add_fault_arguments
+
+    fault = sub.add_parser(
+        "fault",
+        help="inject one fault into a running `txn dev` (list: what can be hit)",
+        description="Inject a fault into a running `txn dev`, hold it, undo it.",
+    )
+    add_fault_arguments(fault)
+    fault.set_defaults(func=_fault)
 
 
 

@@ -95,6 +95,8 @@ class Stack:
         self.proxies: dict[str, FaultProxy] = {}
         self.db_proxies: dict[str, FaultProxy] = {}
         self.log_dsn = ""
+        # More entries for stack.json (e.g. "fault_control": the fault tools' URL).
+        self.extra_state: dict[str, Any] = {}
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
@@ -370,6 +372,7 @@ class Stack:
                 {"name": c.name, "port": c.port, "pid": c.pid, "data_dir": str(c.data_dir)}
                 for c in self.clusters.values()
             ],
+            **self.extra_state,
         }
 
     def write_state(self) -> None:
