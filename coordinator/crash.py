@@ -1,8 +1,10 @@
 """Named crash points: off unless configured; when hit, the process exits at once, as SIGKILL
-would (no cleanup, no flush, no reply). Used by the coordinator and the participant SDK."""
+would (no cleanup, no flush, no reply). Used by the coordinator and the participant SDK.
+Named pause points (participant SDK, tests only): a call waits there until a test releases it."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -31,6 +33,18 @@ PARTICIPANT_POINTS = frozenset(
     }
 )
 
+# Where a participant call can be held (tests only), each inside the call's local transaction:
+# the handler's SQL done, PREPARE TRANSACTION / COMMIT PREPARED / the COMMIT not yet sent.
+PARTICIPANT_PAUSE_POINTS = frozenset(
+    {
+        "before_prepare_statement",
+        "before_commit_prepared",
+        "before_action_commit",
+        "before_compensate_commit",
+    }
+)
+PAUSE_POLL_S = 0.02
+
 
 class CrashPoints:
     """``point``: the armed crash point name ('' for none). ``marker``: when set, the crash
@@ -52,3 +66,29 @@ class CrashPoints:
             self.marker.write_text(f"{os.getpid()}\n")
         log.critical("crash point %s reached: exiting now", name)
         os._exit(CRASH_EXIT_CODE)
+
+
+class PausePoint:
+    """``point``: the armed pause point name ('' for none). ``file``: the base path of the
+    handshake with a test: a call reaching the point writes ``<file>.reached`` and waits
+    (polling) until ``<file>.release`` exists; once it does, calls pass the point at once."""
+
+    def __init__(self, point: str, file: str, known: frozenset[str]) -> None:
+        if point and point not in known:
+            raise ValueError(f"unknown pause point {point!r}; known: {', '.join(sorted(known))}")
+        if point and not file:
+            raise ValueError(f"pause point {point!r} needs a pause file")
+        self.point = point
+        self.reached = Path(f"{file}.reached") if point else None
+        self.release = Path(f"{file}.release") if point else None
+
+    async def hit(self, name: str) -> None:
+        if name != self.point or self.reached is None or self.release is None:
+            return
+        if self.release.exists():
+            return
+        self.reached.write_text(f"{os.getpid()}\n")
+        log.warning("pause point %s reached: waiting for %s", name, self.release)
+        while not self.release.exists():  # noqa: ASYNC110 (another process creates it)
+            await asyncio.sleep(PAUSE_POLL_S)
+        log.warning("pause point %s released", name)

@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coordinator.crash import PausePoint
 from participants.sdk.settings import ParticipantSettings
 
 Handler = Callable[[AsyncConnection, dict[str, Any]], Awaitable[dict[str, Any] | None]]
@@ -26,6 +29,18 @@ class BusinessError(Exception):
 
 class _Transient(Exception):
     """The call cannot be answered now; the coordinator retries (HTTP 503)."""
+
+
+# The database failed the call where no protocol step expected it: it is down, restarting, or
+# dropped the connection. Such a call is answered 503 like a _Transient, never 500. Connecting
+# raises the driver's own errors (a refused connection is an OSError; "the database system is
+# starting up" an asyncpg error), which SQLAlchemy does not wrap in DBAPIError.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    DBAPIError,
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -46,6 +61,7 @@ class _Core:
     settings: ParticipantSettings
     _engine: AsyncEngine | None
     barrier_hook: BarrierHook | None
+    pause: PausePoint | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -61,6 +77,11 @@ class _Core:
         """A call that finds its barrier key held by another call waits at most this long,
         then answers 503: no request blocks for long behind another."""
         await conn.execute(text(f"SET LOCAL lock_timeout = {int(self.settings.lock_timeout_ms)}"))
+
+    async def _pause_at(self, point: str) -> None:
+        """Tests only (``pause_at``): hold the call here until the test releases it."""
+        if self.pause is not None:
+            await self.pause.hit(point)
 
     async def _at_barrier(self, op: str, gid: str, branch: int) -> None:
         if self.barrier_hook is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,14 +19,28 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.crash import PARTICIPANT_POINTS, CrashPoints
+from coordinator.crash import (
+    PARTICIPANT_PAUSE_POINTS,
+    PARTICIPANT_POINTS,
+    CrashPoints,
+    PausePoint,
+)
 from coordinator.db import make_engine
 from participants.sdk import wire
-from participants.sdk.base import BarrierHook, BusinessError, Handler, _Transient, sqlstate
+from participants.sdk.base import (
+    DATABASE_ERRORS,
+    BarrierHook,
+    BusinessError,
+    Handler,
+    _Transient,
+    sqlstate,
+)
 from participants.sdk.resolver import DoubtResolver
 from participants.sdk.saga import SagaBarrier
 from participants.sdk.settings import ParticipantSettings
 from participants.sdk.twopc import TwoPhase
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BarrierHook", "BusinessError", "Handler", "Participant", "_Transient", "sqlstate"]
 
@@ -48,6 +63,13 @@ def _reply(status: int, body: dict[str, Any]) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
+def _unavailable(what: str, e: Exception) -> Response:
+    # Found by tests/faults/test_participant_db_crash.py: with the database down, or on a pooled
+    # connection a database crash had killed, these calls used to escape as HTTP 500.
+    log.warning("%s: database unavailable: %r", what, e)
+    return _reply(503, {"detail": f"{what}: database unavailable: {type(e).__name__}: {e}"})
+
+
 class Participant(TwoPhase, SagaBarrier):
     """Holds the service's engine and the branch endpoints registered on it.
 
@@ -67,6 +89,7 @@ class Participant(TwoPhase, SagaBarrier):
         self.barrier_hook = barrier_hook
         self.router = APIRouter()
         self.crash = CrashPoints(settings.crash_at, settings.crash_marker, PARTICIPANT_POINTS)
+        self.pause = PausePoint(settings.pause_at, settings.pause_file, PARTICIPANT_PAUSE_POINTS)
         self._handlers: dict[str, dict[str, Handler]] = {}
         self._routes: dict[str, APIRoute] = {}
         self.router.add_api_route(wire.COMMIT_PATH, self._commit_endpoint, methods=["POST"])
@@ -177,6 +200,8 @@ class Participant(TwoPhase, SagaBarrier):
             status, answer = await run[op](gid, branch, payload, handler)
         except _Transient as e:
             return _reply(503, {"detail": str(e)})
+        except DATABASE_ERRORS as e:
+            return _unavailable(f"{_LABELS[op]} {gid}/{branch}", e)
         if status == 200:
             self.crash.hit(_CRASH_AFTER[op])
         return _reply(status, answer)
@@ -208,6 +233,8 @@ class Participant(TwoPhase, SagaBarrier):
             status, answer = await self.commit(parsed[0], parsed[1])
         except _Transient as e:
             return _reply(503, {"detail": str(e)})
+        except DATABASE_ERRORS as e:
+            return _unavailable(f"2PC commit {parsed[0]}/{parsed[1]}", e)
         if status == 200:
             self.crash.hit("after_commit_before_reply")
         return _reply(status, answer)
@@ -220,4 +247,6 @@ class Participant(TwoPhase, SagaBarrier):
             status, answer = await self.rollback(parsed[0], parsed[1])
         except _Transient as e:
             return _reply(503, {"detail": str(e)})
+        except DATABASE_ERRORS as e:
+            return _unavailable(f"2PC rollback {parsed[0]}/{parsed[1]}", e)
         return _reply(status, answer)

@@ -79,6 +79,7 @@ class SagaBarrier(_Core):
                         return _answer_existing_action(existing)
                     await self._at_barrier(ACTION, gid, branch)
                     result = await handler(conn, payload)
+                    await self._pause_at("before_action_commit")
                     await trans.commit()  # the business change and its 'done' row together
                 except BusinessError as e:
                     await trans.rollback()
@@ -132,6 +133,7 @@ class SagaBarrier(_Core):
                         answer["result"] = await handler(conn, payload) or {}
                     else:  # the action refused: there is nothing to undo
                         answer["nothing_to_undo"] = True
+                    await self._pause_at("before_compensate_commit")
                     await trans.commit()
                 except BusinessError as e:
                     # Nothing is recorded, barrier rows included: the coordinator retries.

@@ -37,6 +37,13 @@ class ParticipantSettings(BaseSettings):
     resolver_interval_s: float = Field(5.0, gt=0, description="How often the resolver looks.")
     crash_at: str = Field("", description="Crash point name (tests only); empty: none.")
     crash_marker: str = Field("", description="Crash only while this file does not exist.")
+    pause_at: str = Field(
+        "",
+        description="Pause point name (tests only); empty: none. A call reaching it writes the "
+        "file pause_file + '.reached', then waits until pause_file + '.release' exists; once "
+        "it does, calls pass the point.",
+    )
+    pause_file: str = Field("", description="Base path of the pause point's two files.")
 
     @field_validator("coordinators", mode="before")
     @classmethod

@@ -79,6 +79,7 @@ class TwoPhase(_Core):
                         ) from e
                     # The barrier row and the business change are prepared together: after
                     # this they survive a crash, and only COMMIT/ROLLBACK PREPARED ends them.
+                    await self._pause_at("before_prepare_statement")
                     await conn.exec_driver_sql(f"PREPARE TRANSACTION '{xid}'")
                     await trans.commit()  # the server has no open transaction any more
                 except BusinessError as e:
@@ -117,6 +118,7 @@ class TwoPhase(_Core):
         key = {"gid": gid, "branch": branch}
         async with self._autocommit() as conn:
             try:
+                await self._pause_at("before_commit_prepared")
                 await conn.exec_driver_sql(f"COMMIT PREPARED '{xid}'")
                 return 200, {"committed": True}
             except DBAPIError as e:
