@@ -17,6 +17,7 @@ COPY participants ./participants
 COPY sagas ./sagas
 COPY migrations ./migrations
 COPY devstack ./devstack
+COPY bench ./bench
 RUN pip install . && rm -rf /src
 
 # Run from the installed package, as an unprivileged user.

@@ -193,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     add_fault_arguments(fault)
     fault.set_defaults(func=_fault)
 
+    from bench.cli import add_parser as add_bench_parser
 
+    add_bench_parser(sub)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,251 @@
+"""Closed-loop load and its statistics, shared by the product load (REST clients of the
+coordinator, here) and the floor (``bench.floor``).
+
+A closed loop: ``concurrency`` clients, each submitting its next transaction as soon as the
+previous one answered. Completions during the warm-up are not counted; throughput is the
+committed completions inside the measurement window over its length, latencies are theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+
+WAIT_S = 30.0  # the coordinator's ?wait=: long enough for any outcome under load
+ERROR_PAUSE_S = 0.01  # a failing client pauses this long, so a dead target is not a busy loop
+MAX_EXAMPLES = 5
+ACCOUNT_BALANCE = 10**12  # every transaction's deltas sum to zero: the balances never run out
+
+# One transaction of client ``client`` (0-based), its ``seq``-th; raises when it did not commit.
+TxnFn = Callable[[int, int], Awaitable[None]]
+
+
+class TxnFailed(Exception):
+    """The transaction did not commit (refused, aborted, timed out, transport error)."""
+
+
+@dataclass
+class RunStats:
+    """One measured run of one side (product or floor) at one concurrency."""
+
+    concurrency: int
+    duration_s: float
+    committed: int
+    tps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+    errors: int  # failures completing inside the measurement window
+    errors_total: int  # including the warm-up
+    attempted_total: int
+    error_examples: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default); None when empty."""
+    if not sorted_values:
+        return None
+    pos = (len(sorted_values) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 3)
+
+
+async def closed_loop(concurrency: int, warmup_s: float, duration_s: float, txn: TxnFn) -> RunStats:
+    start = time.perf_counter()
+    measure_from = start + warmup_s
+    stop_at = measure_from + duration_s
+    latencies: list[float] = []
+    counts = {"errors": 0, "errors_total": 0, "attempted": 0}
+    examples: list[str] = []
+
+    async def client(c: int) -> None:
+        seq = 0
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            counts["attempted"] += 1
+            try:
+                await txn(c, seq)
+                failure = None
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # every failure is counted; the loop carries on
+                failure = f"{type(e).__name__}: {e}"[:300]
+            t1 = time.perf_counter()
+            seq += 1
+            in_window = measure_from <= t1 <= stop_at
+            if failure is None:
+                if in_window:
+                    latencies.append(t1 - t0)
+                continue
+            counts["errors_total"] += 1
+            counts["errors"] += int(in_window)
+            if len(examples) < MAX_EXAMPLES:
+                examples.append(failure)
+            await asyncio.sleep(ERROR_PAUSE_S)
+
+    await asyncio.gather(*(client(c) for c in range(concurrency)))
+    latencies.sort()
+    return RunStats(
+        concurrency=concurrency,
+        duration_s=duration_s,
+        committed=len(latencies),
+        tps=round(len(latencies) / duration_s, 2),
+        p50_ms=_ms(percentile(latencies, 0.50)),
+        p99_ms=_ms(percentile(latencies, 0.99)),
+        mean_ms=_ms(sum(latencies) / len(latencies)) if latencies else None,
+        errors=counts["errors"],
+        errors_total=counts["errors_total"],
+        attempted_total=counts["attempted"],
+        error_examples=examples,
+    )
+
+
+# -- the workload both sides run ---------------------------------------------------------
+
+
+def account(client: int) -> str:
+    """Each client its own account on every ledger: no two clients contend for a row."""
+    return f"bench-c{client}"
+
+
+def deltas(n: int, seq: int) -> list[int]:
+    """One delta per ledger, summing to zero; rotated by ``seq`` so that every account's
+    balance comes back to where it started every ``n`` transactions."""
+    base = [-(n - 1)] + [1] * (n - 1)
+    k = seq % n
+    return base[k:] + base[:k]
+
+
+def branches(mode: str, ledgers: list[str], client: int, seq: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for name, delta in zip(ledgers, deltas(len(ledgers), seq), strict=True):
+        branch: dict[str, Any] = {
+            "participant": name,
+            "action": "/accounts/adjust",
+            "payload": {"account": account(client), "delta": delta},
+        }
+        if mode == "saga":
+            branch["compensation"] = "/accounts/adjust/undo"
+        out.append(branch)
+    return out
+
+
+# -- the product: REST clients of the coordinator -----------------------------------------
+
+
+async def ensure_accounts(
+    session: aiohttp.ClientSession, ledger_urls: list[str], clients: int
+) -> None:
+    """Open every client's account on every ledger (already there from an earlier run: fine)."""
+    for url in ledger_urls:
+        for c in range(clients):
+            body = {"id": account(c), "balance": ACCOUNT_BALANCE}
+            async with session.post(f"{url}/accounts", json=body) as reply:
+                if reply.status not in (201, 409):
+                    raise RuntimeError(f"{url}: opening {account(c)}: {await reply.text()}")
+
+
+class ProductLoad:
+    """POST /v1/transactions?wait=…: one adjust per ledger; the reply is the logged outcome
+    (the API waits until the status is terminal, rule 3), so a 201 ``committed`` is a commit."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        coordinator_url: str,
+        ledgers: list[str],
+        mode: str,
+        gid_prefix: str,
+    ) -> None:
+        self.session = session
+        self.url = f"{coordinator_url}/v1/transactions?wait={WAIT_S:g}"
+        self.ledgers = ledgers
+        self.mode = mode
+        self.prefix = gid_prefix
+        self.headers = {"content-type": "application/json"}
+
+    async def __call__(self, client: int, seq: int) -> None:
+        body = {
+            "gid": f"{self.prefix}-{client}-{seq}",
+            "mode": self.mode,
+            "branches": branches(self.mode, self.ledgers, client, seq),
+        }
+        async with self.session.post(
+            self.url, data=orjson.dumps(body), headers=self.headers
+        ) as reply:
+            raw = await reply.read()
+            if reply.status != 201:
+                raise TxnFailed(f"HTTP {reply.status}: {raw[:200]!r}")
+        answer = orjson.loads(raw)
+        if answer.get("status") != "committed":
+            raise TxnFailed(f"{answer.get('status')}: {answer.get('reason')}")
+
+
+def http_session(concurrency: int) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=max(concurrency, 1) + 4, limit_per_host=0)
+    return aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=WAIT_S + 30)
+    )
+
+
+async def run_product(
+    coordinator_url: str,
+    ledgers: list[str],
+    mode: str,
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+    gid_prefix: str,
+) -> RunStats:
+    async with http_session(concurrency) as session:
+        load = ProductLoad(session, coordinator_url, ledgers, mode, gid_prefix)
+        return await closed_loop(concurrency, warmup_s, duration_s, load)
+
+
+# -- evidence: how many log writes a transaction really made ------------------------------
+
+
+async def log_writes_per_txn(log_dsn: str, schema: str, gid_prefix: str) -> dict[str, Any]:
+    """Every per-transaction log write (INSERT_TXN, WRITE_STATUS, WRITE_PROGRESS, RESCHEDULE,
+    CLAIM, ABORT_ORPHAN) inserts exactly one event, so events per transaction, by kind, count
+    the writes each transaction made (the lease renewal, one statement a second for all held
+    transactions, writes none and is not per transaction)."""
+    conn = await asyncpg.connect(log_dsn, server_settings={"search_path": schema})
+    try:
+        n = await conn.fetchval(
+            "SELECT count(*) FROM transactions WHERE gid LIKE $1 || '%'", gid_prefix
+        )
+        statuses = await conn.fetch(
+            "SELECT status, count(*) AS n FROM transactions WHERE gid LIKE $1 || '%' "
+            "GROUP BY status ORDER BY status",
+            gid_prefix,
+        )
+        kinds = await conn.fetch(
+            "SELECT kind, count(*) AS n FROM events WHERE gid LIKE $1 || '%' "
+            "GROUP BY kind ORDER BY kind",
+            gid_prefix,
+        )
+    finally:
+        await conn.close()
+    total = sum(int(r["n"]) for r in kinds)
+    return {
+        "transactions": int(n),
+        "statuses": {r["status"]: int(r["n"]) for r in statuses},
+        "writes_per_txn": round(total / n, 3) if n else None,
+        "by_kind_per_txn": {r["kind"]: round(int(r["n"]) / n, 3) for r in kinds} if n else {},
+    }
