@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 MODES = ("2pc", "saga")
 
@@ -32,8 +33,60 @@ def _positive(value: str) -> float:
     return n
 
 
+def _growth(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from bench import growth
+    from bench.load import ensure_accounts, http_session
+    from bench.txn_bench import Target, with_stack
+
+    def use(state: dict[str, Any]) -> dict[str, Any]:
+        target = Target.from_state(state, args.against or "embedded")
+        ledgers = [lg.name for lg in target.ledgers]
+        c = max(args.concurrency)
+        report: dict[str, Any] = {}
+
+        async def go() -> None:
+            async with http_session(4) as session:
+                await ensure_accounts(session, [lg.url for lg in target.ledgers], c)
+            if args.growth:
+                print(f"growth: 2PC at concurrency {c}, {args.duration:g}s per run", flush=True)
+                report["growth"] = await growth.growth(
+                    target.coordinator_url,
+                    ledgers,
+                    target.log_dsn,
+                    args.growth,
+                    c,
+                    args.duration,
+                    args.warmup,
+                    print,
+                )
+            if args.rss:
+                pid = state["coordinators"][0]["pid"]
+                print(f"memory: 2PC at concurrency {c} for {args.rss:g}s, coordinator pid {pid}")
+                report["memory"] = await growth.memory(
+                    target.coordinator_url, ledgers, pid, c, args.rss, 5.0, print
+                )
+
+        asyncio.run(go())
+        return report
+
+    if args.against:
+        report = use(json.loads(Path(args.against).read_text()))
+    else:
+        report = with_stack(args.state_dir, not args.no_fsync, use)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"all figures: {args.out}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from bench.txn_bench import BenchConfig, main
+
+    if args.growth or args.rss:
+        return _growth(args)
 
     config = BenchConfig(
         modes=args.modes,
@@ -71,4 +124,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--floor-history", type=int, default=20_000, help="rows seeded into the floor's log"
     )
     bench.add_argument("--out", default="bench-results.json", help="JSON results ('' for none)")
+    bench.add_argument(
+        "--growth",
+        type=int,
+        default=0,
+        help="instead: throughput before/with/after this many finished transactions in the log",
+    )
+    bench.add_argument(
+        "--rss",
+        type=float,
+        default=0.0,
+        help="instead: the coordinator's memory over a run of this many seconds",
+    )
     bench.set_defaults(func=_bench)

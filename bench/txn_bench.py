@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -32,6 +32,9 @@ from bench.load import RunStats, ensure_accounts, http_session, log_writes_per_t
 
 MODES = ("2pc", "saga")
 LEDGER_NAME = re.compile(r"^ledger(\d+)$")
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -304,6 +307,13 @@ def run(target: Target, config: BenchConfig) -> dict[str, Any]:
 
 def _embedded(config: BenchConfig, state_dir: str, fsync: bool) -> dict[str, Any]:
     """Boot the stack the bench needs (3 ledgers, 1 coordinator, no shop), run, stop it."""
+    return with_stack(
+        state_dir, fsync, lambda state: run(Target.from_state(state, "embedded"), config)
+    )
+
+
+def with_stack(state_dir: str, fsync: bool, use: Callable[[dict[str, Any]], T]) -> T:
+    """``use(state)`` on an embedded stack of 3 ledgers and 1 coordinator, stopped after."""
     from devstack.stack import Stack, StackConfig
 
     with contextlib.ExitStack() as cleanup:
@@ -318,7 +328,7 @@ def _embedded(config: BenchConfig, state_dir: str, fsync: bool) -> dict[str, Any
         previous = signal.signal(signal.SIGTERM, _exit_on_term)
         cleanup.callback(signal.signal, signal.SIGTERM, previous)
         with Stack(stack_config) as stack:
-            return run(Target.from_state(stack.state(), "embedded"), config)
+            return use(stack.state())
 
 
 def _exit_on_term(signum: int, _frame: FrameType | None) -> None:

@@ -29,6 +29,7 @@ def make_engine(
     autocommit: bool = False,
     synchronous_commit: bool = True,
     application_name: str = "",
+    lock_timeout_ms: int | None = None,
 ) -> AsyncEngine:
     kwargs: dict[str, Any] = {}
     server_settings: dict[str, str] = {}
@@ -37,6 +38,8 @@ def make_engine(
     if application_name:
         # Shows in pg_stat_activity: operators (and the fault tools) can tell whose it is.
         server_settings["application_name"] = application_name[:63]
+    if lock_timeout_ms is not None:
+        server_settings["lock_timeout"] = str(int(lock_timeout_ms))
     if server_settings:
         kwargs["connect_args"] = {"server_settings": server_settings}
     if autocommit:

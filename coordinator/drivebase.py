@@ -120,7 +120,6 @@ class Run(Generic[E]):
             self.gid, self.epoch, status, reason, self.progress(statuses), "decided"
         )
         log.info("decided %s", status, extra=self.extra)
-        self.d.notify(self.gid)
 
     async def finish(self, status: str, reason: str | None, statuses: Sequence[object]) -> None:
         """Rule 3: the outcome is logged before anyone is told."""

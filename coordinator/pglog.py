@@ -56,6 +56,7 @@ _CLAIM = _stmt(queries.CLAIM)
 _RENEW = _stmt(queries.RENEW)
 _LIVE_SUMMARY = _stmt(queries.LIVE_SUMMARY)
 _WRITE_PROGRESS = _stmt(queries.WRITE_PROGRESS)
+_GET = text(queries.GET_TXN)
 _ABORT_ORPHAN = _stmt(queries.ABORT_ORPHAN)
 
 
@@ -181,7 +182,22 @@ class PgLog:
             row = (await conn.execute(_INSERT, params)).first()
             if row is not None:
                 record = _txn(row)
-                await self._attach_branches(conn, [record])
+                # The branches are what was just inserted, stamped with the same now() as the
+                # transaction row: no need to read them back.
+                record.branches = [
+                    BranchRecord(
+                        i,
+                        b.participant,
+                        b.action,
+                        b.compensation,
+                        b.payload,
+                        "pending",
+                        0,
+                        None,
+                        row.created_at,
+                    )
+                    for i, b in enumerate(new.branches)
+                ]
                 return Inserted.CREATED, Claim(record, row.db_now)
             existing = await self._get(conn, new.gid)
             now = (await conn.execute(text("SELECT now()"))).scalar_one()
@@ -199,11 +215,25 @@ class PgLog:
             by_gid[row.gid].branches.append(_branch(row))
 
     async def _get(self, conn: Any, gid: str) -> TxnRecord | None:
-        row = (await conn.execute(select(transactions).where(transactions.c.gid == gid))).first()
+        row = (await conn.execute(_GET, {"gid": gid})).first()
         if row is None:
             return None
         record = _txn(row)
-        await self._attach_branches(conn, [record])
+        raw = row.branch_rows
+        for b in orjson.loads(raw) if isinstance(raw, str | bytes) else raw:
+            record.branches.append(
+                BranchRecord(
+                    b["idx"],
+                    b["participant"],
+                    b["action"],
+                    b["compensation"],
+                    b["payload"],
+                    b["status"],
+                    b["attempts"],
+                    b["last_error"],
+                    datetime.fromisoformat(b["updated_at"]),
+                )
+            )
         return record
 
     async def get(self, gid: str) -> TxnRecord | None:

@@ -175,3 +175,11 @@ WITH t AS (
 )
 SELECT t.*, now() AS db_now FROM t
 """
+
+# One transaction with its branches, in one round trip (the API's reads and waits).
+GET_TXN = """
+SELECT t.*,
+       (SELECT coalesce(json_agg(b ORDER BY b.idx), '[]') FROM branches AS b WHERE b.gid = t.gid)
+       AS branch_rows
+FROM transactions AS t WHERE t.gid = :gid
+"""

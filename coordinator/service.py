@@ -120,25 +120,33 @@ class Coordinator:
         for event in self._waiters.pop(gid, []):
             event.set()
 
-    async def wait(self, gid: str, timeout_s: float) -> TxnRecord | None:
+    async def wait(
+        self, gid: str, timeout_s: float, known: TxnRecord | None = None
+    ) -> TxnRecord | None:
         """Wait until the logged status is terminal or ``timeout_s`` passes; returns what is
-        logged (rule 3: only a logged outcome is ever reported)."""
+        logged (rule 3: only a logged outcome is ever reported). ``known``: the record as just
+        logged (a fresh submission), which spares the first read."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        record = known
         while True:
             event = asyncio.Event()
             self._waiters.setdefault(gid, []).append(event)
-            # Rule 3: the answer is what the log holds, never the driver's in-memory state.
-            record = await self.store.get(gid)
+            if record is None:
+                # Rule 3: the answer is what the log holds, never the driver's memory.
+                record = await self.store.get(gid)
             remaining = deadline - loop.time()
             if record is None or record.status in TERMINAL or remaining <= 0:
                 self._discard_waiter(gid, event)
                 return record
-            # Another instance may drive it: look at the log again at least every half second.
+            # A drive here ends with a notify (finished, rescheduled, fenced or failed); a
+            # transaction driven elsewhere (another instance) is looked at every half second.
+            patience = remaining if gid in self._tasks else min(remaining, 0.5)
             try:
-                await asyncio.wait_for(event.wait(), min(remaining, 0.5))
+                await asyncio.wait_for(event.wait(), patience)
             except TimeoutError:
                 self._discard_waiter(gid, event)
+            record = None
 
     def _discard_waiter(self, gid: str, event: asyncio.Event) -> None:
         waiters = self._waiters.get(gid)

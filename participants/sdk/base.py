@@ -43,6 +43,37 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+# What a statement run with ``run_once`` raises when the server refuses it or the connection
+# is gone (asyncpg's own errors: SQLAlchemy does not wrap what it does not run).
+STATEMENT_ERRORS: tuple[type[Exception], ...] = (
+    DBAPIError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
+async def run_once(conn: AsyncConnection, sql: str) -> None:
+    """One round trip, simple query protocol: a statement text used once (``PREPARE
+    TRANSACTION 'txn:gid:0'``) is not worth a server-side prepare, which costs a round trip of
+    its own and churns the driver's statement cache."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    assert driver is not None, "an open connection has its driver connection"
+    try:
+        await driver.execute(sql)
+    except BaseException as e:
+        # SQLAlchemy does not see this call, so it cannot tell a dead connection from a refused
+        # statement: drop the connection ourselves unless the server merely refused the SQL.
+        # (Found by test_participant_db_crash: the pool kept handing out connections a crash had
+        # killed, and the commit took one attempt per dead connection.)
+        refused = isinstance(e, asyncpg.PostgresError) and (sqlstate(e) or "")[:2] not in (
+            "08",  # connection exception
+            "57",  # operator intervention: shutdown, terminated
+        )
+        if not refused or driver.is_closed():
+            await conn.invalidate()
+        raise
+
+
 def sqlstate(exc: BaseException) -> str | None:
     """The SQLSTATE of a database error, looking through SQLAlchemy's and asyncpg's wrappers."""
     seen: BaseException | None = exc
@@ -62,6 +93,8 @@ class _Core:
     _engine: AsyncEngine | None
     barrier_hook: BarrierHook | None
     pause: PausePoint | None = None
+    # True once the engine's connections carry lock_timeout themselves (the SDK made them).
+    lock_timeout_set: bool = False
 
     @property
     def engine(self) -> AsyncEngine:
@@ -76,6 +109,8 @@ class _Core:
     async def _limit_lock_wait(self, conn: AsyncConnection) -> None:
         """A call that finds its barrier key held by another call waits at most this long,
         then answers 503: no request blocks for long behind another."""
+        if self.lock_timeout_set:
+            return
         await conn.execute(text(f"SET LOCAL lock_timeout = {int(self.settings.lock_timeout_ms)}"))
 
     async def _pause_at(self, point: str) -> None:

@@ -98,7 +98,13 @@ class Participant(TwoPhase, SagaBarrier):
     @asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
         if self._engine is None:
-            self._engine = make_engine(self.settings.dsn, pool_size=self.settings.pool_size)
+            # The lock timeout is a connection setting: no SET LOCAL round trip per call.
+            self._engine = make_engine(
+                self.settings.dsn,
+                pool_size=self.settings.pool_size,
+                lock_timeout_ms=self.settings.lock_timeout_ms,
+            )
+            self.lock_timeout_set = True
         resolver: asyncio.Task[None] | None = None
         if self.settings.coordinators:
             resolver = asyncio.create_task(

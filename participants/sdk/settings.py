@@ -24,7 +24,12 @@ class ParticipantSettings(BaseSettings):
     hmac_secret: str = Field("", description="Shared secret checking Txn-Signature; empty: off.")
     pool_size: int = Field(10, gt=0)
     lock_timeout_ms: int = Field(
-        2000, gt=0, description="How long a barrier write waits on a branch another call holds."
+        2000,
+        gt=0,
+        description=(
+            "How long a statement on the SDK's connections waits for a row lock before giving "
+            "up: a prepare then votes no, other calls answer 503."
+        ),
     )
     coordinators: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -12,7 +12,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from participants.sdk import wire
-from participants.sdk.base import BusinessError, Handler, _Core, _Transient, sqlstate
+from participants.sdk.base import (
+    STATEMENT_ERRORS,
+    BusinessError,
+    Handler,
+    _Core,
+    _Transient,
+    run_once,
+    sqlstate,
+)
 from participants.sdk.schema import BARRIER
 
 log = logging.getLogger(__name__)
@@ -80,7 +88,7 @@ class TwoPhase(_Core):
                     # The barrier row and the business change are prepared together: after
                     # this they survive a crash, and only COMMIT/ROLLBACK PREPARED ends them.
                     await self._pause_at("before_prepare_statement")
-                    await conn.exec_driver_sql(f"PREPARE TRANSACTION '{xid}'")
+                    await run_once(conn, f"PREPARE TRANSACTION '{xid}'")
                     await trans.commit()  # the server has no open transaction any more
                 except BusinessError as e:
                     await trans.rollback()
@@ -90,7 +98,7 @@ class TwoPhase(_Core):
                     if trans.is_active:
                         await trans.rollback()
                     raise
-        except DBAPIError as e:
+        except STATEMENT_ERRORS as e:
             raise _Transient(f"prepare of {xid} failed: {sqlstate(e) or e}") from e
         log.info("prepared", extra={"gid": gid, "branch": branch})
         return 200, {"vote": "yes", "result": result or {}}
@@ -119,9 +127,9 @@ class TwoPhase(_Core):
         async with self._autocommit() as conn:
             try:
                 await self._pause_at("before_commit_prepared")
-                await conn.exec_driver_sql(f"COMMIT PREPARED '{xid}'")
+                await run_once(conn, f"COMMIT PREPARED '{xid}'")
                 return 200, {"committed": True}
-            except DBAPIError as e:
+            except STATEMENT_ERRORS as e:
                 code = sqlstate(e)
                 if code != UNDEFINED_OBJECT:
                     raise _Transient(f"commit of {xid} failed: {code or e}") from e
@@ -137,12 +145,12 @@ class TwoPhase(_Core):
         marker = {**key, "outcome": "rolled_back", "reason": None}
         async with self._autocommit() as conn:
             try:
-                await conn.exec_driver_sql(f"ROLLBACK PREPARED '{xid}'")
+                await run_once(conn, f"ROLLBACK PREPARED '{xid}'")
                 # The prepared barrier row is gone with it: leave a marker so a duplicated
                 # prepare arriving later is refused instead of preparing again.
                 await conn.execute(_BARRIER_INSERT, marker)
                 return 200, {"rolled_back": True}
-            except DBAPIError as e:
+            except STATEMENT_ERRORS as e:
                 code = sqlstate(e)
                 if code != UNDEFINED_OBJECT:
                     raise _Transient(f"rollback of {xid} failed: {code or e}") from e
