@@ -101,3 +101,19 @@ def twopc_transfer(gid: str, account: str, moves: dict[str, int]) -> dict[str, A
             for ledger, delta in moves.items()
         ],
     }
+
+
+def adjust_body(gid: str, mode: str, account: str, moves: list[tuple[str, int]]) -> dict[str, Any]:
+    """A submission adjusting ``account`` by each (ledger, delta), in either mode (a saga's
+    branches are compensated by ``/accounts/adjust/undo``)."""
+    branches: list[dict[str, Any]] = []
+    for ledger, delta in moves:
+        branch: dict[str, Any] = {
+            "participant": ledger,
+            "action": "/accounts/adjust",
+            "payload": {"account": account, "delta": delta},
+        }
+        if mode == "saga":
+            branch["compensation"] = "/accounts/adjust/undo"
+        branches.append(branch)
+    return {"gid": gid, "mode": mode, "branches": branches}

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from devstack.stack import Stack
-from tests.helpers import TERMINAL, fetch, open_accounts, prepared_xacts, unique
+from tests.helpers import TERMINAL, adjust_body, fetch, open_accounts, prepared_xacts, unique
 
 LEDGERS = ("ledger1", "ledger2", "ledger3")
 OPENING = 10**9
@@ -153,14 +153,4 @@ class TransferLoad:
 
 
 def _body(s: Sent) -> dict[str, Any]:
-    branches: list[dict[str, Any]] = []
-    for ledger, delta in zip(LEDGERS, s.deltas, strict=True):
-        branch: dict[str, Any] = {
-            "participant": ledger,
-            "action": "/accounts/adjust",
-            "payload": {"account": s.account, "delta": delta},
-        }
-        if s.mode == "saga":
-            branch["compensation"] = "/accounts/adjust/undo"
-        branches.append(branch)
-    return {"gid": s.gid, "mode": s.mode, "branches": branches}
+    return adjust_body(s.gid, s.mode, s.account, list(zip(LEDGERS, s.deltas, strict=True)))

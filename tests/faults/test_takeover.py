@@ -29,7 +29,14 @@ import pytest
 
 from coordinator.settings import Settings
 from devstack.stack import Stack, StackConfig
-from tests.helpers import TERMINAL, balances, open_accounts, prepared_xacts, unique
+from tests.helpers import (
+    TERMINAL,
+    adjust_body,
+    balances,
+    open_accounts,
+    prepared_xacts,
+    unique,
+)
 
 # The product's defaults, deliberately not overridden: the takeover is measured against them.
 LEASE_S = float(Settings.model_fields["lease_s"].default)
@@ -123,17 +130,7 @@ def takeover_stack(state_root: Path) -> Iterator[Stack]:
 
 
 def _body(sub: Submission) -> dict[str, Any]:
-    branches: list[dict[str, Any]] = []
-    for ledger, delta in zip(LEDGERS, sub.deltas, strict=True):
-        branch: dict[str, Any] = {
-            "participant": ledger,
-            "action": "/accounts/adjust",
-            "payload": {"account": sub.account, "delta": delta},
-        }
-        if sub.mode == "saga":
-            branch["compensation"] = "/accounts/adjust/undo"
-        branches.append(branch)
-    return {"gid": sub.gid, "mode": sub.mode, "branches": branches}
+    return adjust_body(sub.gid, sub.mode, sub.account, list(zip(LEDGERS, sub.deltas, strict=True)))
 
 
 async def _live_owned(conn: asyncpg.Connection, owner: str) -> tuple[datetime, list[str]]:
