@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Awaitable, Callable
 
@@ -33,19 +34,31 @@ async def call_in_burst(
     """Retry ``call`` while its reply is transient: at most ``attempts`` times (and within
     ``budget_s``), capped exponential backoff with jitter. Every endpoint called this way is
     idempotent on the participant's side, so repeating it repeats no side effect."""
-    stop: stop_base = stop_after_attempt(attempts)
-    if budget_s is not None:
-        stop = stop | stop_after_delay(max(budget_s, 0.0))
 
-    def wait(state: RetryCallState) -> float:
+    def backoff(retry_number: int) -> float:
         # Capped exponential backoff, jittered into [half, all] of the step: callers retrying
         # the same participant at once spread out instead of arriving together.
-        step: float = min(max_s, initial_s * 2.0 ** (state.attempt_number - 1))
+        step: float = min(max_s, initial_s * 2.0 ** (retry_number - 1))
         return step * random.uniform(0.5, 1.0)
 
+    # The first attempt needs no retry machinery: building tenacity's for every call showed in
+    # the profile (a tenth of the coordinator's time at concurrency 32), and most calls succeed.
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    reply = await call()
+    if attempts <= 1 or not retriable(reply):
+        return reply
+    pause = backoff(1)
+    if budget_s is not None and loop.time() - started + pause > budget_s:
+        return reply
+    await asyncio.sleep(pause)
+
+    stop: stop_base = stop_after_attempt(attempts - 1)
+    if budget_s is not None:
+        stop = stop | stop_after_delay(max(budget_s - (loop.time() - started), 0.0))
     retrying = AsyncRetrying(
         stop=stop,
-        wait=wait,
+        wait=lambda state: backoff(state.attempt_number + 1),
         retry=retry_if_result(retriable),
         # Out of attempts: hand back the last (transient) reply instead of raising.
         retry_error_callback=last_reply,
@@ -54,8 +67,8 @@ async def call_in_burst(
     async def attempt() -> Reply:  # tenacity needs a coroutine function to await the calls
         return await call()
 
-    reply: Reply = await retrying(attempt)
-    return reply
+    retried: Reply = await retrying(attempt)
+    return retried
 
 
 def last_reply(state: RetryCallState) -> Reply:

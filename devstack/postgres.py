@@ -19,6 +19,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,10 +76,23 @@ def find_bindir(candidates: list[Path] | None = None) -> Path:
     raise PostgresNotFound(INSTALL_HINT)
 
 
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now and not handed out before by this process. The kernel may give
+    the same ephemeral port to two probes in a row (seen: two ledgers got one port, and the
+    second one's health check was answered by the first)."""
+    with _HANDED_OUT_LOCK:
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
+    raise RuntimeError("no free loopback port found in 100 tries")
 
 
 @dataclass(frozen=True)

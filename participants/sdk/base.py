@@ -95,6 +95,7 @@ class _Core:
     pause: PausePoint | None = None
     # True once the engine's connections carry lock_timeout themselves (the SDK made them).
     lock_timeout_set: bool = False
+    _autocommit_pair: tuple[AsyncEngine, AsyncEngine] | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -104,7 +105,11 @@ class _Core:
 
     def _autocommit(self) -> AsyncConnection:
         """A connection whose statements commit by themselves (COMMIT PREPARED needs that)."""
-        return self.engine.execution_options(isolation_level="AUTOCOMMIT").connect()
+        # Made once per engine: building the option engine on every call showed in the profile.
+        engine = self.engine
+        if self._autocommit_pair is None or self._autocommit_pair[0] is not engine:
+            self._autocommit_pair = (engine, engine.execution_options(isolation_level="AUTOCOMMIT"))
+        return self._autocommit_pair[1].connect()
 
     async def _limit_lock_wait(self, conn: AsyncConnection) -> None:
         """A call that finds its barrier key held by another call waits at most this long,

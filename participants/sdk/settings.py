@@ -22,7 +22,14 @@ class ParticipantSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8100
     hmac_secret: str = Field("", description="Shared secret checking Txn-Signature; empty: off.")
-    pool_size: int = Field(10, gt=0)
+    pool_size: int = Field(
+        32,
+        gt=0,
+        description=(
+            "Database connection pool size (up to twice as many with overflow). Below the "
+            "number of calls in flight, connections are opened and closed per call."
+        ),
+    )
     lock_timeout_ms: int = Field(
         2000,
         gt=0,
