@@ -23,8 +23,8 @@ import aiohttp
 import asyncpg
 
 from devstack.faults import KINDS, Injector
-from devstack.invariants import Baseline, Rule, check, take_baseline
-from devstack.shop_demo import BLOCKED, DESTINATIONS, reason_kind
+from devstack.invariants import Rule, take_baseline
+from devstack.shop_demo import BLOCKED, DESTINATIONS, reason_kind, seed_shop, settled_check
 from devstack.stack import Stack, StackConfig
 from participants.shop.catalogue import PRODUCTS
 
@@ -98,18 +98,6 @@ def _random_order(rng: random.Random, i: int) -> dict[str, Any]:
     }
 
 
-async def _seed_shop(urls: dict[str, str]) -> None:
-    async with aiohttp.ClientSession() as session:
-        for sku, qty in CHAOS_STOCK.items():
-            body = {"sku": sku, "available": qty}
-            async with session.post(f"{urls['inventory']}/stock", json=body) as reply:
-                reply.raise_for_status()
-        for customer, balance in CHAOS_CUSTOMERS.items():
-            body = {"customer": customer, "balance": balance}
-            async with session.post(f"{urls['payments']}/wallets", json=body) as reply:
-                reply.raise_for_status()
-
-
 async def _load(orders_url: str, config: ChaosConfig, stop: threading.Event) -> Counter[str]:
     """Closed-loop clients placing orders until ``stop``; counts answers by kind."""
     answers: Counter[str] = Counter()
@@ -169,23 +157,6 @@ async def _count(dsn: str, query: str) -> dict[str, int]:
         await conn.close()
 
 
-async def _settle(
-    state: dict[str, Any], baseline: Baseline, limit_s: float
-) -> tuple[float | None, list[Rule]]:
-    started = time.monotonic()
-    while True:
-        try:
-            rules = await check(state, baseline)
-        except (OSError, asyncpg.PostgresError) as e:
-            rules = [Rule("the databases can be read", [repr(e)])]
-        elapsed = time.monotonic() - started
-        if all(r.ok for r in rules):
-            return elapsed, rules
-        if elapsed > limit_s:
-            return None, rules
-        await asyncio.sleep(0.5)
-
-
 def run_chaos(config: ChaosConfig, progress: bool = True) -> ChaosResult:
     stack = Stack(
         StackConfig(
@@ -205,7 +176,12 @@ def run_chaos(config: ChaosConfig, progress: bool = True) -> ChaosResult:
 def _run(stack: Stack, config: ChaosConfig, progress: bool) -> ChaosResult:
     state = stack.state()
     urls = {p.name: p.url for p in stack.participants}  # the services themselves, no proxy
-    asyncio.run(_seed_shop(urls))
+
+    async def seed() -> None:
+        async with aiohttp.ClientSession() as session:
+            await seed_shop(session, urls, CHAOS_STOCK, CHAOS_CUSTOMERS)
+
+    asyncio.run(seed())
     baseline = asyncio.run(take_baseline(state))
     injector = Injector(stack)
     stop_load, stop_faults = threading.Event(), threading.Event()
@@ -245,7 +221,7 @@ def _run(stack: Stack, config: ChaosConfig, progress: bool) -> ChaosResult:
         for line in fault_log[shown:]:
             print(f"  fault {line}", flush=True)
         print("faults stopped, load stopped; waiting for everything to settle...", flush=True)
-    quiesce_s, rules = asyncio.run(_settle(stack.state(), baseline, config.quiesce_limit_s))
+    quiesce_s, rules = asyncio.run(settled_check(stack.state(), baseline, config.quiesce_limit_s))
     transactions = asyncio.run(
         _count(stack.log_dsn, "SELECT mode, status, count(*) FROM transactions GROUP BY 1, 2")
     )
