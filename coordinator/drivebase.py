@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from coordinator.crash import CrashPoints
 from coordinator.logstore import LogStore
 from coordinator.metrics import Metrics
-from coordinator.records import BranchProgress, Claim
+from coordinator.records import BranchProgress, Claim, TxnRecord
 from coordinator.retry import call_in_burst
 from coordinator.settings import Settings
 from coordinator.transport import Kind, Reply, Transport
@@ -23,13 +24,29 @@ log = logging.getLogger(__name__)
 E = TypeVar("E")
 
 
+def logged(
+    record: TxnRecord,
+    status: str,
+    reason: str | None,
+    progress: Sequence[BranchProgress],
+    at: datetime,
+) -> TxnRecord:
+    """``record`` after a status write of ``status``, ``reason`` and ``progress`` at the log's
+    time ``at``: field for field what reading the transaction back would return."""
+    branches = [
+        replace(b, status=p.status, attempts=p.attempts, last_error=p.last_error, updated_at=at)
+        for b, p in zip(record.branches, progress, strict=True)
+    ]
+    return replace(record, status=status, reason=reason, updated_at=at, branches=branches)
+
+
 @dataclass(frozen=True)
 class Deps:
     store: LogStore
     transport: Transport
     settings: Settings
     crash: CrashPoints
-    notify: Callable[[str], None]
+    notify: Callable[[str, TxnRecord | None], None]
     metrics: Metrics
 
 
@@ -123,12 +140,14 @@ class Run(Generic[E]):
 
     async def finish(self, status: str, reason: str | None, statuses: Sequence[object]) -> None:
         """Rule 3: the outcome is logged before anyone is told."""
-        await self.d.store.write_status(
-            self.gid, self.epoch, status, reason, self.progress(statuses), "finished"
+        progress = self.progress(statuses)
+        at = await self.d.store.write_status(
+            self.gid, self.epoch, status, reason, progress, "finished"
         )
         log.info("finished %s", status, extra=self.extra)
         self.d.metrics.inc("txn_finished_total", status=status)
-        self.d.notify(self.gid)
+        # Waiters get the record as it now stands in the log, so they need not read it back.
+        self.d.notify(self.gid, logged(self.record, status, reason, progress, at))
 
     async def reschedule(self, statuses: Sequence[object]) -> None:
         """Calls are still owed: record progress, release the lease, retry when due."""
@@ -142,4 +161,4 @@ class Run(Generic[E]):
         )
         log.warning("rescheduled in %.2fs", delay, extra=self.extra)
         self.d.metrics.inc("txn_rescheduled_total")
-        self.d.notify(self.gid)
+        self.d.notify(self.gid, None)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from coordinator.records import (
@@ -44,8 +45,9 @@ class LogStore(Protocol):
         reason: str | None,
         branches: Sequence[BranchProgress],
         event: str,
-    ) -> None:
-        """Fenced write of a status and every branch's progress (rule 5); raises OwnershipLost."""
+    ) -> datetime:
+        """Fenced write of a status and every branch's progress (rule 5); raises OwnershipLost.
+        Returns the log's time of the write (the record's new ``updated_at``)."""
         ...
 
     async def write_progress(

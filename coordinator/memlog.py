@@ -188,12 +188,13 @@ class MemLog:
         reason: str | None,
         branches: Sequence[BranchProgress],
         event: str,
-    ) -> None:
+    ) -> datetime:
         now = self.now()
         row = self._fenced(gid, epoch)
         row.rec.status, row.rec.reason, row.rec.updated_at = status, reason, now
         self._progress(row, branches, now)
         self._event(gid, now, event, {"status": status, "reason": reason, "epoch": epoch})
+        return now
 
     async def write_progress(
         self,

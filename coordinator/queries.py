@@ -54,7 +54,7 @@ WITH t AS (
     FROM t
     RETURNING 1
 )
-SELECT count(*) AS n FROM t
+SELECT count(*) AS n, now() AS at FROM t
 """
 
 # Fenced like WRITE_STATUS. Backoff: initial * 2^attempts, capped, with full jitter in [0.5, 1],

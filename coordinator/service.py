@@ -37,7 +37,9 @@ class Coordinator:
         self.saga_driver = SagaDriver(deps)
         self.active: dict[str, int] = {}
         self._tasks: dict[str, asyncio.Task[Any]] = {}
-        self._waiters: dict[str, list[asyncio.Event]] = {}
+        # Per gid, the waiters' futures: a finished drive hands them the record as logged
+        # (rule 3 holds: it is what the log now says); anything else wakes them to read it.
+        self._waiters: dict[str, list[asyncio.Future[TxnRecord | None]]] = {}
         self._loops: list[asyncio.Task[None]] = []
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -94,7 +96,7 @@ class Coordinator:
                 del self.active[gid]
             if self._tasks.get(gid) is asyncio.current_task():
                 del self._tasks[gid]
-            self.notify(gid)
+            self.notify(gid)  # after a finish this finds no waiter left
 
     async def resolve_doubt(self, record: TxnRecord) -> TxnRecord:
         """Someone asks about ``record``. If it is a 2PC transaction still preparing whose
@@ -116,9 +118,12 @@ class Coordinator:
 
     # -- waiting for outcomes ------------------------------------------------------------
 
-    def notify(self, gid: str) -> None:
-        for event in self._waiters.pop(gid, []):
-            event.set()
+    def notify(self, gid: str, logged: TxnRecord | None = None) -> None:
+        """Wake whoever waits on ``gid``; ``logged``: the record exactly as the log holds it
+        after a terminal write, which spares them reading it back."""
+        for waiter in self._waiters.pop(gid, []):
+            if not waiter.done():
+                waiter.set_result(logged)
 
     async def wait(
         self, gid: str, timeout_s: float, known: TxnRecord | None = None
@@ -130,28 +135,29 @@ class Coordinator:
         deadline = loop.time() + timeout_s
         record = known
         while True:
-            event = asyncio.Event()
-            self._waiters.setdefault(gid, []).append(event)
+            waiter: asyncio.Future[TxnRecord | None] = loop.create_future()
+            self._waiters.setdefault(gid, []).append(waiter)
             if record is None:
                 # Rule 3: the answer is what the log holds, never the driver's memory.
                 record = await self.store.get(gid)
             remaining = deadline - loop.time()
             if record is None or record.status in TERMINAL or remaining <= 0:
-                self._discard_waiter(gid, event)
+                self._discard_waiter(gid, waiter)
                 return record
             # A drive here ends with a notify (finished, rescheduled, fenced or failed); a
             # transaction driven elsewhere (another instance) is looked at every half second.
             patience = remaining if gid in self._tasks else min(remaining, 0.5)
-            try:
-                await asyncio.wait_for(event.wait(), patience)
-            except TimeoutError:
-                self._discard_waiter(gid, event)
             record = None
+            try:
+                # Shielded: a timeout must not cancel the future a notify may be completing.
+                record = await asyncio.wait_for(asyncio.shield(waiter), patience)
+            except TimeoutError:
+                self._discard_waiter(gid, waiter)
 
-    def _discard_waiter(self, gid: str, event: asyncio.Event) -> None:
+    def _discard_waiter(self, gid: str, waiter: asyncio.Future[TxnRecord | None]) -> None:
         waiters = self._waiters.get(gid)
-        if waiters and event in waiters:
-            waiters.remove(event)
+        if waiters and waiter in waiters:
+            waiters.remove(waiter)
             if not waiters:
                 del self._waiters[gid]
 

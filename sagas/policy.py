@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 
 from pydantic import BaseModel, ConfigDict, Field
-from tenacity import RetryCallState
 
 
 class RetryPolicy(BaseModel):
@@ -24,6 +23,3 @@ class RetryPolicy(BaseModel):
         """The wait before retry ``retry_number`` (1 = the first retry)."""
         base = min(self.max_s, self.initial_s * self.multiplier ** (retry_number - 1))
         return base * (1 - self.jitter * (rng or random).random())
-
-    def tenacity_wait(self, state: RetryCallState) -> float:
-        return self.wait_s(state.attempt_number)

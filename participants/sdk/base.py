@@ -3,6 +3,7 @@ errors, the engine a participant holds, and the barrier's lock timeout."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -52,14 +53,16 @@ STATEMENT_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-async def run_once(conn: AsyncConnection, sql: str) -> None:
+async def run_once(conn: AsyncConnection, sql: str) -> str:
     """One round trip, simple query protocol: a statement text used once (``PREPARE
     TRANSACTION 'txn:gid:0'``) is not worth a server-side prepare, which costs a round trip of
-    its own and churns the driver's statement cache."""
+    its own and churns the driver's statement cache. ``sql`` may hold several statements
+    (``BEGIN; INSERT ...``); returns the last one's status (``INSERT 0 1``)."""
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None, "an open connection has its driver connection"
     try:
-        await driver.execute(sql)
+        status: str = await driver.execute(sql)
+        return status
     except BaseException as e:
         # SQLAlchemy does not see this call, so it cannot tell a dead connection from a refused
         # statement: drop the connection ourselves unless the server merely refused the SQL.
@@ -70,6 +73,31 @@ async def run_once(conn: AsyncConnection, sql: str) -> None:
             "57",  # operator intervention: shutdown, terminated
         )
         if not refused or driver.is_closed():
+            await conn.invalidate()
+        raise
+
+
+def literal(value: str) -> str:
+    """``value`` as an SQL string literal, for the few statements sent as text in one round trip
+    (``BEGIN; INSERT ...``). Only gids and names made of them pass: nothing to escape."""
+    if not SAFE_LITERAL.match(value):
+        raise ValueError(f"not a gid-like value: {value!r}")
+    return f"'{value}'"
+
+
+SAFE_LITERAL = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
+
+
+async def finish_local(conn: AsyncConnection, sql: str, done: bool) -> None:
+    """End a local transaction the SDK began itself on an AUTOCOMMIT connection (``sql``:
+    ``ROLLBACK``). ``done``: it ended already. If it cannot be ended, the connection is dropped,
+    never returned to the pool inside a transaction."""
+    if done or conn.closed or conn.invalidated:
+        return  # ended, or the connection is dropped already (a dead one is never pooled)
+    try:
+        await run_once(conn, sql)
+    except BaseException:
+        if not conn.invalidated:
             await conn.invalidate()
         raise
 
@@ -116,7 +144,10 @@ class _Core:
         then answers 503: no request blocks for long behind another."""
         if self.lock_timeout_set:
             return
-        await conn.execute(text(f"SET LOCAL lock_timeout = {int(self.settings.lock_timeout_ms)}"))
+        await conn.execute(text(f"SET LOCAL lock_timeout = {self._lock_timeout()}"))
+
+    def _lock_timeout(self) -> int:
+        return int(self.settings.lock_timeout_ms)
 
     async def _pause_at(self, point: str) -> None:
         """Tests only (``pause_at``): hold the call here until the test releases it."""

@@ -19,7 +19,17 @@ from sqlalchemy import text
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError
 
-from participants.sdk.base import BusinessError, Handler, _Core, _Transient, sqlstate
+from participants.sdk.base import (
+    STATEMENT_ERRORS,
+    BusinessError,
+    Handler,
+    _Core,
+    _Transient,
+    finish_local,
+    literal,
+    run_once,
+    sqlstate,
+)
 from participants.sdk.schema import BARRIER
 
 log = logging.getLogger(__name__)
@@ -68,31 +78,46 @@ class SagaBarrier(_Core):
         409: refused now or earlier (same reason), or compensated before it ran."""
         key = {"gid": gid, "branch": branch}
         try:
-            async with self.engine.connect() as conn:
-                trans = await conn.begin()
+            # Begun by the SDK on an AUTOCOMMIT connection: BEGIN travels with the barrier
+            # row, one round trip (see TwoPhase.prepare).
+            async with self._autocommit() as conn:
+                ended = False
                 try:
-                    await self._limit_lock_wait(conn)
-                    fresh = (await conn.execute(_INSERT, _row(key, ACTION, DONE))).first()
-                    if fresh is None:
+                    claimed = await run_once(conn, self._begin_and_take(gid, branch))
+                    if claimed != "INSERT 0 1":
                         existing = (await conn.execute(_READ_ACTION, key)).first()
-                        await trans.rollback()
+                        await run_once(conn, "ROLLBACK")
+                        ended = True
                         return _answer_existing_action(existing)
                     await self._at_barrier(ACTION, gid, branch)
                     result = await handler(conn, payload)
                     await self._pause_at("before_action_commit")
-                    await trans.commit()  # the business change and its 'done' row together
+                    # The business change and its 'done' row together.
+                    await run_once(conn, "COMMIT")
+                    ended = True
                 except BusinessError as e:
-                    await trans.rollback()
+                    await run_once(conn, "ROLLBACK")
+                    ended = True
                     await self._record_failure(key, e.reason)
                     return 409, {"reason": e.reason}
-                except BaseException:
-                    if trans.is_active:
-                        await trans.rollback()
-                    raise
-        except DBAPIError as e:
+                finally:
+                    await finish_local(conn, "ROLLBACK", ended)
+        except STATEMENT_ERRORS as e:
             raise _Transient(f"action {gid}/{branch} failed: {sqlstate(e) or e}") from e
         log.info("saga action done", extra={"gid": gid, "branch": branch})
         return 200, {"done": True, "result": result or {}}
+
+    def _begin_and_take(self, gid: str, branch: int) -> str:
+        """Begin, and take the action's barrier key: status ``INSERT 0 1`` when it is ours."""
+        lock_wait = (
+            "" if self.lock_timeout_set else f"SET LOCAL lock_timeout = {self._lock_timeout()}; "
+        )
+        return (
+            f"BEGIN; {lock_wait}"
+            f"INSERT INTO {BARRIER} (gid, branch, op, outcome) "
+            f"VALUES ({literal(gid)}, {int(branch)}, '{ACTION}', '{DONE}') "
+            "ON CONFLICT DO NOTHING"
+        )
 
     async def _record_failure(self, key: dict[str, Any], reason: str) -> None:
         # Autonomous, after the rollback: a duplicate answers the same 409 without running the

@@ -18,6 +18,8 @@ from participants.sdk.base import (
     Handler,
     _Core,
     _Transient,
+    finish_local,
+    literal,
     run_once,
     sqlstate,
 )
@@ -54,23 +56,25 @@ class TwoPhase(_Core):
         self, gid: str, branch: int, payload: dict[str, Any], handler: Handler
     ) -> tuple[int, dict[str, Any]]:
         """Phase one. 200: voted yes (prepared now, earlier, or already committed).
-        409: voted no, now or earlier, or refused because a rollback came first."""
+        409: voted no, now or earlier, or refused because a rollback came first.
+
+        Three round trips when all goes well: ``BEGIN`` and the barrier row together, the
+        handler's statements, ``PREPARE TRANSACTION``. The SDK begins the local transaction
+        itself on an AUTOCOMMIT connection, so no driver-issued ``BEGIN`` or ``COMMIT`` costs a
+        round trip of its own."""
         xid = wire.xid(gid, branch)
         key = {"gid": gid, "branch": branch}
-        async with self._autocommit() as conn:
-            if (await conn.execute(_IS_PREPARED, {"xid": xid})).first() is not None:
-                return 200, {"vote": "yes", "repeat": True}
         try:
-            async with self.engine.connect() as conn:
-                trans = await conn.begin()
+            async with self._autocommit() as conn:
+                ended = False
                 try:
-                    await self._limit_lock_wait(conn)
-                    fresh = await conn.execute(
-                        _BARRIER_INSERT, {**key, "outcome": "prepared", "reason": None}
-                    )
-                    if fresh.first() is None:
-                        await trans.rollback()
-                        return await self._answer_existing_prepare(conn, key)
+                    claimed = await run_once(conn, self._begin_and_claim(gid, branch, xid))
+                    if claimed != "INSERT 0 1":
+                        # Prepared already (a repeat), or the key is another call's: answer as
+                        # that call did, running no business code.
+                        await run_once(conn, "ROLLBACK")
+                        ended = True
+                        return await self._answer_existing_prepare(conn, key, xid)
                     await self._at_barrier("prepare", gid, branch)
                     try:
                         result = await handler(conn, payload)
@@ -88,26 +92,42 @@ class TwoPhase(_Core):
                     # The barrier row and the business change are prepared together: after
                     # this they survive a crash, and only COMMIT/ROLLBACK PREPARED ends them.
                     await self._pause_at("before_prepare_statement")
-                    await run_once(conn, f"PREPARE TRANSACTION '{xid}'")
-                    await trans.commit()  # the server has no open transaction any more
+                    await run_once(conn, f"PREPARE TRANSACTION {literal(xid)}")
+                    ended = True  # the session has no open transaction any more
                 except BusinessError as e:
-                    await trans.rollback()
+                    await run_once(conn, "ROLLBACK")
+                    ended = True
                     await self._record_no_vote(key, e.reason)
                     return 409, {"reason": e.reason}
-                except BaseException:
-                    if trans.is_active:
-                        await trans.rollback()
-                    raise
+                finally:
+                    await finish_local(conn, "ROLLBACK", ended)
         except STATEMENT_ERRORS as e:
             raise _Transient(f"prepare of {xid} failed: {sqlstate(e) or e}") from e
         log.info("prepared", extra={"gid": gid, "branch": branch})
         return 200, {"vote": "yes", "result": result or {}}
 
+    def _begin_and_claim(self, gid: str, branch: int, xid: str) -> str:
+        """One round trip: begin, and take the branch's barrier key unless the branch is
+        prepared already (then the key is the prepared transaction's, and waiting on it would
+        last until its commit). Its status is ``INSERT 0 1`` when the key is now ours."""
+        lock_wait = (
+            "" if self.lock_timeout_set else f"SET LOCAL lock_timeout = {self._lock_timeout()}; "
+        )
+        return (
+            f"BEGIN; {lock_wait}"
+            f"INSERT INTO {BARRIER} (gid, branch, op, outcome) "
+            f"SELECT {literal(gid)}, {int(branch)}, '2pc', 'prepared' "
+            f"WHERE NOT EXISTS (SELECT 1 FROM pg_prepared_xacts "
+            f"WHERE gid = {literal(xid)} AND database = current_database()) "
+            "ON CONFLICT DO NOTHING"
+        )
+
     async def _answer_existing_prepare(
-        self, conn: AsyncConnection, key: dict[str, Any]
+        self, conn: AsyncConnection, key: dict[str, Any], xid: str
     ) -> tuple[int, dict[str, Any]]:
+        if (await conn.execute(_IS_PREPARED, {"xid": xid})).first() is not None:
+            return 200, {"vote": "yes", "repeat": True}
         row = (await conn.execute(_BARRIER_READ, key)).first()
-        await conn.rollback()
         if row is None:  # the row we conflicted with was rolled back meanwhile: try again
             raise _Transient("branch is being resolved concurrently")
         if row.outcome == "prepared":  # prepared and since committed

@@ -149,6 +149,31 @@ async def test_commit_moves_money_on_every_ledger(
         assert await balance_of(stack, name, accounts[name]) == 100 + delta
 
 
+@pytest.mark.parametrize("mode", ["2pc", "saga"])
+@pytest.mark.parametrize("outcome", ["committed", "aborted"])
+async def test_the_waited_answer_is_what_the_log_holds(
+    api: httpx.AsyncClient, accounts: dict[str, str], mode: str, outcome: str
+) -> None:
+    """The answer to ``?wait`` is built from the driver's terminal write, not read back: it
+    must be, field for field, what a later GET reads from the log (rule 3)."""
+    gid = uid(f"waited-{mode}")
+    refused = -(10**9) if outcome == "aborted" else 1
+    branches = [
+        branch("ledger1", accounts["ledger1"], -1),
+        branch("ledger2", accounts["ledger2"], refused),
+    ]
+    if mode == "saga":
+        for b in branches:
+            b["compensation"] = "/accounts/adjust/undo"
+    body = {"gid": gid, "mode": mode, "branches": branches}
+    r = await api.post("/v1/transactions", params={"wait": 10}, json=body)
+    assert r.status_code == 201, r.text
+    waited = r.json()
+    assert waited["status"] == outcome, waited
+    read = (await api.get(f"/v1/transactions/{gid}", params={"events": "false"})).json()
+    assert waited == read
+
+
 async def test_generated_gid_when_absent(api: httpx.AsyncClient, accounts: dict[str, str]) -> None:
     body = {"mode": "2pc", "branches": [branch("ledger1", accounts["ledger1"], 1)]}
     r = await api.post("/v1/transactions", params={"wait": 10}, json=body)

@@ -12,11 +12,13 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.db import make_engine
 from participants.ledger.app import adjust, create_app
 from participants.sdk import BusinessError, Participant, ParticipantSettings, wire
+from participants.sdk.base import _Transient
 
 
 @pytest.fixture
@@ -224,3 +226,44 @@ async def test_prepare_blocked_by_row_locks_votes_no_instead_of_waiting(
     assert await balance(ledger_dsn, "hot") == 10
     # Answered the same way if the coordinator asks again.
     assert (await sdk.prepare(g, 0, {"account": "hot", "delta": 1}, adjust))[0] == 409
+
+
+async def idle_in_transaction(dsn: str) -> list[str]:
+    rows = await sql(
+        dsn,
+        "SELECT state FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'",
+    )
+    return [r["state"] for r in rows]
+
+
+@pytest.mark.parametrize("failure", ["python", "sql"])
+async def test_a_failing_handler_leaves_no_connection_inside_a_transaction(
+    sdk: Participant, ledger_dsn: str, failure: str
+) -> None:
+    """The SDK begins the local transaction itself (BEGIN travels with the barrier row): a
+    handler that raises, in Python or in SQL, must not leave its connection in the pool with
+    that transaction open, and must leave nothing behind."""
+    await open_account(ledger_dsn, "f", 100)
+
+    async def broken(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+        await adjust(conn, payload)
+        if failure == "python":
+            raise RuntimeError("a bug in the handler")
+        await conn.execute(text("SELECT 1 / 0"))
+        return {}
+
+    g = gid()
+    for call in (sdk.prepare, sdk.run_action):
+        with pytest.raises((RuntimeError, _Transient)):
+            await call(g, 0, {"account": "f", "delta": -10}, broken)
+        assert await idle_in_transaction(ledger_dsn) == []
+    assert await prepared(ledger_dsn) == []
+    assert await sql(ledger_dsn, "SELECT op FROM txn_barrier WHERE gid = $1", g) == []
+    assert await balance(ledger_dsn, "f") == 100
+    # The same pool serves the next calls normally.
+    assert (await sdk.prepare(g, 0, {"account": "f", "delta": -10}, adjust))[0] == 200
+    assert (await sdk.commit(g, 0))[0] == 200
+    assert (await sdk.run_action(g, 1, {"account": "f", "delta": -5}, adjust))[0] == 200
+    assert await balance(ledger_dsn, "f") == 85
+    assert await idle_in_transaction(ledger_dsn) == []

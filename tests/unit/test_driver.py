@@ -51,7 +51,7 @@ def deps(store: MemLog, transport: Scripted) -> Deps:
         transport,
         settings,
         CrashPoints("", "", COORDINATOR_POINTS),
-        lambda gid: None,
+        lambda gid, logged: None,
         Metrics(),
     )
 
