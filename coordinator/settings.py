@@ -9,6 +9,8 @@ from functools import lru_cache
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from coordinator.http11 import Origin
+
 PARTICIPANT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -67,6 +69,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"participant name {name!r} must match {PARTICIPANT_NAME.pattern}")
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"participant {name!r}: base URL {url!r} must be http(s)")
+            try:
+                Origin.of(url)
+            except ValueError as e:
+                raise ValueError(f"participant {name!r}: {e}") from e
         return {name: url.rstrip("/") for name, url in value.items()}
 
     @model_validator(mode="after")

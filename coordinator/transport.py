@@ -1,7 +1,8 @@
 """Participant transport: the one place the coordinator talks HTTP to participants.
 
-aiohttp was chosen by measurement (docs/decisions.md). Participants are addressed by registry
-name only; a name outside the registry is a programming error here (the API refuses it first).
+A lean HTTP/1.1 client (``http11``), chosen by measurement (docs/decisions.md). Participants
+are addressed by registry name only; a name outside the registry is a programming error here
+(the API refuses it first).
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
 
+from coordinator.http11 import Client, HttpError, Origin
 from participants.sdk import wire
 
 
@@ -55,32 +56,18 @@ def _reason(status: int, raw: bytes) -> tuple[str, dict[str, Any] | None]:
     return f"HTTP {status}", None
 
 
+# Only the reason is read from a reply: a participant answering with a huge body costs us
+# 64 KiB, not its size.
 MAX_REPLY_BYTES = 64 * 1024
-
-
-async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
-    """At most MAX_REPLY_BYTES of the body: a participant answering with a huge body costs us
-    64 KiB, not its size (only the reason is read from it)."""
-    raw = bytearray()
-    async for chunk in resp.content.iter_chunked(8192):
-        raw += chunk
-        if len(raw) >= MAX_REPLY_BYTES:
-            break
-    return bytes(raw[:MAX_REPLY_BYTES])
 
 
 class HttpTransport:
     def __init__(self, registry: dict[str, str], timeout_s: float, hmac_secret: str = "") -> None:
         self.registry = registry
+        self.targets = {name: Origin.of(url) for name, url in registry.items()}
         self.secret = hmac_secret
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
-        return self._session
+        self.timeout_s = timeout_s
+        self.client = Client(limit=64, cap=MAX_REPLY_BYTES)
 
     async def call(
         self,
@@ -91,11 +78,12 @@ class HttpTransport:
         branch: int,
         payload: dict[str, Any] | None,
     ) -> Reply:
-        base = self.registry.get(participant)
-        if base is None:
+        target = self.targets.get(participant)
+        if target is None:
             return Reply(
                 Kind.TRANSIENT, None, f"participant {participant!r} is not in the registry"
             )
+        origin, base_path = target
         body = orjson.dumps(payload if payload is not None else {})
         headers = {
             "Content-Type": "application/json",
@@ -106,15 +94,13 @@ class HttpTransport:
         if self.secret:
             headers[wire.H_SIGNATURE] = wire.sign(self.secret, gid, branch, op, body)
         try:
-            # No redirects: a participant must not send the coordinator to some other host.
-            post = self._client().post(
-                base + path, data=body, headers=headers, allow_redirects=False
+            # A redirect is answered like any other status: the coordinator never follows one
+            # to some other host.
+            status, raw = await self.client.post(
+                origin, base_path + path, headers, body, self.timeout_s
             )
-            async with post as resp:
-                status = resp.status
-                raw = await _read_capped(resp)
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            return Reply(Kind.TRANSIENT, None, f"{type(e).__name__}: {e}".rstrip(": "))
+        except HttpError as e:
+            return Reply(Kind.TRANSIENT, None, f"HttpError: {e}")
         reason, parsed = _reason(status, raw)
         if 200 <= status < 300:
             return Reply(Kind.OK, status, "", parsed)
@@ -123,6 +109,4 @@ class HttpTransport:
         return Reply(Kind.TRANSIENT, status, reason, parsed)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.client.close()
