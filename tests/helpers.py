@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import httpx
+from fastapi import FastAPI
+
+from participants.ledger.app import create_app as create_ledger_app
+from participants.sdk import ParticipantSettings
+from participants.sdk.asgi import BranchCalls
 
 TERMINAL = ("committed", "aborted")
 
@@ -117,3 +122,14 @@ def adjust_body(gid: str, mode: str, account: str, moves: list[tuple[str, int]])
             branch["compensation"] = "/accounts/adjust/undo"
         branches.append(branch)
     return {"gid": gid, "mode": mode, "branches": branches}
+
+
+def ledger_app(settings: ParticipantSettings, fast_path: bool = True) -> FastAPI:
+    """The ledger service's app; without ``fast_path``, its SDK calls go through the FastAPI
+    routes only (as when the router is included without ``Participant.mount``)."""
+    app = create_ledger_app(settings)
+    if not fast_path:
+        kept = [m for m in app.user_middleware if cast(Any, m.cls) is not BranchCalls]
+        assert len(kept) == len(app.user_middleware) - 1, "the fast path was not installed"
+        app.user_middleware = kept
+    return app

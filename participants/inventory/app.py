@@ -154,7 +154,7 @@ def create_app(settings: ParticipantSettings | None = None) -> FastAPI:
     sdk.action("/stock/reserve")(reserve)
     sdk.compensation("/stock/reserve/undo")(release)
     app = FastAPI(title=f"inventory ({sdk.settings.name})", lifespan=sdk.lifespan)
-    app.include_router(sdk.router)
+    sdk.mount(app)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

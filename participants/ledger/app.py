@@ -82,7 +82,7 @@ def create_app(settings: ParticipantSettings | None = None) -> FastAPI:
     sdk.action("/accounts/adjust")(adjust)
     sdk.compensation("/accounts/adjust/undo")(undo_adjust)
     app = FastAPI(title=f"ledger ({sdk.settings.name})", lifespan=sdk.lifespan)
-    app.include_router(sdk.router)
+    sdk.mount(app)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -369,7 +369,7 @@ def create_app(
 
     app = FastAPI(title=f"orders ({settings.name})", lifespan=lifespan)
     app.state.reconcile_once = reconcile_once
-    app.include_router(sdk.router)
+    sdk.mount(app)
 
     async def settle(order_id: str, reply: Reply, unknown_after_s: float | None) -> Order:
         order = await apply_outcome(

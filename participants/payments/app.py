@@ -129,7 +129,7 @@ def create_app(settings: ParticipantSettings | None = None) -> FastAPI:
     sdk.action("/payments/charge")(charge)
     sdk.compensation("/payments/charge/undo")(refund)
     app = FastAPI(title=f"payments ({sdk.settings.name})", lifespan=sdk.lifespan)
-    app.include_router(sdk.router)
+    sdk.mount(app)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -63,11 +63,17 @@ def _reply(status: int, body: dict[str, Any]) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-def _unavailable(what: str, e: Exception) -> Response:
+def _unavailable(what: str, e: Exception) -> tuple[int, dict[str, Any]]:
     # Found by tests/faults/test_participant_db_crash.py: with the database down, or on a pooled
     # connection a database crash had killed, these calls used to escape as HTTP 500.
     log.warning("%s: database unavailable: %r", what, e)
-    return _reply(503, {"detail": f"{what}: database unavailable: {type(e).__name__}: {e}"})
+    return 503, {"detail": f"{what}: database unavailable: {type(e).__name__}: {e}"}
+
+
+# Header names as looked up: Starlette's headers and the ASGI fast path's both by lower case.
+_GID, _BRANCH, _OP, _SIGNATURE = (
+    h.lower() for h in (wire.H_GID, wire.H_BRANCH, wire.H_OP, wire.H_SIGNATURE)
+)
 
 
 class Participant(TwoPhase, SagaBarrier):
@@ -94,6 +100,14 @@ class Participant(TwoPhase, SagaBarrier):
         self._routes: dict[str, APIRoute] = {}
         self.router.add_api_route(wire.COMMIT_PATH, self._commit_endpoint, methods=["POST"])
         self.router.add_api_route(wire.ROLLBACK_PATH, self._rollback_endpoint, methods=["POST"])
+
+    async def _commit_endpoint(self, request: Request) -> Response:
+        """2PC phase two: COMMIT PREPARED (idempotent)."""
+        return await self._respond(wire.COMMIT_PATH, request)
+
+    async def _rollback_endpoint(self, request: Request) -> Response:
+        """2PC phase two: ROLLBACK PREPARED, or a marker where nothing was prepared."""
+        return await self._respond(wire.ROLLBACK_PATH, request)
 
     @asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
@@ -163,7 +177,7 @@ class Participant(TwoPhase, SagaBarrier):
 
     def _add_route(self, path: str, served: dict[str, Handler]) -> None:
         async def endpoint(request: Request) -> Response:
-            return await self._dispatch(request, path, served)
+            return await self._respond(path, request)
 
         endpoint.__name__ = "branch" + re.sub(r"[^A-Za-z0-9]+", "_", path)
         endpoint.__doc__ = (
@@ -175,7 +189,38 @@ class Participant(TwoPhase, SagaBarrier):
         assert isinstance(route, APIRoute)
         self._routes[path] = route
 
+    def mount(self, app: FastAPI) -> None:
+        """Serve this participant's endpoints on ``app``: its routes (they show in the OpenAPI
+        document) and the ASGI fast path that answers the same calls without FastAPI's
+        per-request machinery (``participants.sdk.asgi``)."""
+        from participants.sdk.asgi import BranchCalls
+
+        app.include_router(self.router)
+        app.add_middleware(BranchCalls, participant=self)
+
+    def serves(self, path: str) -> bool:
+        """Whether ``path`` is one of this participant's endpoints."""
+        return path in self._handlers or path in (wire.COMMIT_PATH, wire.ROLLBACK_PATH)
+
     # -- request plumbing ----------------------------------------------------------------
+
+    async def _respond(self, path: str, request: Request) -> Response:
+        status, answer = await self.answer(path, request.headers, await request.body())
+        return _reply(status, answer)
+
+    async def answer(
+        self, path: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        """One call to one of this participant's endpoints, as (HTTP status, JSON body).
+        ``headers``: looked up by lower-case name."""
+        if path == wire.COMMIT_PATH:
+            return await self._commit_call(headers, body)
+        if path == wire.ROLLBACK_PATH:
+            return await self._rollback_call(headers, body)
+        served = self._handlers.get(path)
+        if served is None:
+            return 404, {"detail": f"{path} is not a branch endpoint of this participant"}
+        return await self._dispatch(path, served, headers, body)
 
     @staticmethod
     def _op_error(path: str, op: str, served: dict[str, Handler]) -> str:
@@ -186,73 +231,78 @@ class Participant(TwoPhase, SagaBarrier):
             return f"unknown {wire.H_OP} {op!r}: a business path serves {', '.join(_LABELS)}"
         return f"{path} has no {op} handler; it serves {wire.H_OP}: {', '.join(served)}"
 
-    async def _dispatch(self, request: Request, path: str, served: dict[str, Handler]) -> Response:
-        op = request.headers.get(wire.H_OP) or DEFAULT_OP
+    async def _dispatch(
+        self, path: str, served: dict[str, Handler], headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        op = headers.get(_OP) or DEFAULT_OP
         handler = served.get(op)
         if handler is None:
-            return _reply(400, {"detail": self._op_error(path, op, served)})
-        parsed = await self._branch_of(request, op)
-        if isinstance(parsed, Response):
+            return 400, {"detail": self._op_error(path, op, served)}
+        parsed = self._branch_of(headers, body, op)
+        if isinstance(parsed[0], int):
             return parsed
-        gid, branch, body = parsed
+        gid, branch = parsed
         try:
             payload = orjson.loads(body) if body else {}
         except orjson.JSONDecodeError:
-            return _reply(409, {"reason": "payload is not valid JSON"})
+            return 409, {"reason": "payload is not valid JSON"}
         if not isinstance(payload, dict):
-            return _reply(409, {"reason": "payload must be a JSON object"})
+            return 409, {"reason": "payload must be a JSON object"}
         run = {PREPARE: self.prepare, ACTION: self.run_action, COMPENSATE: self.run_compensation}
         try:
             status, answer = await run[op](gid, branch, payload, handler)
         except _Transient as e:
-            return _reply(503, {"detail": str(e)})
+            return 503, {"detail": str(e)}
         except DATABASE_ERRORS as e:
             return _unavailable(f"{_LABELS[op]} {gid}/{branch}", e)
         if status == 200:
             self.crash.hit(_CRASH_AFTER[op])
-        return _reply(status, answer)
+        return status, answer
 
-    async def _branch_of(self, request: Request, op: str) -> tuple[str, int, bytes] | Response:
-        gid = request.headers.get(wire.H_GID, "")
-        raw_branch = request.headers.get(wire.H_BRANCH, "")
-        body = await request.body()
+    def _branch_of(
+        self, headers: Mapping[str, str], body: bytes, op: str
+    ) -> tuple[str, int] | tuple[int, dict[str, Any]]:
+        """(gid, branch) from the headers, or the refusal (status, body)."""
+        gid = headers.get(_GID, "")
+        raw_branch = headers.get(_BRANCH, "")
         if not wire.GID_PATTERN.match(gid):
-            return _reply(
-                400, {"detail": f"header {wire.H_GID} must match {wire.GID_PATTERN.pattern}"}
-            )
+            return 400, {"detail": f"header {wire.H_GID} must match {wire.GID_PATTERN.pattern}"}
         if not raw_branch.isdigit() or int(raw_branch) >= wire.MAX_BRANCHES:
-            return _reply(
-                400, {"detail": f"header {wire.H_BRANCH} must be 0..{wire.MAX_BRANCHES - 1}"}
-            )
+            return 400, {"detail": f"header {wire.H_BRANCH} must be 0..{wire.MAX_BRANCHES - 1}"}
         branch = int(raw_branch)
         if self.settings.hmac_secret:
-            signature = request.headers.get(wire.H_SIGNATURE, "")
+            signature = headers.get(_SIGNATURE, "")
             if not wire.verify(self.settings.hmac_secret, gid, branch, op, body, signature):
-                return _reply(401, {"detail": f"header {wire.H_SIGNATURE} is missing or wrong"})
-        return gid, branch, body
+                return 401, {"detail": f"header {wire.H_SIGNATURE} is missing or wrong"}
+        return gid, branch
 
-    async def _commit_endpoint(self, request: Request) -> Response:
-        parsed = await self._branch_of(request, "commit")
-        if isinstance(parsed, Response):
+    async def _commit_call(
+        self, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        parsed = self._branch_of(headers, body, "commit")
+        if isinstance(parsed[0], int):
             return parsed
+        gid, branch = parsed
         try:
-            status, answer = await self.commit(parsed[0], parsed[1])
+            status, answer = await self.commit(gid, branch)
         except _Transient as e:
-            return _reply(503, {"detail": str(e)})
+            return 503, {"detail": str(e)}
         except DATABASE_ERRORS as e:
-            return _unavailable(f"2PC commit {parsed[0]}/{parsed[1]}", e)
+            return _unavailable(f"2PC commit {gid}/{branch}", e)
         if status == 200:
             self.crash.hit("after_commit_before_reply")
-        return _reply(status, answer)
+        return status, answer
 
-    async def _rollback_endpoint(self, request: Request) -> Response:
-        parsed = await self._branch_of(request, "rollback")
-        if isinstance(parsed, Response):
+    async def _rollback_call(
+        self, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        parsed = self._branch_of(headers, body, "rollback")
+        if isinstance(parsed[0], int):
             return parsed
+        gid, branch = parsed
         try:
-            status, answer = await self.rollback(parsed[0], parsed[1])
+            return await self.rollback(gid, branch)
         except _Transient as e:
-            return _reply(503, {"detail": str(e)})
+            return 503, {"detail": str(e)}
         except DATABASE_ERRORS as e:
-            return _unavailable(f"2PC rollback {parsed[0]}/{parsed[1]}", e)
-        return _reply(status, answer)
+            return _unavailable(f"2PC rollback {gid}/{branch}", e)

@@ -110,7 +110,7 @@ def create_app(settings: ShippingSettings | None = None) -> FastAPI:
     sdk.action("/shipments/create")(create)
     sdk.compensation("/shipments/create/undo")(cancel_shipment)
     app = FastAPI(title=f"shipping ({settings.name})", lifespan=sdk.lifespan)
-    app.include_router(sdk.router)
+    sdk.mount(app)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

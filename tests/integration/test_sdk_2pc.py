@@ -16,9 +16,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.db import make_engine
-from participants.ledger.app import adjust, create_app
+from participants.ledger.app import adjust
 from participants.sdk import BusinessError, Participant, ParticipantSettings, wire
 from participants.sdk.base import _Transient
+from tests.helpers import ledger_app
 
 
 @pytest.fixture
@@ -173,9 +174,10 @@ async def test_rollback_waits_for_a_prepare_in_flight(sdk: Participant, ledger_d
     assert await balance(ledger_dsn, "e") == 10
 
 
-async def test_http_endpoints_check_headers_and_signature(ledger_dsn: str) -> None:
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "routes-only"])
+async def test_http_endpoints_check_headers_and_signature(ledger_dsn: str, fast_path: bool) -> None:
     settings = ParticipantSettings(name="t", dsn=ledger_dsn, hmac_secret="s3cret")
-    app = create_app(settings)
+    app = ledger_app(settings, fast_path)
     await open_account(ledger_dsn, "f", 10)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -17,9 +17,10 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.db import make_engine
-from participants.ledger.app import adjust, create_app, undo_adjust
+from participants.ledger.app import adjust, undo_adjust
 from participants.sdk import BusinessError, Handler, Participant, ParticipantSettings, wire
 from participants.sdk.base import BarrierHook, _Transient
+from tests.helpers import ledger_app
 
 GUARD_S = 10  # a failure guard on every wait: a broken race fails instead of hanging
 
@@ -305,9 +306,10 @@ async def test_lock_timeout_at_the_barrier_is_transient(make_sdk: MakeSdk, ledge
     assert await balance(ledger_dsn, "a") == 100
 
 
-async def test_http_dispatch_on_txn_op(ledger_dsn: str) -> None:
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "routes-only"])
+async def test_http_dispatch_on_txn_op(ledger_dsn: str, fast_path: bool) -> None:
     secret = "s3cret"
-    app = create_app(ParticipantSettings(name="t", dsn=ledger_dsn, hmac_secret=secret))
+    app = ledger_app(ParticipantSettings(name="t", dsn=ledger_dsn, hmac_secret=secret), fast_path)
     await open_account(ledger_dsn, "h", 10)
     g = gid()
 
