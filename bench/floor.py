@@ -5,14 +5,14 @@ read against what the databases alone allow.
 Per 2PC transaction, as the product does it (docs/protocol.md):
 
 1. the log's ``INSERT_TXN`` (transaction, branches, first event: one statement);
-2. on every participant database, in parallel: ``BEGIN``; the SDK's barrier row; the ledger's
-   ``UPDATE`` of the account; ``PREPARE TRANSACTION``;
+2. on every participant database, in parallel: ``BEGIN`` with the SDK's barrier row (the SDK's
+   own text, one round trip); the ledger's ``UPDATE`` of the account; ``PREPARE TRANSACTION``;
 3. ``WRITE_STATUS`` committing (the commit point);
 4. ``COMMIT PREPARED`` on every participant database, in parallel;
 5. ``WRITE_STATUS`` committed.
 
 Per saga transaction (sequential steps, as a saga without ``depends_on`` runs): ``INSERT_TXN``;
-then per participant in turn ``BEGIN``; barrier row; ``UPDATE``; ``COMMIT``, followed by the
+then per participant in turn ``BEGIN`` with the barrier row; ``UPDATE``; ``COMMIT``, followed by the
 step's ``WRITE_PROGRESS`` (on a ``synchronous_commit = off`` connection, as the product's
 progress engine); finally ``WRITE_STATUS`` committed.
 
@@ -45,6 +45,8 @@ from bench.load import (
     deltas,
 )
 from coordinator import queries
+from participants.sdk.saga import begin_and_take
+from participants.sdk.twopc import begin_and_claim
 from sagas.policy import RetryPolicy
 
 SCHEMA = "bench_floor"
@@ -87,11 +89,7 @@ class Stmt:
 INSERT_TXN = Stmt.of(queries.INSERT_TXN)
 WRITE_STATUS = Stmt.of(queries.WRITE_STATUS)
 WRITE_PROGRESS = Stmt.of(queries.WRITE_PROGRESS)
-# The SDK's barrier row and the ledger's adjust (participants/sdk, participants/ledger/app.py).
-BARRIER = (
-    "INSERT INTO txn_barrier (gid, branch, op, outcome, reason) "
-    "VALUES ($1, $2, $3, $4, NULL) ON CONFLICT DO NOTHING RETURNING 1"
-)
+# The ledger's adjust (participants/ledger/app.py).
 ADJUST = (
     "UPDATE accounts SET balance = balance + $1 "
     "WHERE id = $2 AND balance + $1 >= 0 RETURNING balance"
@@ -333,16 +331,19 @@ class FloorRun:
     async def _local(
         self, conn: asyncpg.Connection, gid: str, idx: int, op: str, delta: int, client: int
     ) -> None:
-        """BEGIN; the barrier row; the adjust; then PREPARE TRANSACTION (2PC) or COMMIT."""
-        await conn.execute("BEGIN")
+        """BEGIN with the barrier row (the SDK's own text, one round trip); the adjust; then
+        PREPARE TRANSACTION (2PC) or COMMIT."""
+        xid = f"{XID_PREFIX}{gid}:{idx}"
+        begin = (
+            begin_and_claim(gid, idx, xid, None) if op == "2pc" else begin_and_take(gid, idx, None)
+        )
         try:
-            outcome = "prepared" if op == "2pc" else "done"
-            if await conn.fetchval(BARRIER, gid, idx, op, outcome) is None:
+            if await conn.execute(begin) != "INSERT 0 1":
                 raise TxnFailed(f"{gid}/{idx}: barrier key taken")
             if await conn.fetchval(ADJUST, delta, account(client)) is None:
                 raise TxnFailed(f"{gid}/{idx}: {account(client)} would go negative")
             if op == "2pc":
-                await conn.execute(f"PREPARE TRANSACTION '{XID_PREFIX}{gid}:{idx}'")
+                await conn.execute(f"PREPARE TRANSACTION '{xid}'")
             else:
                 await conn.execute("COMMIT")
         except BaseException:

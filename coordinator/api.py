@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
+import asyncpg
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -137,10 +138,13 @@ def create_app(
         ]
         return JSONResponse({"detail": detail}, status_code=422)
 
+    # The log's hot statements run on asyncpg directly (its errors), the rest on SQLAlchemy.
     @app.exception_handler(DBAPIError)
+    @app.exception_handler(asyncpg.PostgresError)
+    @app.exception_handler(asyncpg.InterfaceError)
     @app.exception_handler(OSError)
     async def log_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, DBAPIError) and (sqlstate(exc) or "").startswith("22"):
+        if not isinstance(exc, OSError) and (sqlstate(exc) or "").startswith("22"):
             # A data exception: the request carried something the log cannot store.
             return JSONResponse(
                 {"detail": f"the request holds data the log cannot store ({sqlstate(exc)})"},

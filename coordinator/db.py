@@ -19,6 +19,11 @@ def async_url(dsn: str) -> str:
     raise ValueError(f"not a Postgres DSN: {dsn!r}")
 
 
+def plain_dsn(dsn: str) -> str:
+    """The same DSN as asyncpg itself takes (``postgresql://``)."""
+    return "postgresql://" + async_url(dsn)[len("postgresql+asyncpg://") :]
+
+
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 

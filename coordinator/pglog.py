@@ -1,18 +1,29 @@
-"""The Postgres log store. Every write is one statement on an autocommit connection."""
+"""The Postgres log store. Every write is one statement on an autocommit connection.
+
+The statements every transaction makes (insert, status writes, saga progress, the read of one
+transaction) run on asyncpg directly, from pools of its own; the rest (recovery's claim, lease
+renewal, listing, metrics) go through SQLAlchemy Core. Why: SQLAlchemy's execution path was a
+sixth of the coordinator's CPU at 32 clients (docs/decisions.md, "The log's hot statements on
+asyncpg"). The SQL is the same text either way (``coordinator.queries``).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import orjson
 from sqlalchemy import ARRAY, BigInteger, Integer, Text, and_, bindparam, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import queries
-from coordinator.db import make_engine
+from coordinator.db import make_engine, plain_dsn
 from coordinator.errors import OwnershipLost
 from coordinator.records import (
     BranchProgress,
@@ -49,31 +60,66 @@ def _stmt(sql: str) -> Any:
     return stmt.bindparams(*(bindparam(n, type_=t) for n, t in _ARRAYS.items() if n in names))
 
 
-_INSERT = _stmt(queries.INSERT_TXN)
-_WRITE_STATUS = _stmt(queries.WRITE_STATUS)
 _RESCHEDULE = _stmt(queries.RESCHEDULE)
 _CLAIM = _stmt(queries.CLAIM)
 _RENEW = _stmt(queries.RENEW)
 _LIVE_SUMMARY = _stmt(queries.LIVE_SUMMARY)
-_WRITE_PROGRESS = _stmt(queries.WRITE_PROGRESS)
-_GET = text(queries.GET_TXN)
 _ABORT_ORPHAN = _stmt(queries.ABORT_ORPHAN)
+
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A statement of ``coordinator.queries`` for asyncpg: ``:name`` placeholders numbered."""
+
+    sql: str
+    names: tuple[str, ...]
+
+    @staticmethod
+    def of(sql: str) -> Raw:
+        names: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in names:
+                names.append(name)
+            return f"${names.index(name) + 1}"
+
+        return Raw(_PARAM.sub(number, sql), tuple(names))
+
+    def args(self, params: Mapping[str, Any]) -> list[Any]:
+        return [params[n] for n in self.names]
+
+
+RAW_INSERT = Raw.of(queries.INSERT_TXN)
+RAW_WRITE_STATUS = Raw.of(queries.WRITE_STATUS)
+RAW_WRITE_PROGRESS = Raw.of(queries.WRITE_PROGRESS)
+RAW_GET = Raw.of(queries.GET_TXN)
+
+
+async def _no_reset(_conn: asyncpg.Connection) -> None:
+    """Every statement on these pools is one autocommit statement: there is no session state to
+    reset, and asyncpg's default reset costs a round trip per release."""
 
 
 def _txn(row: Any) -> TxnRecord:
+    """From a SQLAlchemy row or an asyncpg record (whose jsonb arrives as text)."""
+    m = row._mapping if hasattr(row, "_mapping") else row
+    request = m["request"]
     return TxnRecord(
-        gid=row.gid,
-        mode=row.mode,
-        status=row.status,
-        reason=row.reason,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        deadline_at=row.deadline_at,
-        attempts=row.attempts,
-        owner=row.owner,
-        epoch=row.epoch,
-        request_hash=row.request_hash,
-        request=row.request,
+        gid=m["gid"],
+        mode=m["mode"],
+        status=m["status"],
+        reason=m["reason"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        deadline_at=m["deadline_at"],
+        attempts=m["attempts"],
+        owner=m["owner"],
+        epoch=m["epoch"],
+        request_hash=m["request_hash"],
+        request=orjson.loads(request) if isinstance(request, str) else request,
     )
 
 
@@ -125,35 +171,68 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 class PgLog:
-    """LogStore on Postgres (SQLAlchemy Core on asyncpg)."""
+    """LogStore on Postgres: asyncpg for the hot statements, SQLAlchemy Core for the rest."""
 
-    def __init__(self, engine: AsyncEngine, progress_engine: AsyncEngine | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        dsn: str,
+        pool_size: int = 20,
+        application_name: str = "",
+    ) -> None:
         self.engine = engine
-        self.progress_engine = progress_engine or engine
+        self.dsn = plain_dsn(dsn)
+        self.pool_size = pool_size
+        self.server_settings = (
+            {"application_name": application_name[:63]} if application_name else {}
+        )
+        self._hot: asyncpg.Pool | None = None
+        self._progress: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
 
     @classmethod
     def connect(cls, dsn: str, pool_size: int = 20, application_name: str = "") -> PgLog:
-        return cls(
-            make_engine(
-                dsn, pool_size=pool_size, autocommit=True, application_name=application_name
-            ),
-            # Rule 4: progress that recovery redoes idempotently (a saga step's result) is
-            # committed without waiting for the WAL flush; decisions never go through here.
-            # As many connections as the main pool: a smaller one was opened and closed per
-            # write at concurrency 32 (a fifth of the coordinator's time in a saga profile).
-            make_engine(
-                dsn,
-                pool_size=pool_size,
-                autocommit=True,
-                synchronous_commit=False,
-                application_name=application_name,
-            ),
+        cold = max(2, pool_size // 8)
+        engine = make_engine(
+            dsn, pool_size=cold, autocommit=True, application_name=application_name
         )
+        return cls(engine, dsn, pool_size, application_name)
+
+    async def _pools(self) -> tuple[asyncpg.Pool, asyncpg.Pool]:
+        if self._hot is None or self._progress is None:
+            async with self._opening:
+                if self._hot is None or self._progress is None:
+                    # Opened lazily (connections too: min_size 0), so a coordinator starts
+                    # while its log is down and serves once it is back.
+                    self._hot = await self._pool(self.server_settings)
+                    # Rule 4: progress that recovery redoes idempotently (a saga step's
+                    # result) is committed without waiting for the WAL flush; decisions never
+                    # go through here.
+                    self._progress = await self._pool(
+                        {**self.server_settings, "synchronous_commit": "off"}
+                    )
+        return self._hot, self._progress
+
+    async def _pool(self, server_settings: dict[str, str]) -> asyncpg.Pool:
+        pool = await asyncpg.create_pool(
+            self.dsn,
+            min_size=0,
+            max_size=self.pool_size,
+            server_settings=server_settings,
+            reset=_no_reset,
+        )
+        assert pool is not None
+        return pool
 
     async def close(self) -> None:
         await self.engine.dispose()
-        if self.progress_engine is not self.engine:
-            await self.progress_engine.dispose()
+        for pool in (self._hot, self._progress):
+            if pool is not None:
+                try:
+                    await asyncio.wait_for(pool.close(), 5)
+                except TimeoutError:
+                    pool.terminate()
+        self._hot = self._progress = None
 
     async def live_summary(self, stuck_attempts: int) -> dict[str, LiveSummary]:
         async with self.engine.connect() as conn:
@@ -180,8 +259,9 @@ class PgLog:
             "compensation": [b.compensation for b in new.branches],
             "payload": [orjson.dumps(b.payload).decode() for b in new.branches],
         }
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(_INSERT, params)).first()
+        hot, _ = await self._pools()
+        async with hot.acquire() as conn:
+            row = await conn.fetchrow(RAW_INSERT.sql, *RAW_INSERT.args(params))
             if row is not None:
                 record = _txn(row)
                 # The branches are what was just inserted, stamped with the same now() as the
@@ -196,13 +276,13 @@ class PgLog:
                         "pending",
                         0,
                         None,
-                        row.created_at,
+                        row["created_at"],
                     )
                     for i, b in enumerate(new.branches)
                 ]
-                return Inserted.CREATED, Claim(record, row.db_now)
+                return Inserted.CREATED, Claim(record, row["db_now"])
             existing = await self._get(conn, new.gid)
-            now = (await conn.execute(text("SELECT now()"))).scalar_one()
+            now = await conn.fetchval("SELECT now()")
         if existing is None:  # deleted between the two statements: vanishingly rare
             raise RuntimeError(f"transaction {new.gid} conflicted but cannot be read")
         same = existing.request_hash == new.request_hash
@@ -216,12 +296,12 @@ class PgLog:
         for row in await conn.execute(query):
             by_gid[row.gid].branches.append(_branch(row))
 
-    async def _get(self, conn: Any, gid: str) -> TxnRecord | None:
-        row = (await conn.execute(_GET, {"gid": gid})).first()
+    async def _get(self, conn: asyncpg.Connection, gid: str) -> TxnRecord | None:
+        row = await conn.fetchrow(RAW_GET.sql, gid)
         if row is None:
             return None
         record = _txn(row)
-        raw = row.branch_rows
+        raw = row["branch_rows"]
         for b in orjson.loads(raw) if isinstance(raw, str | bytes) else raw:
             record.branches.append(
                 BranchRecord(
@@ -239,7 +319,8 @@ class PgLog:
         return record
 
     async def get(self, gid: str) -> TxnRecord | None:
-        async with self.engine.connect() as conn:
+        hot, _ = await self._pools()
+        async with hot.acquire() as conn:
             return await self._get(conn, gid)
 
     async def events(self, gid: str) -> list[EventRecord]:
@@ -286,11 +367,12 @@ class PgLog:
             "event": event,
             **_progress_params(branches),
         }
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(_WRITE_STATUS, params)).one()
-        if row.n == 0:
+        hot, _ = await self._pools()
+        async with hot.acquire() as conn:
+            row = await conn.fetchrow(RAW_WRITE_STATUS.sql, *RAW_WRITE_STATUS.args(params))
+        if row is None or row["n"] == 0:
             raise OwnershipLost(f"transaction {gid}: epoch {epoch} is no longer current")
-        at: datetime = row.at
+        at: datetime = row["at"]
         return at
 
     async def write_progress(
@@ -312,8 +394,9 @@ class PgLog:
             "event": event,
             "detail": orjson.dumps(detail).decode() if detail is not None else None,
         }
-        async with self.progress_engine.connect() as conn:
-            n = (await conn.execute(_WRITE_PROGRESS, params)).scalar_one()
+        _, progress_pool = await self._pools()
+        async with progress_pool.acquire() as conn:
+            n = await conn.fetchval(RAW_WRITE_PROGRESS.sql, *RAW_WRITE_PROGRESS.args(params))
         if n == 0:
             raise OwnershipLost(f"transaction {gid}: epoch {epoch} is no longer current")
 

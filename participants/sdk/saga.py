@@ -68,6 +68,18 @@ def _answer_existing_action(row: Row[Any] | None) -> Reply:
     return 409, {"reason": row.reason or "the action failed"}
 
 
+def begin_and_take(gid: str, branch: int, lock_timeout_ms: int | None) -> str:
+    """Begin, and take the action's barrier key: status ``INSERT 0 1`` when it is ours. (The
+    bench's floor sends the same text.)"""
+    lock_wait = "" if lock_timeout_ms is None else f"SET LOCAL lock_timeout = {lock_timeout_ms}; "
+    return (
+        f"BEGIN; {lock_wait}"
+        f"INSERT INTO {BARRIER} (gid, branch, op, outcome) "
+        f"VALUES ({literal(gid)}, {int(branch)}, '{ACTION}', '{DONE}') "
+        "ON CONFLICT DO NOTHING"
+    )
+
+
 class SagaBarrier(_Core):
     """run_action and run_compensation of one saga branch, as (HTTP status, JSON body)."""
 
@@ -108,16 +120,8 @@ class SagaBarrier(_Core):
         return 200, {"done": True, "result": result or {}}
 
     def _begin_and_take(self, gid: str, branch: int) -> str:
-        """Begin, and take the action's barrier key: status ``INSERT 0 1`` when it is ours."""
-        lock_wait = (
-            "" if self.lock_timeout_set else f"SET LOCAL lock_timeout = {self._lock_timeout()}; "
-        )
-        return (
-            f"BEGIN; {lock_wait}"
-            f"INSERT INTO {BARRIER} (gid, branch, op, outcome) "
-            f"VALUES ({literal(gid)}, {int(branch)}, '{ACTION}', '{DONE}') "
-            "ON CONFLICT DO NOTHING"
-        )
+        timeout = None if self.lock_timeout_set else self._lock_timeout()
+        return begin_and_take(gid, branch, timeout)
 
     async def _record_failure(self, key: dict[str, Any], reason: str) -> None:
         # Autonomous, after the rollback: a duplicate answers the same 409 without running the

@@ -49,6 +49,22 @@ _IS_PREPARED = text(
 CONTENTION = frozenset({"55P03", "40P01", "40001"})
 
 
+def begin_and_claim(gid: str, branch: int, xid: str, lock_timeout_ms: int | None) -> str:
+    """One round trip: begin, and take the branch's barrier key unless the branch is prepared
+    already (then the key is the prepared transaction's, and waiting on it would last until its
+    commit). Its status is ``INSERT 0 1`` when the key is now ours. (The bench's floor sends the
+    same text.)"""
+    lock_wait = "" if lock_timeout_ms is None else f"SET LOCAL lock_timeout = {lock_timeout_ms}; "
+    return (
+        f"BEGIN; {lock_wait}"
+        f"INSERT INTO {BARRIER} (gid, branch, op, outcome) "
+        f"SELECT {literal(gid)}, {int(branch)}, '2pc', 'prepared' "
+        f"WHERE NOT EXISTS (SELECT 1 FROM pg_prepared_xacts "
+        f"WHERE gid = {literal(xid)} AND database = current_database()) "
+        "ON CONFLICT DO NOTHING"
+    )
+
+
 class TwoPhase(_Core):
     """prepare, commit and rollback of one 2PC branch, as (HTTP status, JSON body)."""
 
@@ -107,20 +123,8 @@ class TwoPhase(_Core):
         return 200, {"vote": "yes", "result": result or {}}
 
     def _begin_and_claim(self, gid: str, branch: int, xid: str) -> str:
-        """One round trip: begin, and take the branch's barrier key unless the branch is
-        prepared already (then the key is the prepared transaction's, and waiting on it would
-        last until its commit). Its status is ``INSERT 0 1`` when the key is now ours."""
-        lock_wait = (
-            "" if self.lock_timeout_set else f"SET LOCAL lock_timeout = {self._lock_timeout()}; "
-        )
-        return (
-            f"BEGIN; {lock_wait}"
-            f"INSERT INTO {BARRIER} (gid, branch, op, outcome) "
-            f"SELECT {literal(gid)}, {int(branch)}, '2pc', 'prepared' "
-            f"WHERE NOT EXISTS (SELECT 1 FROM pg_prepared_xacts "
-            f"WHERE gid = {literal(xid)} AND database = current_database()) "
-            "ON CONFLICT DO NOTHING"
-        )
+        timeout = None if self.lock_timeout_set else self._lock_timeout()
+        return begin_and_claim(gid, branch, xid, timeout)
 
     async def _answer_existing_prepare(
         self, conn: AsyncConnection, key: dict[str, Any], xid: str
