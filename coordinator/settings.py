@@ -54,7 +54,9 @@ class Settings(BaseSettings):
     stuck_attempts: int = Field(
         5, gt=0, description="Reschedules after which a live transaction counts as stuck."
     )
-    pool_size: int = Field(32, gt=0, description="Log connection pool size.")
+    pool_size: int = Field(
+        32, gt=0, description="Log connections for the statements every transaction makes."
+    )
     crash_at: str = Field("", description="Crash point name (tests only); empty: none.")
     crash_marker: str = Field(
         "", description="If set, crash only while this file does not exist, then create it."
