@@ -7,67 +7,38 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-import asyncpg
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy.exc import DBAPIError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from coordinator.db import LOG_APPLICATION_NAME
+from coordinator.fastpath import SubmitFastPath
 from coordinator.logstore import LogStore
 from coordinator.models import (
     STATUSES,
-    BranchOut,
     EventOut,
     PageOut,
     TxnIn,
     TxnOut,
-    new_gid,
 )
-from coordinator.normalize import Invalid, normalize
 from coordinator.pglog import PgLog
-from coordinator.records import BranchSpec, Inserted, NewTxn, TxnRecord
 from coordinator.service import Coordinator
 from coordinator.settings import Settings, get_settings
+from coordinator.submission import (
+    LOG_ERRORS,
+    MAX_WAIT_S,
+    invalid,
+    log_error_answer,
+    submit_txn,
+    to_out,
+)
 from coordinator.transport import HttpTransport, Transport
-from participants.sdk.base import sqlstate
 from participants.sdk.wire import GID_PATTERN
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
-MAX_WAIT_S = 300.0
-
-
-def _invalid(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
-    return RequestValidationError([{"loc": loc, "msg": msg, "type": "value_error"}])
-
-
-def to_out(record: TxnRecord, events: list[EventOut] | None = None) -> TxnOut:
-    deps = record.request.get("deps")
-    return TxnOut(
-        gid=record.gid,
-        mode=record.mode,
-        status=record.status,
-        reason=record.reason,
-        created_at=record.created_at,
-        updated_at=record.updated_at,
-        branches=[
-            BranchOut(
-                idx=b.idx,
-                depends_on=deps[b.idx] if deps and b.idx < len(deps) else None,
-                participant=b.participant,
-                action=b.action,
-                compensation=b.compensation,
-                status=b.status,
-                attempts=b.attempts,
-                last_error=b.last_error,
-            )
-            for b in record.branches
-        ],
-        events=events,
-    )
 
 
 class BodyLimit:
@@ -126,6 +97,7 @@ def create_app(
         c: Coordinator = request.app.state.coordinator
         return c
 
+    app.add_middleware(SubmitFastPath, coordinator=lambda: app.state.coordinator)
     app.add_middleware(BodyLimit)
 
     @app.exception_handler(RequestValidationError)
@@ -138,26 +110,11 @@ def create_app(
         ]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    # The log's hot statements run on asyncpg directly (its errors), the rest on SQLAlchemy.
-    @app.exception_handler(DBAPIError)
-    @app.exception_handler(asyncpg.PostgresError)
-    @app.exception_handler(asyncpg.InterfaceError)
-    @app.exception_handler(OSError)
     async def log_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        if not isinstance(exc, OSError) and (sqlstate(exc) or "").startswith("22"):
-            # A data exception: the request carried something the log cannot store.
-            return JSONResponse(
-                {"detail": f"the request holds data the log cannot store ({sqlstate(exc)})"},
-                status_code=422,
-            )
-        # The log is down or unreachable: nothing was decided by this request that a retry
-        # could not repeat (a submission with the same gid is idempotent).
-        log.warning("log unavailable: %s", exc)
-        return JSONResponse(
-            {"detail": "the transaction log is unavailable; retry (with the same gid)"},
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
+        return log_error_answer(exc)
+
+    for error in LOG_ERRORS:
+        app.add_exception_handler(error, log_unavailable)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -197,34 +154,9 @@ def create_app(
             float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for the outcome.")
         ] = 0,
     ) -> TxnOut:
-        c = coord(request)
-        try:
-            plan = normalize(body, c.settings.participants)
-        except Invalid as e:
-            raise _invalid(e.loc, e.msg) from e
-        gid = body.gid or new_gid()
-        new = NewTxn(
-            gid=gid,
-            mode=plan.mode,
-            request=plan.request(body),
-            request_hash=body.request_hash(),
-            branches=tuple(
-                BranchSpec(b.participant, b.action, b.compensation, b.payload)
-                for b in plan.branches
-            ),
-            timeout_s=body.timeout_s or c.settings.default_timeout_s,
-        )
-        outcome, record = await c.submit(new)
-        if outcome is Inserted.CONFLICT:
-            raise HTTPException(
-                409, detail=f"transaction {gid} already exists with a different request"
-            )
-        if outcome is Inserted.EXISTING:
-            response.status_code = 200
-        if wait > 0:
-            fresh = record if outcome is Inserted.CREATED else None
-            record = await c.wait(gid, wait, known=fresh) or record
-        return to_out(record)
+        status, answer = await submit_txn(coord(request), body, wait)
+        response.status_code = status
+        return answer
 
     @app.get("/v1/transactions/{gid}", response_model=TxnOut, tags=["transactions"])
     async def get_one(
@@ -254,11 +186,11 @@ def create_app(
         cursor: Annotated[str | None, Query(max_length=512)] = None,
     ) -> PageOut:
         if status is not None and status not in STATUSES:
-            raise _invalid(("query", "status"), f"status must be one of {', '.join(STATUSES)}")
+            raise invalid(("query", "status"), f"status must be one of {', '.join(STATUSES)}")
         try:
             page = await coord(request).store.page(status, mode, limit, cursor)
         except ValueError as e:
-            raise _invalid(("query", "cursor"), str(e)) from e
+            raise invalid(("query", "cursor"), str(e)) from e
         return PageOut(items=[to_out(r) for r in page.items], next_cursor=page.next_cursor)
 
     return app

@@ -1,0 +1,123 @@
+"""The submission's ASGI fast path: ``POST /v1/transactions`` answered before FastAPI's routing,
+request objects, dependency machinery and response-model validation, which cost the coordinator
+more CPU than the submission's own work (docs/decisions.md, "The submission's fast path").
+
+It serves only what it can answer exactly as the FastAPI route would: a body that is strict
+JSON and valid for ``TxnIn``, and a query string of at most ``wait`` within its bounds. Anything
+else (an invalid body, an unknown participant, a bad ``wait``, any other parameter) is handed to
+the route with the body it read, and the route answers it, 422 and all. Both run the same
+``submission.submit_txn``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from urllib.parse import parse_qsl
+
+import orjson
+from fastapi import HTTPException
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from coordinator.models import TxnIn
+from coordinator.service import Coordinator
+from coordinator.submission import LOG_ERRORS, MAX_WAIT_S, log_error_answer, submit_txn
+
+PATH = "/v1/transactions"
+MAX_BODY_BYTES = 8 * 1024 * 1024
+_JSON = (b"content-type", b"application/json")
+
+
+def _wait(query: bytes) -> float | None:
+    """``wait`` from the query string (0 when absent); None for anything the route should see."""
+    wait = 0.0
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if name != "wait":
+            return None
+        try:
+            wait = float(value)
+        except ValueError:
+            return None
+        if not (math.isfinite(wait) and 0 <= wait <= MAX_WAIT_S):
+            return None
+    return wait
+
+
+class SubmitFastPath:
+    def __init__(self, app: ASGIApp, coordinator: Callable[[], Coordinator]) -> None:
+        self.app = app
+        self.coordinator = coordinator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
+            await self.app(scope, receive, send)
+            return
+        body, more = await _read(receive)
+        wait = _wait(scope.get("query_string", b""))
+        parsed = None if more or wait is None else _txn_in(body)
+        if parsed is None or wait is None:
+            await self.app(scope, _replay(body, more, receive), send)
+            return
+        try:
+            status, answer = await submit_txn(self.coordinator(), parsed, wait)
+            content = answer.model_dump_json().encode()
+        except RequestValidationError:
+            # normalize() refused it before anything was logged: the route says why.
+            await self.app(scope, _replay(body, more, receive), send)
+            return
+        except HTTPException as e:
+            status, content = e.status_code, orjson.dumps({"detail": e.detail})
+        except LOG_ERRORS as e:
+            refusal = log_error_answer(e)
+            await refusal(scope, receive, send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [_JSON, (b"content-length", str(len(content)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": content})
+
+
+def _txn_in(body: bytes) -> TxnIn | None:
+    # pydantic's own JSON parser: integers of any size stay integers, as with the route's
+    # json.loads (orjson would make a float of one over 64 bits, and answer differently).
+    try:
+        return TxnIn.model_validate_json(body)
+    except (ValidationError, ValueError):
+        return None
+
+
+async def _read(receive: Receive) -> tuple[bytes, bool]:
+    """The body, up to MAX_BODY_BYTES; ``more``: it did not end there (the route decides)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message: Message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), False
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), False
+        if size > MAX_BODY_BYTES:
+            return b"".join(chunks), True
+
+
+def _replay(body: bytes, more: bool, receive: Receive) -> Receive:
+    """A receive that hands the route the body already read, then the rest of the request."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": more}
+        return await receive()
+
+    return replayed

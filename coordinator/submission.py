@@ -1,0 +1,109 @@
+"""A submission, from a validated body to the answer: shared by the FastAPI route and its ASGI
+fast path (``coordinator.fastpath``), so the two cannot answer differently."""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+from fastapi import HTTPException
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+
+from coordinator.models import BranchOut, EventOut, TxnIn, TxnOut, new_gid
+from coordinator.normalize import Invalid, normalize
+from coordinator.records import BranchSpec, Inserted, NewTxn, TxnRecord
+from coordinator.service import Coordinator
+from participants.sdk.base import sqlstate
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_S = 300.0  # the longest ?wait= a submission may ask for
+
+
+def invalid(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": loc, "msg": msg, "type": "value_error"}])
+
+
+def to_out(record: TxnRecord, events: list[EventOut] | None = None) -> TxnOut:
+    deps = record.request.get("deps")
+    return TxnOut(
+        gid=record.gid,
+        mode=record.mode,
+        status=record.status,
+        reason=record.reason,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        branches=[
+            BranchOut(
+                idx=b.idx,
+                depends_on=deps[b.idx] if deps and b.idx < len(deps) else None,
+                participant=b.participant,
+                action=b.action,
+                compensation=b.compensation,
+                status=b.status,
+                attempts=b.attempts,
+                last_error=b.last_error,
+            )
+            for b in record.branches
+        ],
+        events=events,
+    )
+
+
+async def submit_txn(c: Coordinator, body: TxnIn, wait: float) -> tuple[int, TxnOut]:
+    """A validated submission: log it (or find it), wait up to ``wait`` s for the outcome.
+    Returns (HTTP status, answer); raises what FastAPI turns into 422 and 409 answers."""
+    try:
+        plan = normalize(body, c.settings.participants)
+    except Invalid as e:
+        raise invalid(e.loc, e.msg) from e
+    gid = body.gid or new_gid()
+    new = NewTxn(
+        gid=gid,
+        mode=plan.mode,
+        request=plan.request(body),
+        request_hash=body.request_hash(),
+        branches=tuple(
+            BranchSpec(b.participant, b.action, b.compensation, b.payload) for b in plan.branches
+        ),
+        timeout_s=body.timeout_s or c.settings.default_timeout_s,
+    )
+    outcome, record = await c.submit(new)
+    if outcome is Inserted.CONFLICT:
+        raise HTTPException(
+            409, detail=f"transaction {gid} already exists with a different request"
+        )
+    if wait > 0:
+        fresh = record if outcome is Inserted.CREATED else None
+        record = await c.wait(gid, wait, known=fresh) or record
+    return (200 if outcome is Inserted.EXISTING else 201), to_out(record)
+
+
+def log_error_answer(exc: Exception) -> JSONResponse:
+    """The answer to a log failure during a request: 422 for data it cannot store, else 503."""
+    if not isinstance(exc, OSError) and (sqlstate(exc) or "").startswith("22"):
+        # A data exception: the request carried something the log cannot store.
+        return JSONResponse(
+            {"detail": f"the request holds data the log cannot store ({sqlstate(exc)})"},
+            status_code=422,
+        )
+    # The log is down or unreachable: nothing was decided by this request that a retry could
+    # not repeat (a submission with the same gid is idempotent).
+    log.warning("log unavailable: %s", exc)
+    return JSONResponse(
+        {"detail": "the transaction log is unavailable; retry (with the same gid)"},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+# What a request may meet when the log fails (the hot statements are asyncpg's, the rest
+# SQLAlchemy's).
+LOG_ERRORS: tuple[type[Exception], ...] = (
+    DBAPIError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+)
