@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ def _growth(args: argparse.Namespace) -> int:
                     args.warmup,
                     print,
                 )
+            if args.cpu:
+                report["cpu"] = await _cpu(state, target, args.modes, c, args.duration)
             if args.rss:
                 pid = state["coordinators"][0]["pid"]
                 print(f"memory: 2PC at concurrency {c} for {args.rss:g}s, coordinator pid {pid}")
@@ -82,10 +85,34 @@ def _growth(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _cpu(
+    state: dict[str, Any], target: Any, modes: tuple[str, ...], c: int, duration: float
+) -> list[dict[str, Any]]:
+    from bench import cpushare, floor
+    from bench.load import run_product
+
+    names = [lg.name for lg in target.ledgers]
+    dsns = [lg.dsn for lg in target.ledgers]
+    await floor.setup(dsns, target.log_dsn, c, 20_000)
+    out: list[dict[str, Any]] = []
+    for mode in modes:
+        prefix = f"cpu{int(time.time())}-{mode}"
+        product = await cpushare.measure(
+            state,
+            run_product(target.coordinator_url, names, mode, c, 0.0, duration, prefix + "-p"),
+        )
+        floor_ = await cpushare.measure(
+            state, floor.run_floor(dsns, names, target.log_dsn, mode, c, 0.0, duration, prefix)
+        )
+        print(cpushare.table(mode, c, product, floor_), flush=True)
+        out.append({"mode": mode, "concurrency": c, "product": product, "floor": floor_})
+    return out
+
+
 def _bench(args: argparse.Namespace) -> int:
     from bench.txn_bench import BenchConfig, main
 
-    if args.growth or args.rss:
+    if args.growth or args.rss or args.cpu:
         return _growth(args)
 
     config = BenchConfig(
@@ -135,5 +162,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=float,
         default=0.0,
         help="instead: the coordinator's memory over a run of this many seconds",
+    )
+    bench.add_argument(
+        "--cpu",
+        action="store_true",
+        help="instead: CPU per transaction by process (from /proc), product and floor, "
+        "per mode at the largest concurrency",
     )
     bench.set_defaults(func=_bench)

@@ -101,7 +101,9 @@ class Run(Generic[E]):
             return await self.events.get()
         remaining = self.deadline - asyncio.get_running_loop().time()
         try:
-            return await asyncio.wait_for(self.events.get(), max(remaining, 0.0))
+            # asyncio.timeout, not wait_for: no task made around every wait for a reply.
+            async with asyncio.timeout(max(remaining, 0.0)):
+                return await self.events.get()
         except TimeoutError:
             return timed_out()
 

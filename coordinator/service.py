@@ -149,9 +149,10 @@ class Coordinator:
             patience = remaining if gid in self._tasks else min(remaining, 0.5)
             record = None
             try:
-                # Shielded: a timeout must not cancel the future a notify may be completing.
-                record = await asyncio.wait_for(asyncio.shield(waiter), patience)
+                async with asyncio.timeout(patience):
+                    record = await waiter
             except TimeoutError:
+                # The timeout cancelled the waiter; notify() skips a waiter that is done.
                 self._discard_waiter(gid, waiter)
 
     def _discard_waiter(self, gid: str, waiter: asyncio.Future[TxnRecord | None]) -> None:

@@ -75,3 +75,34 @@ async def test_bench_smoke(stack: Stack, tmp_path: Path) -> None:
             floor.XID_PREFIX,
         )
         assert left == 0, ledger.name
+
+
+@pytest.mark.timeout(120)
+async def test_cpu_split_smoke(stack: Stack) -> None:
+    """``txn bench --cpu``: every process of the stack is accounted, and the ones that did the
+    work show CPU per transaction (the coordinator only on the product's side)."""
+    from bench import cpushare
+    from bench.load import run_product
+
+    state = stack.state()
+    target = Target.from_state(state, "session stack")
+    names = [lg.name for lg in target.ledgers]
+    dsns = [lg.dsn for lg in target.ledgers]
+    await floor.setup(dsns, target.log_dsn, 2, 500)
+    product = await cpushare.measure(
+        state, run_product(target.coordinator_url, names, "2pc", 2, 0.0, 1.5, "cpu-smoke-p")
+    )
+    floor_ = await cpushare.measure(
+        state, floor.run_floor(dsns, names, target.log_dsn, "2pc", 2, 0.0, 1.5, "cpu-smoke-f")
+    )
+    assert product["committed"] > 0 and floor_["committed"] > 0
+    coordinator = next(k for k in product["by_process"] if k.startswith("coordinator"))
+    assert product["by_process"][coordinator]["ms_per_txn"] > 0
+    assert (
+        floor_["by_process"][coordinator]["ms_per_txn"]
+        < product["by_process"][coordinator]["ms_per_txn"]
+    )
+    for side in (product, floor_):
+        assert side["by_process"]["postgres log"]["ms_per_txn"] > 0
+        assert side["machine_busy"]["ms_per_txn"] > 0
+    assert "whole machine" in cpushare.table("2pc", 2, product, floor_)
