@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +44,7 @@ from bench.load import (
     deltas,
 )
 from coordinator import queries
+from coordinator.pglog import Raw
 from participants.sdk.saga import begin_and_take
 from participants.sdk.twopc import begin_and_claim
 from sagas.policy import RetryPolicy
@@ -56,39 +56,10 @@ LEASE_S = 3.0
 TIMEOUT_S = 30.0
 STATEMENT_TIMEOUT_MS = "30000"
 
-_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
-
-
-def to_asyncpg(sql: str) -> tuple[str, list[str]]:
-    """``:name`` placeholders (SQLAlchemy's) to ``$n`` (asyncpg's), each name one number."""
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in names:
-            names.append(name)
-        return f"${names.index(name) + 1}"
-
-    return _PARAM.sub(number, sql), names
-
-
-@dataclass(frozen=True)
-class Stmt:
-    sql: str
-    names: list[str]
-
-    @staticmethod
-    def of(sql: str) -> Stmt:
-        converted, names = to_asyncpg(sql)
-        return Stmt(converted, names)
-
-    def args(self, params: dict[str, Any]) -> list[Any]:
-        return [params[n] for n in self.names]
-
-
-INSERT_TXN = Stmt.of(queries.INSERT_TXN)
-WRITE_STATUS = Stmt.of(queries.WRITE_STATUS)
-WRITE_PROGRESS = Stmt.of(queries.WRITE_PROGRESS)
+# The product's own statements, numbered for asyncpg as the product numbers them.
+INSERT_TXN = Raw.of(queries.INSERT_TXN)
+WRITE_STATUS = Raw.of(queries.WRITE_STATUS)
+WRITE_PROGRESS = Raw.of(queries.WRITE_PROGRESS)
 # The ledger's adjust (participants/ledger/app.py).
 ADJUST = (
     "UPDATE accounts SET balance = balance + $1 "

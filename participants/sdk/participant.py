@@ -214,9 +214,9 @@ class Participant(TwoPhase, SagaBarrier):
         """One call to one of this participant's endpoints, as (HTTP status, JSON body).
         ``headers``: looked up by lower-case name."""
         if path == wire.COMMIT_PATH:
-            return await self._commit_call(headers, body)
+            return await self._phase_two_call("commit", headers, body)
         if path == wire.ROLLBACK_PATH:
-            return await self._rollback_call(headers, body)
+            return await self._phase_two_call("rollback", headers, body)
         served = self._handlers.get(path)
         if served is None:
             return 404, {"detail": f"{path} is not a branch endpoint of this participant"}
@@ -276,33 +276,21 @@ class Participant(TwoPhase, SagaBarrier):
                 return 401, {"detail": f"header {wire.H_SIGNATURE} is missing or wrong"}
         return gid, branch
 
-    async def _commit_call(
-        self, headers: Mapping[str, str], body: bytes
+    async def _phase_two_call(
+        self, op: str, headers: Mapping[str, str], body: bytes
     ) -> tuple[int, dict[str, Any]]:
-        parsed = self._branch_of(headers, body, "commit")
+        """``op``: commit or rollback."""
+        parsed = self._branch_of(headers, body, op)
         if isinstance(parsed[0], int):
             return parsed
         gid, branch = parsed
+        finish = self.commit if op == "commit" else self.rollback
         try:
-            status, answer = await self.commit(gid, branch)
+            status, answer = await finish(gid, branch)
         except _Transient as e:
             return 503, {"detail": str(e)}
         except DATABASE_ERRORS as e:
-            return _unavailable(f"2PC commit {gid}/{branch}", e)
-        if status == 200:
+            return _unavailable(f"2PC {op} {gid}/{branch}", e)
+        if status == 200 and op == "commit":
             self.crash.hit("after_commit_before_reply")
         return status, answer
-
-    async def _rollback_call(
-        self, headers: Mapping[str, str], body: bytes
-    ) -> tuple[int, dict[str, Any]]:
-        parsed = self._branch_of(headers, body, "rollback")
-        if isinstance(parsed[0], int):
-            return parsed
-        gid, branch = parsed
-        try:
-            return await self.rollback(gid, branch)
-        except _Transient as e:
-            return 503, {"detail": str(e)}
-        except DATABASE_ERRORS as e:
-            return _unavailable(f"2PC rollback {gid}/{branch}", e)
