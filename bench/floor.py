@@ -14,7 +14,7 @@ Per 2PC transaction, as the product does it (docs/protocol.md):
 Per saga transaction (sequential steps, as a saga without ``depends_on`` runs): ``INSERT_TXN``;
 then per participant in turn ``BEGIN`` with the barrier row; ``UPDATE``; ``COMMIT``, followed by the
 step's ``WRITE_PROGRESS`` (on a ``synchronous_commit = off`` connection, as the product's
-progress engine); finally ``WRITE_STATUS`` committed.
+progress pool); finally ``WRITE_STATUS`` committed.
 
 The SQL of the log writes is the product's own (``coordinator.queries``), run with
 ``search_path = bench_floor`` against copies of the tables (``CREATE TABLE ... (LIKE ...
@@ -182,7 +182,7 @@ async def log_rows(log_dsn: str, schema: str = SCHEMA) -> int:
 class _Conns:
     ledgers: list[asyncpg.Connection]
     log: asyncpg.Connection
-    progress: asyncpg.Connection  # synchronous_commit off, as the product's progress engine
+    progress: asyncpg.Connection  # synchronous_commit off, as the product's progress pool
 
 
 class FloorRun:

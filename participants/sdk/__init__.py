@@ -12,7 +12,7 @@ async def undo(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]
     ...
 
 app = FastAPI(lifespan=sdk.lifespan)
-app.include_router(sdk.router)
+sdk.mount(app)  # the routes, and the ASGI fast path that answers them first
 """
 
 from participants.sdk.base import BarrierHook, BusinessError, Handler
