@@ -27,6 +27,7 @@ from coordinator.service import Coordinator
 from coordinator.settings import Settings, get_settings
 from coordinator.submission import (
     LOG_ERRORS,
+    MAX_BODY_BYTES,
     MAX_WAIT_S,
     invalid,
     log_error_answer,
@@ -37,8 +38,6 @@ from coordinator.transport import HttpTransport, Transport
 from participants.sdk.wire import GID_PATTERN
 
 log = logging.getLogger(__name__)
-
-MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 class BodyLimit:

@@ -28,25 +28,35 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def server_settings(
+    application_name: str = "",
+    synchronous_commit: bool = True,
+    lock_timeout_ms: int | None = None,
+) -> dict[str, str]:
+    """Session settings sent when a connection opens (SQLAlchemy's engines and asyncpg's pools
+    alike)."""
+    settings: dict[str, str] = {}
+    if not synchronous_commit:
+        settings["synchronous_commit"] = "off"
+    if application_name:
+        # Shows in pg_stat_activity: operators (and the fault tools) can tell whose it is.
+        settings["application_name"] = application_name[:63]
+    if lock_timeout_ms is not None:
+        settings["lock_timeout"] = str(int(lock_timeout_ms))
+    return settings
+
+
 def make_engine(
     dsn: str,
     pool_size: int = 10,
     autocommit: bool = False,
-    synchronous_commit: bool = True,
     application_name: str = "",
     lock_timeout_ms: int | None = None,
 ) -> AsyncEngine:
     kwargs: dict[str, Any] = {}
-    server_settings: dict[str, str] = {}
-    if not synchronous_commit:
-        server_settings["synchronous_commit"] = "off"
-    if application_name:
-        # Shows in pg_stat_activity: operators (and the fault tools) can tell whose it is.
-        server_settings["application_name"] = application_name[:63]
-    if lock_timeout_ms is not None:
-        server_settings["lock_timeout"] = str(int(lock_timeout_ms))
-    if server_settings:
-        kwargs["connect_args"] = {"server_settings": server_settings}
+    settings = server_settings(application_name, lock_timeout_ms=lock_timeout_ms)
+    if settings:
+        kwargs["connect_args"] = {"server_settings": settings}
     if autocommit:
         # Single-statement writes commit by themselves: no BEGIN/COMMIT round trips.
         kwargs["isolation_level"] = "AUTOCOMMIT"

@@ -23,11 +23,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coordinator.models import TxnIn
 from coordinator.service import Coordinator
-from coordinator.submission import LOG_ERRORS, MAX_WAIT_S, log_error_answer, submit_txn
+from coordinator.submission import (
+    LOG_ERRORS,
+    MAX_BODY_BYTES,
+    MAX_WAIT_S,
+    log_error_answer,
+    submit_txn,
+)
+from participants.sdk.asgi import send_json
 
 PATH = "/v1/transactions"
-MAX_BODY_BYTES = 8 * 1024 * 1024
-_JSON = (b"content-type", b"application/json")
 
 
 def _wait(query: bytes) -> float | None:
@@ -73,14 +78,7 @@ class SubmitFastPath:
             refusal = log_error_answer(e)
             await refusal(scope, receive, send)
             return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [_JSON, (b"content-length", str(len(content)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": content})
+        await send_json(send, status, content)
 
 
 def _txn_in(body: bytes) -> TxnIn | None:

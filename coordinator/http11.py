@@ -184,8 +184,6 @@ class Client:
         try:
             conn, reused = await self._connection(origin, fresh)
             status, raw = await conn.send(request)
-        except TimeoutError as e:
-            raise HttpError("no reply in time") from e
         except OSError as e:
             raise HttpError(f"{type(e).__name__}: {e}") from e
         except HttpError as e:

@@ -23,7 +23,7 @@ from sqlalchemy import ARRAY, BigInteger, Integer, Text, and_, bindparam, or_, s
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import queries
-from coordinator.db import make_engine, plain_dsn
+from coordinator.db import make_engine, plain_dsn, server_settings
 from coordinator.errors import OwnershipLost
 from coordinator.records import (
     BranchProgress,
@@ -41,10 +41,6 @@ from participants.sdk.wire import GID_PATTERN
 
 _ARRAYS: dict[str, Any] = {
     "idx": ARRAY(Integer),
-    "participant": ARRAY(Text),
-    "action": ARRAY(Text),
-    "compensation": ARRAY(Text),
-    "payload": ARRAY(Text),
     "bstatus": ARRAY(Text),
     "battempts": ARRAY(Integer),
     "berror": ARRAY(Text),
@@ -183,9 +179,7 @@ class PgLog:
         self.engine = engine
         self.dsn = plain_dsn(dsn)
         self.pool_size = pool_size
-        self.server_settings = (
-            {"application_name": application_name[:63]} if application_name else {}
-        )
+        self.application_name = application_name
         self._hot: asyncpg.Pool | None = None
         self._progress: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
@@ -204,21 +198,21 @@ class PgLog:
                 if self._hot is None or self._progress is None:
                     # Opened lazily (connections too: min_size 0), so a coordinator starts
                     # while its log is down and serves once it is back.
-                    self._hot = await self._pool(self.server_settings)
+                    self._hot = await self._pool(server_settings(self.application_name))
                     # Rule 4: progress that recovery redoes idempotently (a saga step's
                     # result) is committed without waiting for the WAL flush; decisions never
                     # go through here.
                     self._progress = await self._pool(
-                        {**self.server_settings, "synchronous_commit": "off"}
+                        server_settings(self.application_name, synchronous_commit=False)
                     )
         return self._hot, self._progress
 
-    async def _pool(self, server_settings: dict[str, str]) -> asyncpg.Pool:
+    async def _pool(self, settings: dict[str, str]) -> asyncpg.Pool:
         pool = await asyncpg.create_pool(
             self.dsn,
             min_size=0,
             max_size=self.pool_size,
-            server_settings=server_settings,
+            server_settings=settings,
             reset=_no_reset,
         )
         assert pool is not None

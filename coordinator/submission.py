@@ -20,6 +20,7 @@ from participants.sdk.base import sqlstate
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 300.0  # the longest ?wait= a submission may ask for
+MAX_BODY_BYTES = 8 * 1024 * 1024  # the largest request body the API reads
 
 
 def invalid(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:

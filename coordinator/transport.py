@@ -63,7 +63,6 @@ MAX_REPLY_BYTES = 64 * 1024
 
 class HttpTransport:
     def __init__(self, registry: dict[str, str], timeout_s: float, hmac_secret: str = "") -> None:
-        self.registry = registry
         self.targets = {name: Origin.of(url) for name, url in registry.items()}
         self.secret = hmac_secret
         self.timeout_s = timeout_s

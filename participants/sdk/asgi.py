@@ -37,15 +37,19 @@ class BranchCalls:
         else:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             status, answer = await self.participant.answer(scope["path"], headers, body)
-        content = orjson.dumps(answer)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [_JSON, (b"content-length", str(len(content)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": content})
+        await send_json(send, status, orjson.dumps(answer))
+
+
+async def send_json(send: Send, status: int, content: bytes) -> None:
+    """A whole JSON response, straight to ASGI (the coordinator's fast path uses it too)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [_JSON, (b"content-length", str(len(content)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": content})
 
 
 async def _read(receive: Receive) -> bytes | None:

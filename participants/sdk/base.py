@@ -88,14 +88,22 @@ def literal(value: str) -> str:
 SAFE_LITERAL = re.compile(r"^[A-Za-z0-9._:-]{1,200}$")
 
 
-async def finish_local(conn: AsyncConnection, sql: str, done: bool) -> None:
-    """End a local transaction the SDK began itself on an AUTOCOMMIT connection (``sql``:
-    ``ROLLBACK``). ``done``: it ended already. If it cannot be ended, the connection is dropped,
-    never returned to the pool inside a transaction."""
-    if done or conn.closed or conn.invalidated:
+def begin(lock_timeout_ms: int | None) -> str:
+    """The start of a local transaction the SDK begins itself, to be sent in the same text as
+    its first statement; with ``lock_timeout_ms`` when the connection does not carry one."""
+    if lock_timeout_ms is None:
+        return "BEGIN; "
+    return f"BEGIN; SET LOCAL lock_timeout = {int(lock_timeout_ms)}; "
+
+
+async def roll_back_unless(conn: AsyncConnection, ended: bool) -> None:
+    """Roll back a local transaction the SDK began itself on an AUTOCOMMIT connection, unless
+    it ``ended`` already. If it cannot be rolled back, the connection is dropped, never returned
+    to the pool inside a transaction."""
+    if ended or conn.closed or conn.invalidated:
         return  # ended, or the connection is dropped already (a dead one is never pooled)
     try:
-        await run_once(conn, sql)
+        await run_once(conn, "ROLLBACK")
     except BaseException:
         if not conn.invalidated:
             await conn.invalidate()
@@ -142,12 +150,14 @@ class _Core:
     async def _limit_lock_wait(self, conn: AsyncConnection) -> None:
         """A call that finds its barrier key held by another call waits at most this long,
         then answers 503: no request blocks for long behind another."""
-        if self.lock_timeout_set:
-            return
-        await conn.execute(text(f"SET LOCAL lock_timeout = {self._lock_timeout()}"))
+        timeout = self._lock_wait_ms()
+        if timeout is not None:
+            await conn.execute(text(f"SET LOCAL lock_timeout = {timeout}"))
 
-    def _lock_timeout(self) -> int:
-        return int(self.settings.lock_timeout_ms)
+    def _lock_wait_ms(self) -> int | None:
+        """The lock timeout a local transaction must set itself: None when the connection
+        carries it already."""
+        return None if self.lock_timeout_set else int(self.settings.lock_timeout_ms)
 
     async def _pause_at(self, point: str) -> None:
         """Tests only (``pause_at``): hold the call here until the test releases it."""

@@ -25,8 +25,9 @@ from participants.sdk.base import (
     Handler,
     _Core,
     _Transient,
-    finish_local,
+    begin,
     literal,
+    roll_back_unless,
     run_once,
     sqlstate,
 )
@@ -71,10 +72,8 @@ def _answer_existing_action(row: Row[Any] | None) -> Reply:
 def begin_and_take(gid: str, branch: int, lock_timeout_ms: int | None) -> str:
     """Begin, and take the action's barrier key: status ``INSERT 0 1`` when it is ours. (The
     bench's floor sends the same text.)"""
-    lock_wait = "" if lock_timeout_ms is None else f"SET LOCAL lock_timeout = {lock_timeout_ms}; "
     return (
-        f"BEGIN; {lock_wait}"
-        f"INSERT INTO {BARRIER} (gid, branch, op, outcome) "
+        begin(lock_timeout_ms) + f"INSERT INTO {BARRIER} (gid, branch, op, outcome) "
         f"VALUES ({literal(gid)}, {int(branch)}, '{ACTION}', '{DONE}') "
         "ON CONFLICT DO NOTHING"
     )
@@ -95,7 +94,9 @@ class SagaBarrier(_Core):
             async with self._autocommit() as conn:
                 ended = False
                 try:
-                    claimed = await run_once(conn, self._begin_and_take(gid, branch))
+                    claimed = await run_once(
+                        conn, begin_and_take(gid, branch, self._lock_wait_ms())
+                    )
                     if claimed != "INSERT 0 1":
                         existing = (await conn.execute(_READ_ACTION, key)).first()
                         await run_once(conn, "ROLLBACK")
@@ -113,15 +114,11 @@ class SagaBarrier(_Core):
                     await self._record_failure(key, e.reason)
                     return 409, {"reason": e.reason}
                 finally:
-                    await finish_local(conn, "ROLLBACK", ended)
+                    await roll_back_unless(conn, ended)
         except STATEMENT_ERRORS as e:
             raise _Transient(f"action {gid}/{branch} failed: {sqlstate(e) or e}") from e
         log.info("saga action done", extra={"gid": gid, "branch": branch})
         return 200, {"done": True, "result": result or {}}
-
-    def _begin_and_take(self, gid: str, branch: int) -> str:
-        timeout = None if self.lock_timeout_set else self._lock_timeout()
-        return begin_and_take(gid, branch, timeout)
 
     async def _record_failure(self, key: dict[str, Any], reason: str) -> None:
         # Autonomous, after the rollback: a duplicate answers the same 409 without running the

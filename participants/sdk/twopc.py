@@ -18,8 +18,9 @@ from participants.sdk.base import (
     Handler,
     _Core,
     _Transient,
-    finish_local,
+    begin,
     literal,
+    roll_back_unless,
     run_once,
     sqlstate,
 )
@@ -54,10 +55,8 @@ def begin_and_claim(gid: str, branch: int, xid: str, lock_timeout_ms: int | None
     already (then the key is the prepared transaction's, and waiting on it would last until its
     commit). Its status is ``INSERT 0 1`` when the key is now ours. (The bench's floor sends the
     same text.)"""
-    lock_wait = "" if lock_timeout_ms is None else f"SET LOCAL lock_timeout = {lock_timeout_ms}; "
     return (
-        f"BEGIN; {lock_wait}"
-        f"INSERT INTO {BARRIER} (gid, branch, op, outcome) "
+        begin(lock_timeout_ms) + f"INSERT INTO {BARRIER} (gid, branch, op, outcome) "
         f"SELECT {literal(gid)}, {int(branch)}, '2pc', 'prepared' "
         f"WHERE NOT EXISTS (SELECT 1 FROM pg_prepared_xacts "
         f"WHERE gid = {literal(xid)} AND database = current_database()) "
@@ -84,7 +83,9 @@ class TwoPhase(_Core):
             async with self._autocommit() as conn:
                 ended = False
                 try:
-                    claimed = await run_once(conn, self._begin_and_claim(gid, branch, xid))
+                    claimed = await run_once(
+                        conn, begin_and_claim(gid, branch, xid, self._lock_wait_ms())
+                    )
                     if claimed != "INSERT 0 1":
                         # Prepared already (a repeat), or the key is another call's: answer as
                         # that call did, running no business code.
@@ -116,15 +117,11 @@ class TwoPhase(_Core):
                     await self._record_no_vote(key, e.reason)
                     return 409, {"reason": e.reason}
                 finally:
-                    await finish_local(conn, "ROLLBACK", ended)
+                    await roll_back_unless(conn, ended)
         except STATEMENT_ERRORS as e:
             raise _Transient(f"prepare of {xid} failed: {sqlstate(e) or e}") from e
         log.info("prepared", extra={"gid": gid, "branch": branch})
         return 200, {"vote": "yes", "result": result or {}}
-
-    def _begin_and_claim(self, gid: str, branch: int, xid: str) -> str:
-        timeout = None if self.lock_timeout_set else self._lock_timeout()
-        return begin_and_claim(gid, branch, xid, timeout)
 
     async def _answer_existing_prepare(
         self, conn: AsyncConnection, key: dict[str, Any], xid: str
