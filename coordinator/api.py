@@ -35,6 +35,7 @@ from coordinator.submission import (
     to_out,
 )
 from coordinator.transport import HttpTransport, Transport
+from participants.sdk.asgi import outermost
 from participants.sdk.wire import GID_PATTERN
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,8 @@ def create_app(
         c: Coordinator = request.app.state.coordinator
         return c
 
-    app.add_middleware(SubmitFastPath, coordinator=lambda: app.state.coordinator)
-    app.add_middleware(BodyLimit)
+    # Outside the app's middleware stack: a submission skips every layer it does not need.
+    outermost(app, lambda inner: BodyLimit(SubmitFastPath(inner, lambda: app.state.coordinator)))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -138,7 +138,7 @@ class Run(Generic[E]):
         await self.d.store.write_status(
             self.gid, self.epoch, status, reason, self.progress(statuses), "decided"
         )
-        log.info("decided %s", status, extra=self.extra)
+        log.debug("decided %s", status, extra=self.extra)  # the events table has it too
 
     async def finish(self, status: str, reason: str | None, statuses: Sequence[object]) -> None:
         """Rule 3: the outcome is logged before anyone is told."""

@@ -15,6 +15,8 @@ def main() -> None:
         port=settings.port,
         log_level="warning",
         access_log=False,
+        # No proxy in front of the services we run; uvicorn would parse headers for one anyway.
+        proxy_headers=False,
     )
 
 

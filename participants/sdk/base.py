@@ -4,13 +4,15 @@ errors, the engine a participant holds, and the barrier's lock timeout."""
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 from coordinator.crash import PausePoint
 from participants.sdk.settings import ParticipantSettings
@@ -58,8 +60,7 @@ async def run_once(conn: AsyncConnection, sql: str) -> str:
     TRANSACTION 'txn:gid:0'``) is not worth a server-side prepare, which costs a round trip of
     its own and churns the driver's statement cache. ``sql`` may hold several statements
     (``BEGIN; INSERT ...``); returns the last one's status (``INSERT 0 1``)."""
-    driver = (await conn.get_raw_connection()).driver_connection
-    assert driver is not None, "an open connection has its driver connection"
+    driver = await driver_of(conn)
     try:
         status: str = await driver.execute(sql)
         return status
@@ -75,6 +76,18 @@ async def run_once(conn: AsyncConnection, sql: str) -> str:
         if not refused or driver.is_closed():
             await conn.invalidate()
         raise
+
+
+async def driver_of(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under ``conn``: of a live connection, read without the greenlet
+    hop ``get_raw_connection`` takes (one per statement showed in the profile)."""
+    sync = conn.sync_connection
+    if sync is not None and not sync.invalidated and not sync.closed:
+        driver = sync.connection.driver_connection
+    else:
+        driver = (await conn.get_raw_connection()).driver_connection
+    assert driver is not None, "an open connection has its driver connection"
+    return driver
 
 
 def literal(value: str) -> str:
@@ -132,6 +145,8 @@ class _Core:
     # True once the engine's connections carry lock_timeout themselves (the SDK made them).
     lock_timeout_set: bool = False
     _autocommit_pair: tuple[AsyncEngine, AsyncEngine] | None = None
+    _spare: list[AsyncConnection]
+    _spare_cap: int = 1
 
     @property
     def engine(self) -> AsyncEngine:
@@ -139,13 +154,73 @@ class _Core:
             raise RuntimeError("the participant's engine is not open: use its lifespan")
         return self._engine
 
-    def _autocommit(self) -> AsyncConnection:
-        """A connection whose statements commit by themselves (COMMIT PREPARED needs that)."""
-        # Made once per engine: building the option engine on every call showed in the profile.
+    @asynccontextmanager
+    async def _autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection whose statements commit by themselves (COMMIT PREPARED needs that).
+
+        The SDK keeps a few of them checked out between its calls (``_spare``): the pool's
+        checkout and checkin, with their events and isolation-level switches, cost a
+        participant more CPU than a round trip to its database. One is kept only when the call
+        ended cleanly, with no transaction open; a connection error drops them all, as a
+        crashed database killed every one of them."""
         engine = self.engine
-        if self._autocommit_pair is None or self._autocommit_pair[0] is not engine:
-            self._autocommit_pair = (engine, engine.execution_options(isolation_level="AUTOCOMMIT"))
-        return self._autocommit_pair[1].connect()
+        pair = self._autocommit_pair
+        if pair is None or pair[0] is not engine:
+            # Made once per engine: building the option engine on every call showed in the
+            # profile.
+            pair = (engine, engine.execution_options(isolation_level="AUTOCOMMIT"))
+            self._autocommit_pair, self._spare = pair, []
+            # Half the engine's pool at most: the service's own endpoints keep the rest.
+            pool = engine.sync_engine.pool
+            size = pool.size() if isinstance(pool, QueuePool) else self.settings.pool_size
+            self._spare_cap = max(1, size // 2)
+        conn = await self._kept() or await pair[1].connect()
+        clean = False
+        try:
+            yield conn
+            clean = True
+        finally:
+            await self._release(conn, clean and pair is self._autocommit_pair)
+
+    async def _kept(self) -> AsyncConnection | None:
+        """A kept connection whose server is still there (one the server closed, as a restart
+        does, is known closed as soon as the event loop saw its socket end)."""
+        while self._spare:
+            conn = self._spare.pop()
+            if not (await driver_of(conn)).is_closed():
+                return conn
+            await conn.invalidate()
+            await conn.close()
+        return None
+
+    async def _release(self, conn: AsyncConnection, reusable: bool) -> None:
+        if conn.invalidated or conn.closed:
+            # A connection error (run_once drops the connection): the kept ones met the same
+            # fate, a crashed or restarted database, most likely.
+            await self._drop_spare()
+            await conn.close()
+            return
+        if (await driver_of(conn)).is_in_transaction():
+            # Never back to a pool inside a transaction (the pool's reset does not see one the
+            # SDK began itself).
+            await conn.invalidate()
+            await conn.close()
+            return
+        if reusable and len(self._spare) < self._spare_cap:
+            if conn.in_transaction():
+                # SQLAlchemy's own marker: on an AUTOCOMMIT connection, no round trip.
+                await conn.rollback()
+            self._spare.append(conn)
+            return
+        await conn.close()
+
+    async def _drop_spare(self) -> None:
+        """Return the kept connections to the pool (or drop them): on a connection error, and
+        before the engine is disposed of."""
+        spare, self._spare = self._spare, []
+        for conn in spare:
+            await conn.invalidate()
+            await conn.close()
 
     async def _limit_lock_wait(self, conn: AsyncConnection) -> None:
         """A call that finds its barrier key held by another call waits at most this long,

@@ -92,6 +92,7 @@ class Participant(TwoPhase, SagaBarrier):
     ) -> None:
         self.settings = settings
         self._engine = engine
+        self._spare = []
         self.barrier_hook = barrier_hook
         self.router = APIRouter()
         self.crash = CrashPoints(settings.crash_at, settings.crash_marker, PARTICIPANT_POINTS)
@@ -131,6 +132,7 @@ class Participant(TwoPhase, SagaBarrier):
                 resolver.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await resolver
+            await self._drop_spare()
             await self._engine.dispose()
             self._engine = None
 
@@ -192,11 +194,13 @@ class Participant(TwoPhase, SagaBarrier):
     def mount(self, app: FastAPI) -> None:
         """Serve this participant's endpoints on ``app``: its routes (they show in the OpenAPI
         document) and the ASGI fast path that answers the same calls without FastAPI's
-        per-request machinery (``participants.sdk.asgi``)."""
-        from participants.sdk.asgi import BranchCalls
+        per-request machinery (``participants.sdk.asgi``). The fast path sits outside the
+        app's middleware, so branch calls skip it: they carry the coordinator's signature
+        (``TXNP_HMAC_SECRET``), not the app's own authentication."""
+        from participants.sdk.asgi import BranchCalls, outermost
 
         app.include_router(self.router)
-        app.add_middleware(BranchCalls, participant=self)
+        outermost(app, lambda inner: BranchCalls(inner, self))
 
     def serves(self, path: str) -> bool:
         """Whether ``path`` is one of this participant's endpoints."""

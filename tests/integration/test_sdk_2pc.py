@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator.db import make_engine
 from participants.ledger.app import adjust
 from participants.sdk import BusinessError, Participant, ParticipantSettings, wire
-from participants.sdk.base import _Transient
+from participants.sdk.base import _Transient, run_once
 from tests.helpers import ledger_app
 
 
@@ -31,6 +31,7 @@ async def sdk(ledger_dsn: str) -> AsyncIterator[Participant]:
     try:
         yield participant
     finally:
+        await participant._drop_spare()
         await engine.dispose()
 
 
@@ -269,3 +270,51 @@ async def test_a_failing_handler_leaves_no_connection_inside_a_transaction(
     assert (await sdk.run_action(g, 1, {"account": "f", "delta": -5}, adjust))[0] == 200
     assert await balance(ledger_dsn, "f") == 85
     assert await idle_in_transaction(ledger_dsn) == []
+
+
+async def test_calls_run_on_kept_connections_and_none_is_kept_in_a_transaction(
+    sdk: Participant, ledger_dsn: str
+) -> None:
+    """The SDK keeps a few AUTOCOMMIT connections between its own calls (the pool's checkout
+    cost more than a round trip): one call after another runs on one server session, and a
+    connection given back inside a transaction is neither kept nor pooled."""
+    await open_account(ledger_dsn, "k", 100)
+    sessions: list[int] = []
+
+    async def adjust_and_tell(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+        sessions.append((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+        return await adjust(conn, payload)
+
+    for branch in range(3):
+        call = await sdk.run_action(gid(), branch, {"account": "k", "delta": 1}, adjust_and_tell)
+        assert call[0] == 200
+    assert len(sessions) == 3 and len(set(sessions)) == 1
+    async with sdk._autocommit() as conn:
+        await run_once(conn, "BEGIN")
+    assert conn not in sdk._spare and conn.closed
+    assert await idle_in_transaction(ledger_dsn) == []
+    assert (await sdk.run_action(gid(), 0, {"account": "k", "delta": 1}, adjust))[0] == 200
+    assert await balance(ledger_dsn, "k") == 104
+
+
+async def test_kept_connections_the_server_closed_are_not_used(
+    sdk: Participant, ledger_dsn: str
+) -> None:
+    """A database restart closes every kept connection: the next call passes over them and
+    succeeds at once on a fresh one, instead of failing on a dead one. (Two calls at once, so
+    both connections are kept, half the pool of 5, and none waits in the pool itself.)"""
+    await open_account(ledger_dsn, "d", 100)
+    moves = [sdk.run_action(gid(), 0, {"account": "d", "delta": 1}, adjust) for _ in range(2)]
+    assert [status for status, _ in await asyncio.gather(*moves)] == [200] * 2
+    kept = list(sdk._spare)
+    assert len(kept) == 2
+    await sql(
+        ledger_dsn,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+        "AND backend_type = 'client backend'",
+    )
+    await asyncio.sleep(0.3)  # the event loop sees the sockets end
+    assert (await sdk.run_action(gid(), 0, {"account": "d", "delta": 1}, adjust))[0] == 200
+    assert all(conn.closed for conn in kept)
+    assert await balance(ledger_dsn, "d") == 103

@@ -4,6 +4,7 @@ transport that always says yes; the contract suite keeps MemLog honest)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -36,11 +37,13 @@ def app_with(fast_path: bool) -> FastAPI:
     settings = Settings(
         participants={"a": "http://127.0.0.1:9", "b": "http://127.0.0.1:9"}, recovery=False
     )
-    app = create_app(settings, MemLog(clock=lambda: NOW), YesTransport())
-    if not fast_path:
-        kept = [m for m in app.user_middleware if cast(Any, m.cls) is not SubmitFastPath]
-        assert len(kept) == len(app.user_middleware) - 1
-        app.user_middleware = kept
+    # The stack is built here, where the patch holds (an app builds it when it first serves).
+    without = mock.patch.object(api, "SubmitFastPath", lambda inner, _coordinator: inner)
+    with without if not fast_path else contextlib.nullcontext():
+        app = create_app(settings, MemLog(clock=lambda: NOW), YesTransport())
+        app.middleware_stack = app.build_middleware_stack()
+    # The fast path sits inside BodyLimit, outside the app's middleware stack.
+    assert isinstance(cast(Any, app.middleware_stack).app, SubmitFastPath) is fast_path
     return app
 
 
