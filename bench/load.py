@@ -19,6 +19,8 @@ import aiohttp
 import asyncpg
 import orjson
 
+from coordinator.http11 import Client, Origin
+
 WAIT_S = 30.0  # the coordinator's ?wait=: long enough for any outcome under load
 ERROR_PAUSE_S = 0.01  # a failing client pauses this long, so a dead target is not a busy loop
 MAX_EXAMPLES = 5
@@ -162,22 +164,27 @@ async def ensure_accounts(
 
 class ProductLoad:
     """POST /v1/transactions?wait=…: one adjust per ledger; the reply is the logged outcome
-    (the API waits until the status is terminal, rule 3), so a 201 ``committed`` is a commit."""
+    (the API waits until the status is terminal, rule 3), so a 201 ``committed`` is a commit.
+
+    The clients speak through the coordinator's own lean HTTP/1.1 client (keep-alive, one
+    connection per client): the load generator shares the machine with what it measures, and
+    aiohttp cost it twice the CPU per request (``docs/performance.md``)."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        client: Client,
         coordinator_url: str,
         ledgers: list[str],
         mode: str,
         gid_prefix: str,
     ) -> None:
-        self.session = session
-        self.url = f"{coordinator_url}/v1/transactions?wait={WAIT_S:g}"
+        self.client = client
+        self.origin, base = Origin.of(coordinator_url)
+        self.path = f"{base}/v1/transactions?wait={WAIT_S:g}"
         self.ledgers = ledgers
         self.mode = mode
         self.prefix = gid_prefix
-        self.headers = {"content-type": "application/json"}
+        self.headers = {"Content-Type": "application/json"}
 
     async def __call__(self, client: int, seq: int) -> None:
         body = {
@@ -185,12 +192,11 @@ class ProductLoad:
             "mode": self.mode,
             "branches": branches(self.mode, self.ledgers, client, seq),
         }
-        async with self.session.post(
-            self.url, data=orjson.dumps(body), headers=self.headers
-        ) as reply:
-            raw = await reply.read()
-            if reply.status != 201:
-                raise TxnFailed(f"HTTP {reply.status}: {raw[:200]!r}")
+        status, raw = await self.client.post(
+            self.origin, self.path, self.headers, orjson.dumps(body), WAIT_S + 30
+        )
+        if status != 201:
+            raise TxnFailed(f"HTTP {status}: {raw[:200]!r}")
         answer = orjson.loads(raw)
         if answer.get("status") != "committed":
             raise TxnFailed(f"{answer.get('status')}: {answer.get('reason')}")
@@ -212,9 +218,12 @@ async def run_product(
     duration_s: float,
     gid_prefix: str,
 ) -> RunStats:
-    async with http_session(concurrency) as session:
-        load = ProductLoad(session, coordinator_url, ledgers, mode, gid_prefix)
+    client = Client(limit=max(concurrency, 1) + 4)
+    try:
+        load = ProductLoad(client, coordinator_url, ledgers, mode, gid_prefix)
         return await closed_loop(concurrency, warmup_s, duration_s, load)
+    finally:
+        await client.close()
 
 
 # -- evidence: how many log writes a transaction really made ------------------------------
