@@ -23,6 +23,7 @@ from sqlalchemy import ARRAY, BigInteger, Integer, Text, and_, bindparam, or_, s
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import queries
+from coordinator.batch import Coalescer
 from coordinator.db import make_engine, plain_dsn, server_settings
 from coordinator.errors import OwnershipLost
 from coordinator.records import (
@@ -91,6 +92,18 @@ class Raw:
 RAW_INSERT = Raw.of(queries.INSERT_TXN)
 RAW_WRITE_STATUS = Raw.of(queries.WRITE_STATUS)
 RAW_WRITE_PROGRESS = Raw.of(queries.WRITE_PROGRESS)
+RAW_WRITE_PROGRESS_MANY = Raw.of(queries.WRITE_PROGRESS_MANY)
+# The columns of WRITE_PROGRESS_MANY, in the order of a row passed to the coalescer.
+_PROGRESS_COLUMNS = (
+    "gids",
+    "epochs",
+    "branches",
+    "statuses",
+    "attempts",
+    "last_errors",
+    "events",
+    "details",
+)
 RAW_GET = Raw.of(queries.GET_TXN)
 
 
@@ -183,6 +196,7 @@ class PgLog:
         self._hot: asyncpg.Pool | None = None
         self._progress: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
+        self.progress_writes = Coalescer(self._write_progress_rows)
 
     @classmethod
     def connect(cls, dsn: str, pool_size: int = 20, application_name: str = "") -> PgLog:
@@ -378,21 +392,28 @@ class PgLog:
         event: str,
         detail: dict[str, Any] | None,
     ) -> None:
-        params = {
-            "gid": gid,
-            "epoch": epoch,
-            "branch": idx,
-            "status": progress.status,
-            "attempts": progress.attempts,
-            "last_error": progress.last_error,
-            "event": event,
-            "detail": orjson.dumps(detail).decode() if detail is not None else None,
-        }
+        row = (
+            gid,
+            epoch,
+            idx,
+            progress.status,
+            progress.attempts,
+            progress.last_error,
+            event,
+            orjson.dumps(detail).decode() if detail is not None else None,
+        )
+        # Rule 4: redoable progress, coalesced with other transactions' (coordinator/batch.py).
+        if not await self.progress_writes.write(gid, row):
+            raise OwnershipLost(f"transaction {gid}: epoch {epoch} is no longer current")
+
+    async def _write_progress_rows(self, rows: Sequence[tuple[Any, ...]]) -> set[str]:
+        columns = dict(zip(_PROGRESS_COLUMNS, map(list, zip(*rows, strict=True)), strict=True))
         _, progress_pool = await self._pools()
         async with progress_pool.acquire() as conn:
-            n = await conn.fetchval(RAW_WRITE_PROGRESS.sql, *RAW_WRITE_PROGRESS.args(params))
-        if n == 0:
-            raise OwnershipLost(f"transaction {gid}: epoch {epoch} is no longer current")
+            found = await conn.fetch(
+                RAW_WRITE_PROGRESS_MANY.sql, *RAW_WRITE_PROGRESS_MANY.args(columns)
+            )
+        return {r["gid"] for r in found}
 
     async def reschedule(
         self,

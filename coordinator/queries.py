@@ -153,6 +153,33 @@ WITH t AS (
 SELECT count(*) AS n FROM t
 """
 
+# WRITE_PROGRESS for many transactions in one statement (coordinator/batch.py), each row
+# fenced on its own epoch; returns the gids found at their epoch. One row per transaction.
+WRITE_PROGRESS_MANY = """
+WITH i AS (
+    SELECT * FROM unnest(
+        CAST(:gids AS text[]), CAST(:epochs AS bigint[]), CAST(:branches AS int[]),
+        CAST(:statuses AS text[]), CAST(:attempts AS int[]), CAST(:last_errors AS text[]),
+        CAST(:events AS text[]), CAST(:details AS text[])
+    ) AS i(gid, epoch, branch, status, attempts, last_error, event, detail)
+), t AS (
+    UPDATE transactions SET updated_at = now()
+    FROM i WHERE transactions.gid = i.gid AND transactions.epoch = i.epoch
+    RETURNING transactions.gid
+), b AS (
+    UPDATE branches SET status = i.status, attempts = i.attempts, last_error = i.last_error,
+                        updated_at = now()
+    FROM i JOIN t ON t.gid = i.gid
+    WHERE branches.gid = i.gid AND branches.idx = i.branch
+    RETURNING 1
+), e AS (
+    INSERT INTO events (gid, kind, branch, detail)
+    SELECT i.gid, i.event, i.branch, CAST(i.detail AS jsonb) FROM i JOIN t ON t.gid = i.gid
+    RETURNING 1
+)
+SELECT gid FROM t
+"""
+
 # Doubt resolution: asked about a 2PC transaction still `preparing` whose owner's lease ran out,
 # decide abort (presumed abort) before answering. The epoch bump fences the old driver, should
 # it wake up; the asker becomes the owner and drives the rollbacks. Guarded by the lease, so a

@@ -26,8 +26,9 @@ class ParticipantSettings(BaseSettings):
         32,
         gt=0,
         description=(
-            "Database connection pool size (up to twice as many with overflow). Below the "
-            "number of calls in flight, connections are opened and closed per call."
+            "Database connection pool size (up to twice as many with overflow); the SDK keeps "
+            "up to half of it checked out between its own calls. Below the number of calls in "
+            "flight, connections are opened and closed per call."
         ),
     )
     lock_timeout_ms: int = Field(

@@ -473,6 +473,45 @@ async def test_write_progress_updates_one_branch_and_records_its_event(store: Lo
     assert (await must_get(store, "g1")).branches[0].status == "pending"
 
 
+async def test_concurrent_progress_writes_each_keep_their_own_fence_and_data(
+    store: LogStore,
+) -> None:
+    """Many transactions' progress at once (on Postgres they travel together, several to a
+    statement): each write lands on its own branch, and only the one with a stale epoch is
+    refused, without failing the others."""
+    for i in range(12):
+        await store.insert(new_txn(f"c{i}", n=2), "a", LONG)
+    writes = [
+        store.write_progress(
+            f"c{i}",
+            1 if i != 5 else 2,
+            i % 2,
+            BranchProgress("succeeded", i, f"e{i}"),
+            "action:succeeded",
+            {"i": i},
+        )
+        for i in range(12)
+    ]
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert [type(r) for r in results] == [
+        OwnershipLost if i == 5 else type(None) for i in range(12)
+    ]
+    for i in range(12):
+        rec = await must_get(store, f"c{i}")
+        expected = ("pending", 0, None) if i == 5 else ("succeeded", i, f"e{i}")
+        assert (
+            rec.branches[i % 2].status,
+            rec.branches[i % 2].attempts,
+            rec.branches[i % 2].last_error,
+        ) == expected
+        last = (await store.events(f"c{i}"))[-1]
+        assert (last.kind, last.detail) == (
+            ("submitted", {"owner": "a"}) if i == 5 else ("action:succeeded", {"i": i})
+        )
+    if isinstance(store, PgLog):
+        assert store.progress_writes.batches < store.progress_writes.writes
+
+
 # --- doubt resolution -------------------------------------------------------------------
 
 

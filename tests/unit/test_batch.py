@@ -1,0 +1,103 @@
+"""The coalescer of redoable log writes (coordinator/batch.py), with a recording fake statement."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import pytest
+
+from coordinator.batch import Coalescer
+
+
+class Statement:
+    """Records each batch; finds every gid except those in ``stale``; refuses rows with "bad"
+    as a data error and any batch while ``down``. ``gate`` holds a batch until it is set."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.stale: set[str] = set()
+        self.down = False
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def __call__(self, rows: Sequence[tuple[Any, ...]]) -> set[str]:
+        gids = [row[0] for row in rows]
+        self.batches.append(gids)
+        await self.gate.wait()
+        if self.down:
+            raise ConnectionError("log down")
+        if any(row[1] == "bad" for row in rows):
+            raise asyncpg.DataError("invalid byte sequence")
+        return set(gids) - self.stale
+
+
+async def test_a_lone_write_goes_at_once_in_a_statement_of_its_own() -> None:
+    statement = Statement()
+    coalescer = Coalescer(statement)
+    assert await coalescer.write("g1", ("g1", "ok")) is True
+    assert statement.batches == [["g1"]]
+
+
+async def test_writes_arriving_during_a_batch_travel_together_in_the_next() -> None:
+    statement = Statement()
+    statement.gate.clear()
+    coalescer = Coalescer(statement, limit=3)
+    first = asyncio.create_task(coalescer.write("g0", ("g0", "ok")))
+    await asyncio.sleep(0)  # the first batch is on its way
+    rest = [asyncio.create_task(coalescer.write(f"g{i}", (f"g{i}", "ok"))) for i in range(1, 6)]
+    await asyncio.sleep(0)
+    statement.gate.set()
+    assert await asyncio.gather(first, *rest) == [True] * 6
+    assert statement.batches == [["g0"], ["g1", "g2", "g3"], ["g4", "g5"]]
+    assert (coalescer.batches, coalescer.writes) == (3, 6)
+
+
+async def test_two_writes_of_one_transaction_never_share_a_batch_and_keep_their_order() -> None:
+    statement = Statement()
+    statement.gate.clear()
+    coalescer = Coalescer(statement)
+    first = asyncio.create_task(coalescer.write("g0", ("g0", "ok")))
+    await asyncio.sleep(0)
+    later = [asyncio.create_task(coalescer.write(gid, (gid, "ok"))) for gid in ("a", "a", "b", "a")]
+    await asyncio.sleep(0)
+    statement.gate.set()
+    await asyncio.gather(first, *later)
+    assert statement.batches == [["g0"], ["a", "b"], ["a"], ["a"]]
+
+
+async def test_each_write_gets_its_own_fence() -> None:
+    statement = Statement()
+    statement.stale = {"old"}
+    coalescer = Coalescer(statement)
+    answers = await asyncio.gather(*(coalescer.write(g, (g, "ok")) for g in ("x", "old", "y")))
+    assert answers == [True, False, True]
+
+
+async def test_a_row_the_log_cannot_store_fails_alone() -> None:
+    statement = Statement()
+    statement.gate.clear()
+    coalescer = Coalescer(statement)
+    first = asyncio.create_task(coalescer.write("g0", ("g0", "ok")))
+    await asyncio.sleep(0)
+    rows = {"a": "ok", "b": "bad", "c": "ok"}
+    later = [asyncio.create_task(coalescer.write(g, (g, v))) for g, v in rows.items()]
+    await asyncio.sleep(0)
+    statement.gate.set()
+    results = await asyncio.gather(first, *later, return_exceptions=True)
+    assert results[:2] == [True, True] and results[3] is True
+    assert isinstance(results[2], asyncpg.DataError)
+    # The batch, then one statement per row.
+    assert statement.batches == [["g0"], ["a", "b", "c"], ["a"], ["b"], ["c"]]
+
+
+async def test_a_failed_statement_fails_its_batch_and_the_next_writes_go_on() -> None:
+    statement = Statement()
+    statement.down = True
+    coalescer = Coalescer(statement)
+    with pytest.raises(ConnectionError):
+        await coalescer.write("g1", ("g1", "ok"))
+    statement.down = False
+    assert await coalescer.write("g2", ("g2", "ok")) is True
