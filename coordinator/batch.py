@@ -1,13 +1,15 @@
-"""Coalescing of concurrent log writes that recovery can redo (DESIGN rule 4: saga progress).
+"""Coalescing of concurrent log writes that recovery can redo (DESIGN rule 4): a saga step's
+progress, and a 2PC outcome written after its durable decision.
 
 While one batch is on its way to the log, the writes that arrive queue up; the next batch takes
 them all (up to ``limit``) in one statement. A lone write goes at once, so one client sees no
 extra wait; at 32 clients a saga's progress writes travel several to a round trip, which saves
 the coordinator and the log a statement each (``docs/performance.md``).
 
-Each write keeps its own answer: whether its fenced update found its transaction at its epoch
-(rule 5). Two writes for one transaction never share a batch, so their order holds. A batch the
-log refuses for its data is retried one write at a time, so only the write at fault fails.
+Each write keeps its own answer: what its fenced update returned for its transaction, or None
+when it did not find it at its epoch (rule 5). Two writes for one transaction never share a
+batch, so their order holds. A batch the log refuses for its data is retried one write at a
+time, so only the write at fault fails.
 """
 
 from __future__ import annotations
@@ -16,34 +18,37 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
+R = TypeVar("R")
+
 
 @dataclass
-class _Write:
+class _Write(Generic[R]):
     gid: str
     row: tuple[Any, ...]
-    answer: asyncio.Future[bool] = field(repr=False)
+    answer: asyncio.Future[R | None] = field(repr=False)
 
 
-class Coalescer:
+class Coalescer(Generic[R]):
     """``write(gid, row)`` answers what ``run`` said of that row: ``run(rows)`` writes every
-    row in one statement and returns the gids it found at their epoch."""
+    row in one statement and returns, by gid, what it returned for each transaction it found
+    at its epoch."""
 
     def __init__(
-        self, run: Callable[[Sequence[tuple[Any, ...]]], Awaitable[set[str]]], limit: int = 64
+        self, run: Callable[[Sequence[tuple[Any, ...]]], Awaitable[dict[str, R]]], limit: int = 64
     ) -> None:
         self.run = run
         self.limit = limit
-        self._queue: deque[_Write] = deque()
+        self._queue: deque[_Write[R]] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self.batches = 0  # statements sent, for the tests and the docs' figures
         self.writes = 0
 
-    async def write(self, gid: str, row: tuple[Any, ...]) -> bool:
-        write = _Write(gid, row, asyncio.get_running_loop().create_future())
+    async def write(self, gid: str, row: tuple[Any, ...]) -> R | None:
+        write: _Write[R] = _Write(gid, row, asyncio.get_running_loop().create_future())
         self._queue.append(write)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="log-write-coalescer")
@@ -66,12 +71,12 @@ class Coalescer:
                 continue
             for write in batch:
                 if not write.answer.done():  # a waiter that gave up: the write still stands
-                    write.answer.set_result(write.gid in found)
+                    write.answer.set_result(found.get(write.gid))
 
-    def _take(self) -> list[_Write]:
-        batch: list[_Write] = []
+    def _take(self) -> list[_Write[R]]:
+        batch: list[_Write[R]] = []
         gids: set[str] = set()
-        later: list[_Write] = []
+        later: list[_Write[R]] = []
         while self._queue and len(batch) < self.limit:
             write = self._queue.popleft()
             (later if write.gid in gids else batch).append(write)
@@ -79,7 +84,7 @@ class Coalescer:
         self._queue.extendleft(reversed(later))
         return batch
 
-    async def _send(self, batch: list[_Write]) -> set[str]:
+    async def _send(self, batch: list[_Write[R]]) -> dict[str, R]:
         self.batches += 1
         self.writes += len(batch)
         try:
@@ -88,7 +93,7 @@ class Coalescer:
             if len(batch) == 1:
                 raise
         # One row the log cannot store must not fail the others: one statement each.
-        found: set[str] = set()
+        found: dict[str, R] = {}
         for write in batch:
             try:
                 found |= await self.run([write.row])

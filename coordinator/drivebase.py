@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from coordinator.crash import CrashPoints
 from coordinator.logstore import LogStore
@@ -52,6 +52,10 @@ class Deps:
 
 class Run(Generic[E]):
     """One drive of one transaction under one epoch. ``E``: the protocol's event type."""
+
+    # Whether recovery would redo the outcome write from what the log held before it (rule 4:
+    # then the log may carry it in one statement with other transactions' outcomes).
+    redoable_outcome: ClassVar[bool] = False
 
     def __init__(self, deps: Deps, claim: Claim) -> None:
         self.d = deps
@@ -144,7 +148,13 @@ class Run(Generic[E]):
         """Rule 3: the outcome is logged before anyone is told."""
         progress = self.progress(statuses)
         at = await self.d.store.write_status(
-            self.gid, self.epoch, status, reason, progress, "finished"
+            self.gid,
+            self.epoch,
+            status,
+            reason,
+            progress,
+            "finished",
+            redoable=self.redoable_outcome,
         )
         log.info("finished %s", status, extra=self.extra)
         self.d.metrics.inc("txn_finished_total", status=status)

@@ -33,6 +33,12 @@ def state_of(record: TxnRecord) -> twopc.State:
 
 
 class _TwoPCRun(Run[twopc.Event]):
+    # A 2PC outcome follows what the log already holds: `committing` (the durable decision)
+    # is finished by committing every branch again, `preparing` or `aborting` by rolling every
+    # branch back, each answered as the first time. (A saga's is not: past its deadline, a
+    # `running` saga is compensated.)
+    redoable_outcome = True
+
     def __init__(self, deps: Deps, claim: Claim) -> None:
         super().__init__(deps, claim)
         self.prepares: set[asyncio.Task[None]] = set()

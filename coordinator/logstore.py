@@ -45,9 +45,13 @@ class LogStore(Protocol):
         reason: str | None,
         branches: Sequence[BranchProgress],
         event: str,
+        *,
+        redoable: bool = False,
     ) -> datetime:
         """Fenced write of a status and every branch's progress (rule 5); raises OwnershipLost.
-        Returns the log's time of the write (the record's new ``updated_at``)."""
+        Returns the log's time of the write (the record's new ``updated_at``). ``redoable``: the
+        caller states that recovery would redo this write (rule 4), so the store may carry it
+        in one statement with others'; it is as durable as any status write when this returns."""
         ...
 
     async def write_progress(

@@ -188,6 +188,8 @@ class MemLog:
         reason: str | None,
         branches: Sequence[BranchProgress],
         event: str,
+        *,
+        redoable: bool = False,
     ) -> datetime:
         now = self.now()
         row = self._fenced(gid, epoch)

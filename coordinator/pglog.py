@@ -93,6 +93,7 @@ RAW_INSERT = Raw.of(queries.INSERT_TXN)
 RAW_WRITE_STATUS = Raw.of(queries.WRITE_STATUS)
 RAW_WRITE_PROGRESS = Raw.of(queries.WRITE_PROGRESS)
 RAW_WRITE_PROGRESS_MANY = Raw.of(queries.WRITE_PROGRESS_MANY)
+RAW_WRITE_STATUS_MANY = Raw.of(queries.WRITE_STATUS_MANY)
 # The columns of WRITE_PROGRESS_MANY, in the order of a row passed to the coalescer.
 _PROGRESS_COLUMNS = (
     "gids",
@@ -197,6 +198,7 @@ class PgLog:
         self._progress: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self.progress_writes = Coalescer(self._write_progress_rows)
+        self.status_writes = Coalescer(self._write_status_rows)
 
     @classmethod
     def connect(cls, dsn: str, pool_size: int = 20, application_name: str = "") -> PgLog:
@@ -366,7 +368,17 @@ class PgLog:
         reason: str | None,
         branches: Sequence[BranchProgress],
         event: str,
+        *,
+        redoable: bool = False,
     ) -> datetime:
+        if redoable:
+            # Rule 4: coalesced with other transactions' (coordinator/batch.py); a statement
+            # on the synchronous pool, so durable before anyone is told.
+            row = (gid, epoch, status, reason, event, tuple(branches))
+            written = await self.status_writes.write(gid, row)
+            if written is None:
+                raise OwnershipLost(f"transaction {gid}: epoch {epoch} is no longer current")
+            return written
         params = {
             "gid": gid,
             "epoch": epoch,
@@ -403,17 +415,47 @@ class PgLog:
             orjson.dumps(detail).decode() if detail is not None else None,
         )
         # Rule 4: redoable progress, coalesced with other transactions' (coordinator/batch.py).
-        if not await self.progress_writes.write(gid, row):
+        if await self.progress_writes.write(gid, row) is None:
             raise OwnershipLost(f"transaction {gid}: epoch {epoch} is no longer current")
 
-    async def _write_progress_rows(self, rows: Sequence[tuple[Any, ...]]) -> set[str]:
+    async def _write_status_rows(self, rows: Sequence[tuple[Any, ...]]) -> dict[str, datetime]:
+        params: dict[str, list[Any]] = {
+            "gids": [],
+            "epochs": [],
+            "statuses": [],
+            "reasons": [],
+            "events": [],
+            "bgids": [],
+            "idx": [],
+            "bstatus": [],
+            "battempts": [],
+            "berror": [],
+        }
+        for gid, epoch, status, reason, event, progress in rows:
+            params["gids"].append(gid)
+            params["epochs"].append(epoch)
+            params["statuses"].append(status)
+            params["reasons"].append(reason)
+            params["events"].append(event)
+            for idx, b in enumerate(progress):
+                params["bgids"].append(gid)
+                params["idx"].append(idx)
+                params["bstatus"].append(b.status)
+                params["battempts"].append(b.attempts)
+                params["berror"].append(b.last_error)
+        hot, _ = await self._pools()
+        async with hot.acquire() as conn:
+            found = await conn.fetch(RAW_WRITE_STATUS_MANY.sql, *RAW_WRITE_STATUS_MANY.args(params))
+        return {r["gid"]: r["at"] for r in found}
+
+    async def _write_progress_rows(self, rows: Sequence[tuple[Any, ...]]) -> dict[str, bool]:
         columns = dict(zip(_PROGRESS_COLUMNS, map(list, zip(*rows, strict=True)), strict=True))
         _, progress_pool = await self._pools()
         async with progress_pool.acquire() as conn:
             found = await conn.fetch(
                 RAW_WRITE_PROGRESS_MANY.sql, *RAW_WRITE_PROGRESS_MANY.args(columns)
             )
-        return {r["gid"] for r in found}
+        return {r["gid"]: True for r in found}
 
     async def reschedule(
         self,

@@ -57,6 +57,41 @@ WITH t AS (
 SELECT count(*) AS n, now() AS at FROM t
 """
 
+# WRITE_STATUS for many transactions in one statement (coordinator/batch.py), each row fenced
+# on its own epoch; the branches of every row are flattened into arrays keyed by gid. Used only
+# for writes recovery would redo (rule 4): a 2PC outcome after its durable decision.
+WRITE_STATUS_MANY = """
+WITH i AS (
+    SELECT * FROM unnest(
+        CAST(:gids AS text[]), CAST(:epochs AS bigint[]), CAST(:statuses AS text[]),
+        CAST(:reasons AS text[]), CAST(:events AS text[])
+    ) AS i(gid, epoch, status, reason, event)
+), locked AS (
+    SELECT tx.gid FROM transactions AS tx JOIN i ON tx.gid = i.gid AND tx.epoch = i.epoch
+    ORDER BY tx.gid
+    FOR UPDATE OF tx
+), t AS (
+    UPDATE transactions SET status = i.status, reason = i.reason, updated_at = now()
+    FROM locked JOIN i ON i.gid = locked.gid WHERE transactions.gid = locked.gid
+    RETURNING transactions.gid, i.status, i.reason, i.epoch, i.event
+), b AS (
+    UPDATE branches SET status = u.status, attempts = u.attempts, last_error = u.last_error,
+                        updated_at = now()
+    FROM t, unnest(CAST(:bgids AS text[]), CAST(:idx AS int[]), CAST(:bstatus AS text[]),
+                   CAST(:battempts AS int[]), CAST(:berror AS text[]))
+            AS u(gid, idx, status, attempts, last_error)
+    WHERE u.gid = t.gid AND branches.gid = t.gid AND branches.idx = u.idx
+    RETURNING 1
+), e AS (
+    INSERT INTO events (gid, kind, detail)
+    SELECT t.gid, t.event, jsonb_build_object('status', t.status, 'reason', t.reason,
+                                              'epoch', t.epoch)
+    FROM t
+    RETURNING 1
+)
+SELECT t.gid, now() AS at FROM t
+"""
+
 # Fenced like WRITE_STATUS. Backoff: initial * 2^attempts, capped, with full jitter in [0.5, 1],
 # computed by the database so no coordinator clock is involved. The lease is released (set to
 # now()) so whichever instance is free claims the transaction when it is due.
@@ -116,11 +151,23 @@ SELECT c.*, now() AS db_now FROM c
 """
 
 # Lease renewal for everything a live instance drives, in one statement.
+# Every statement that updates several transactions rows (this one, WRITE_PROGRESS_MANY,
+# WRITE_STATUS_MANY) locks them in gid order first: two of them locking in whatever order their
+# plans chose could deadlock each other (Postgres would break the cycle after deadlock_timeout
+# by failing one: a lease not renewed, a batch of writes refused). The claim skips locked rows.
 RENEW = """
+WITH locked AS (
+    SELECT tx.gid
+    FROM transactions AS tx
+    JOIN unnest(CAST(:gids AS text[]), CAST(:epochs AS bigint[])) AS u(gid, epoch)
+      ON tx.gid = u.gid AND tx.epoch = u.epoch
+    WHERE tx.owner = :owner AND tx.status NOT IN ('committed', 'aborted')
+    ORDER BY tx.gid
+    FOR UPDATE OF tx
+)
 UPDATE transactions AS tx SET lease_until = now() + make_interval(secs => :lease_s)
-FROM unnest(CAST(:gids AS text[]), CAST(:epochs AS bigint[])) AS u(gid, epoch)
-WHERE tx.gid = u.gid AND tx.epoch = u.epoch AND tx.owner = :owner
-  AND tx.status NOT IN ('committed', 'aborted')
+FROM locked
+WHERE tx.gid = locked.gid
 RETURNING tx.gid
 """
 
@@ -162,9 +209,13 @@ WITH i AS (
         CAST(:statuses AS text[]), CAST(:attempts AS int[]), CAST(:last_errors AS text[]),
         CAST(:events AS text[]), CAST(:details AS text[])
     ) AS i(gid, epoch, branch, status, attempts, last_error, event, detail)
+), locked AS (
+    SELECT tx.gid FROM transactions AS tx JOIN i ON tx.gid = i.gid AND tx.epoch = i.epoch
+    ORDER BY tx.gid
+    FOR UPDATE OF tx
 ), t AS (
     UPDATE transactions SET updated_at = now()
-    FROM i WHERE transactions.gid = i.gid AND transactions.epoch = i.epoch
+    FROM locked WHERE transactions.gid = locked.gid
     RETURNING transactions.gid
 ), b AS (
     UPDATE branches SET status = i.status, attempts = i.attempts, last_error = i.last_error,

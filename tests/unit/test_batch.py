@@ -13,8 +13,9 @@ from coordinator.batch import Coalescer
 
 
 class Statement:
-    """Records each batch; finds every gid except those in ``stale``; refuses rows with "bad"
-    as a data error and any batch while ``down``. ``gate`` holds a batch until it is set."""
+    """Records each batch; finds every gid except those in ``stale`` (answering True for it);
+    refuses rows with "bad" as a data error and any batch while ``down``. ``gate`` holds a
+    batch until it is set."""
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
@@ -23,7 +24,7 @@ class Statement:
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def __call__(self, rows: Sequence[tuple[Any, ...]]) -> set[str]:
+    async def __call__(self, rows: Sequence[tuple[Any, ...]]) -> dict[str, bool]:
         gids = [row[0] for row in rows]
         self.batches.append(gids)
         await self.gate.wait()
@@ -31,7 +32,7 @@ class Statement:
             raise ConnectionError("log down")
         if any(row[1] == "bad" for row in rows):
             raise asyncpg.DataError("invalid byte sequence")
-        return set(gids) - self.stale
+        return {gid: True for gid in gids if gid not in self.stale}
 
 
 async def test_a_lone_write_goes_at_once_in_a_statement_of_its_own() -> None:
@@ -73,7 +74,7 @@ async def test_each_write_gets_its_own_fence() -> None:
     statement.stale = {"old"}
     coalescer = Coalescer(statement)
     answers = await asyncio.gather(*(coalescer.write(g, (g, "ok")) for g in ("x", "old", "y")))
-    assert answers == [True, False, True]
+    assert answers == [True, None, True]
 
 
 async def test_a_row_the_log_cannot_store_fails_alone() -> None:
