@@ -91,7 +91,6 @@ class Raw:
 
 RAW_INSERT = Raw.of(queries.INSERT_TXN)
 RAW_WRITE_STATUS = Raw.of(queries.WRITE_STATUS)
-RAW_WRITE_PROGRESS = Raw.of(queries.WRITE_PROGRESS)
 RAW_WRITE_PROGRESS_MANY = Raw.of(queries.WRITE_PROGRESS_MANY)
 RAW_WRITE_STATUS_MANY = Raw.of(queries.WRITE_STATUS_MANY)
 # The columns of WRITE_PROGRESS_MANY, in the order of a row passed to the coalescer.

@@ -215,8 +215,8 @@ class _Core:
         await conn.close()
 
     async def _drop_spare(self) -> None:
-        """Return the kept connections to the pool (or drop them): on a connection error, and
-        before the engine is disposed of."""
+        """Drop the kept connections (invalidated: closed, never pooled again): on a connection
+        error, and before the engine is disposed of."""
         spare, self._spare = self._spare, []
         for conn in spare:
             await conn.invalidate()
