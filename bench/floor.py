@@ -14,7 +14,8 @@ Per 2PC transaction, as the product does it (docs/protocol.md):
 Per saga transaction (sequential steps, as a saga without ``depends_on`` runs): ``INSERT_TXN``;
 then per participant in turn ``BEGIN`` with the barrier row; ``UPDATE``; ``COMMIT``, followed by the
 step's ``WRITE_PROGRESS`` (on a ``synchronous_commit = off`` connection, as the product's
-progress pool); finally ``WRITE_STATUS`` committed.
+progress pool); finally ``WRITE_STATUS`` committed. The log's connections have the product's
+log pools' settings (generic plans; ``synchronous_commit = off`` for progress).
 
 The SQL of the log writes is the product's own (``coordinator.queries``), run with
 ``search_path = bench_floor`` against copies of the tables (``CREATE TABLE ... (LIKE ...
@@ -44,6 +45,7 @@ from bench.load import (
     deltas,
 )
 from coordinator import queries
+from coordinator.db import server_settings
 from coordinator.pglog import Raw
 from participants.sdk.saga import begin_and_take
 from participants.sdk.twopc import begin_and_claim
@@ -201,7 +203,9 @@ class FloorRun:
 
     async def run(self, concurrency: int, warmup_s: float, duration_s: float) -> RunStats:
         settings = {"search_path": SCHEMA, "statement_timeout": STATEMENT_TIMEOUT_MS}
-        no_sync = {**settings, "synchronous_commit": "off"}
+        # The log's connections are set up as the product's hot and progress pools are.
+        log_settings = {**settings, **server_settings(generic_plans=True)}
+        no_sync = {**log_settings, **server_settings(synchronous_commit=False)}
 
         async def pool(dsn: str, server_settings: dict[str, str]) -> asyncpg.Pool:
             return await asyncpg.create_pool(
@@ -213,7 +217,7 @@ class FloorRun:
         try:
             for dsn in self.ledger_dsns:
                 pools.append(await pool(dsn, settings))
-            pools.append(await pool(self.log_dsn, settings))
+            pools.append(await pool(self.log_dsn, log_settings))
             pools.append(await pool(self.log_dsn, no_sync))
             for p in pools:
                 held.append([])

@@ -32,12 +32,18 @@ def server_settings(
     application_name: str = "",
     synchronous_commit: bool = True,
     lock_timeout_ms: int | None = None,
+    generic_plans: bool = False,
 ) -> dict[str, str]:
     """Session settings sent when a connection opens (SQLAlchemy's engines and asyncpg's pools
     alike)."""
     settings: dict[str, str] = {}
     if not synchronous_commit:
         settings["synchronous_commit"] = "off"
+    if generic_plans:
+        # For connections whose every statement finds its rows by primary key: left to choose,
+        # Postgres re-plans a statement with array parameters (the coalesced writes) at every
+        # execution, which cost the log more than running it (docs/decisions.md).
+        settings["plan_cache_mode"] = "force_generic_plan"
     if application_name:
         # Shows in pg_stat_activity: operators (and the fault tools) can tell whose it is.
         settings["application_name"] = application_name[:63]

@@ -213,12 +213,18 @@ class PgLog:
                 if self._hot is None or self._progress is None:
                     # Opened lazily (connections too: min_size 0), so a coordinator starts
                     # while its log is down and serves once it is back.
-                    self._hot = await self._pool(server_settings(self.application_name))
+                    # Every statement on these two pools goes through a primary key: one plan
+                    # per connection, made once (generic_plans).
+                    self._hot = await self._pool(
+                        server_settings(self.application_name, generic_plans=True)
+                    )
                     # Rule 4: progress that recovery redoes idempotently (a saga step's
                     # result) is committed without waiting for the WAL flush; decisions never
                     # go through here.
                     self._progress = await self._pool(
-                        server_settings(self.application_name, synchronous_commit=False)
+                        server_settings(
+                            self.application_name, synchronous_commit=False, generic_plans=True
+                        )
                     )
         return self._hot, self._progress
 

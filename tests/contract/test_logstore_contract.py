@@ -622,3 +622,37 @@ async def test_lease_renewal_and_coalesced_writes_never_deadlock(store: LogStore
             )
 
     await asyncio.gather(renewing(), renewing(), progressing())
+
+
+async def test_the_hot_statements_are_planned_once_per_connection(log_dsn: str) -> None:
+    """Postgres only (the fake has no planner). Left to choose, Postgres re-planned the
+    coalesced writes (array parameters) at every execution, which cost the log more than running
+    them (docs/decisions.md); the log's hot and progress pools plan each statement once."""
+    pg = PgLog.connect(log_dsn, pool_size=1)
+    try:
+        for i in range(8):
+            gid = f"p{i}"
+            await pg.insert(new_txn(gid, mode="2pc", n=2), "a", LONG)
+            await pg.write_progress(gid, 1, 0, BranchProgress("prepared", 1, None), "step", None)
+            await pg.write_status(
+                gid,
+                1,
+                "committed",
+                None,
+                progress(("committed", 1, None)) * 2,
+                "finished",
+                redoable=True,
+            )
+        hot, progress_pool = await pg._pools()
+        for pool, statement in ((hot, "WITH i AS"), (progress_pool, "WITH i AS")):
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+                plans = await conn.fetch(
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                    "WHERE statement LIKE '%' || $1 || '%'",
+                    statement,
+                )
+                assert plans, "the coalesced write ran on this connection"
+                assert all(p["custom_plans"] == 0 and p["generic_plans"] >= 8 for p in plans)
+    finally:
+        await pg.close()
