@@ -91,6 +91,7 @@ class Raw:
 
 RAW_INSERT = Raw.of(queries.INSERT_TXN)
 RAW_WRITE_STATUS = Raw.of(queries.WRITE_STATUS)
+RAW_WRITE_PROGRESS = Raw.of(queries.WRITE_PROGRESS)
 RAW_WRITE_PROGRESS_MANY = Raw.of(queries.WRITE_PROGRESS_MANY)
 RAW_WRITE_STATUS_MANY = Raw.of(queries.WRITE_STATUS_MANY)
 # The columns of WRITE_PROGRESS_MANY, in the order of a row passed to the coalescer.
@@ -103,6 +104,17 @@ _PROGRESS_COLUMNS = (
     "last_errors",
     "events",
     "details",
+)
+# The parameters of WRITE_PROGRESS (one row), in the same order.
+_PROGRESS_PARAMS = (
+    "gid",
+    "epoch",
+    "branch",
+    "status",
+    "attempts",
+    "last_error",
+    "event",
+    "detail",
 )
 RAW_GET = Raw.of(queries.GET_TXN)
 
@@ -196,8 +208,10 @@ class PgLog:
         self._hot: asyncpg.Pool | None = None
         self._progress: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
-        self.progress_writes = Coalescer(self._write_progress_rows)
-        self.status_writes = Coalescer(self._write_status_rows)
+        self.progress_writes = Coalescer(
+            self._write_progress_rows, run_one=self._write_progress_row
+        )
+        self.status_writes = Coalescer(self._write_status_rows, run_one=self._write_status_row)
 
     @classmethod
     def connect(cls, dsn: str, pool_size: int = 20, application_name: str = "") -> PgLog:
@@ -376,29 +390,16 @@ class PgLog:
         *,
         redoable: bool = False,
     ) -> datetime:
+        row = (gid, epoch, status, reason, event, tuple(branches))
         if redoable:
             # Rule 4: coalesced with other transactions' (coordinator/batch.py); a statement
             # on the synchronous pool, so durable before anyone is told.
-            row = (gid, epoch, status, reason, event, tuple(branches))
             written = await self.status_writes.write(gid, row)
-            if written is None:
-                raise OwnershipLost(f"transaction {gid}: epoch {epoch} is no longer current")
-            return written
-        params = {
-            "gid": gid,
-            "epoch": epoch,
-            "status": status,
-            "reason": reason,
-            "event": event,
-            **_progress_params(branches),
-        }
-        hot, _ = await self._pools()
-        async with hot.acquire() as conn:
-            row = await conn.fetchrow(RAW_WRITE_STATUS.sql, *RAW_WRITE_STATUS.args(params))
-        if row is None or row["n"] == 0:
+        else:
+            written = (await self._write_status_row(row)).get(gid)
+        if written is None:
             raise OwnershipLost(f"transaction {gid}: epoch {epoch} is no longer current")
-        at: datetime = row["at"]
-        return at
+        return written
 
     async def write_progress(
         self,
@@ -422,6 +423,21 @@ class PgLog:
         # Rule 4: redoable progress, coalesced with other transactions' (coordinator/batch.py).
         if await self.progress_writes.write(gid, row) is None:
             raise OwnershipLost(f"transaction {gid}: epoch {epoch} is no longer current")
+
+    async def _write_status_row(self, row: tuple[Any, ...]) -> dict[str, datetime]:
+        gid, epoch, status, reason, event, progress = row
+        params = {
+            "gid": gid,
+            "epoch": epoch,
+            "status": status,
+            "reason": reason,
+            "event": event,
+            **_progress_params(progress),
+        }
+        hot, _ = await self._pools()
+        async with hot.acquire() as conn:
+            found = await conn.fetchrow(RAW_WRITE_STATUS.sql, *RAW_WRITE_STATUS.args(params))
+        return {gid: found["at"]} if found is not None and found["n"] else {}
 
     async def _write_status_rows(self, rows: Sequence[tuple[Any, ...]]) -> dict[str, datetime]:
         params: dict[str, list[Any]] = {
@@ -452,6 +468,13 @@ class PgLog:
         async with hot.acquire() as conn:
             found = await conn.fetch(RAW_WRITE_STATUS_MANY.sql, *RAW_WRITE_STATUS_MANY.args(params))
         return {r["gid"]: r["at"] for r in found}
+
+    async def _write_progress_row(self, row: tuple[Any, ...]) -> dict[str, bool]:
+        params = dict(zip(_PROGRESS_PARAMS, row, strict=True))
+        _, progress_pool = await self._pools()
+        async with progress_pool.acquire() as conn:
+            n = await conn.fetchval(RAW_WRITE_PROGRESS.sql, *RAW_WRITE_PROGRESS.args(params))
+        return {row[0]: True} if n else {}
 
     async def _write_progress_rows(self, rows: Sequence[tuple[Any, ...]]) -> dict[str, bool]:
         columns = dict(zip(_PROGRESS_COLUMNS, map(list, zip(*rows, strict=True)), strict=True))

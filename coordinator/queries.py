@@ -182,8 +182,8 @@ GROUP BY status
 # A saga step's progress: one branch and its event, fenced like every driver write (rule 5).
 # Run on a connection with synchronous_commit off (rule 4): if the log's server crashes before
 # the WAL is flushed, the write is lost and recovery redoes the step (the barrier dedups it).
-# The coordinator sends WRITE_PROGRESS_MANY (below); this one-row form is the bench floor's,
-# one statement per step.
+# The coordinator sends this one-row form for a lone write and WRITE_PROGRESS_MANY (below) for
+# several (coordinator/batch.py); the bench's floor sends this one for every step.
 WRITE_PROGRESS = """
 WITH t AS (
     UPDATE transactions SET updated_at = now()
