@@ -104,44 +104,40 @@ async def test_a_failed_statement_fails_its_batch_and_the_next_writes_go_on() ->
     assert await coalescer.write("g2", ("g2", "ok")) is True
 
 
-async def test_a_batch_of_one_goes_through_the_one_row_statement_when_there_is_one() -> None:
+async def _first_of_two_statements(
+    rows: Sequence[tuple[str, str]], stale: frozenset[str] = frozenset()
+) -> tuple[Statement, Statement, list[bool | BaseException | None]]:
+    """Writes ``rows`` through a coalescer with a many-row and a one-row statement: the first
+    alone, held on its way until the others have queued behind it. Returns (many, one, the
+    writes' answers or errors)."""
     many, one = Statement(), Statement()
+    one.stale = set(stale)
 
     async def run_one(row: tuple[Any, ...]) -> dict[str, bool]:
         return await one([row])
 
     one.gate.clear()
     coalescer = Coalescer(many, run_one=run_one)
-    lone = asyncio.create_task(coalescer.write("g0", ("g0", "ok")))
+    first = asyncio.create_task(coalescer.write(rows[0][0], rows[0]))
     for _ in range(3):
         await asyncio.sleep(0)
-    assert (one.batches, many.batches) == ([["g0"]], [])  # on its way, alone
-    together = [asyncio.create_task(coalescer.write(f"g{i}", (f"g{i}", "ok"))) for i in (1, 2)]
+    assert (one.batches, many.batches) == ([[rows[0][0]]], [])  # on its way, alone
+    rest = [asyncio.create_task(coalescer.write(row[0], row)) for row in rows[1:]]
     await asyncio.sleep(0)
     one.gate.set()
-    assert await asyncio.gather(lone, *together) == [True] * 3
+    return many, one, await asyncio.gather(first, *rest, return_exceptions=True)
+
+
+async def test_a_batch_of_one_goes_through_the_one_row_statement_when_there_is_one() -> None:
+    many, one, results = await _first_of_two_statements([("g0", "ok"), ("g1", "ok"), ("g2", "ok")])
+    assert results == [True] * 3
     assert (one.batches, many.batches) == ([["g0"]], [["g1", "g2"]])
 
 
 async def test_a_refused_batch_is_retried_row_by_row_with_the_one_row_statement() -> None:
-    many, one = Statement(), Statement()
-    one.stale = {"g2"}
-
-    async def run_one(row: tuple[Any, ...]) -> dict[str, bool]:
-        return await one([row])
-
-    one.gate.clear()
-    coalescer = Coalescer(many, run_one=run_one)
-    first = asyncio.create_task(coalescer.write("g0", ("g0", "ok")))
-    for _ in range(3):
-        await asyncio.sleep(0)
-    rest = [
-        asyncio.create_task(coalescer.write(gid, (gid, data)))
-        for gid, data in (("g1", "bad"), ("g2", "ok"), ("g3", "ok"))
-    ]
-    await asyncio.sleep(0)
-    one.gate.set()
-    results = await asyncio.gather(first, *rest, return_exceptions=True)
+    many, one, results = await _first_of_two_statements(
+        [("g0", "ok"), ("g1", "bad"), ("g2", "ok"), ("g3", "ok")], stale=frozenset({"g2"})
+    )
     assert results[0] is True and results[3] is True
     assert isinstance(results[1], asyncpg.DataError)
     assert results[2] is None  # not found at its epoch: its write alone answers so
