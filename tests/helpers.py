@@ -19,6 +19,12 @@ from participants.sdk.asgi import BranchCalls
 TERMINAL = ("committed", "aborted")
 
 
+def api_client(**kwargs: Any) -> httpx.AsyncClient:
+    """An HTTP client for the stack's APIs (coordinator and services' business endpoints): every
+    test builds its clients here, so what every request must carry is set in one place."""
+    return httpx.AsyncClient(**kwargs)
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 

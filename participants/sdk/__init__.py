@@ -15,8 +15,15 @@ app = FastAPI(lifespan=sdk.lifespan)
 sdk.mount(app)  # the routes, and the ASGI fast path that answers them first
 """
 
-from participants.sdk.base import BarrierHook, BusinessError, Handler
+from participants.sdk.base import BarrierHook, BusinessError, Handler, current_branch
 from participants.sdk.participant import Participant
 from participants.sdk.settings import ParticipantSettings
 
-__all__ = ["BarrierHook", "BusinessError", "Handler", "Participant", "ParticipantSettings"]
+__all__ = [
+    "BarrierHook",
+    "BusinessError",
+    "Handler",
+    "Participant",
+    "ParticipantSettings",
+    "current_branch",
+]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import asyncpg
@@ -20,6 +21,31 @@ from participants.sdk.settings import ParticipantSettings
 Handler = Callable[[AsyncConnection, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 # (op, gid, branch): awaited inside the local transaction right after the barrier write.
 BarrierHook = Callable[[str, str, int], Awaitable[None]]
+
+
+# The branch whose business code runs now: (gid, branch index). Set by the SDK around every
+# handler call, so a handler can key its own rows by the branch (a compensation then undoes
+# exactly its own action's rows, never another transaction's).
+_CURRENT_BRANCH: ContextVar[tuple[str, int]] = ContextVar("txn_current_branch")
+
+
+def current_branch() -> tuple[str, int]:
+    """(gid, branch index) of the branch whose handler is running; only inside a handler."""
+    try:
+        return _CURRENT_BRANCH.get()
+    except LookupError:
+        raise RuntimeError("current_branch() is only known inside a branch handler") from None
+
+
+async def call_handler(
+    handler: Handler, conn: AsyncConnection, payload: dict[str, Any], gid: str, branch: int
+) -> dict[str, Any] | None:
+    """Run the business handler with ``current_branch()`` set to (gid, branch)."""
+    token = _CURRENT_BRANCH.set((gid, branch))
+    try:
+        return await handler(conn, payload)
+    finally:
+        _CURRENT_BRANCH.reset(token)
 
 
 class BusinessError(Exception):

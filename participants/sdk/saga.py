@@ -26,6 +26,7 @@ from participants.sdk.base import (
     _Core,
     _Transient,
     begin,
+    call_handler,
     literal,
     roll_back_unless,
     run_once,
@@ -103,7 +104,7 @@ class SagaBarrier(_Core):
                         ended = True
                         return _answer_existing_action(existing)
                     await self._at_barrier(ACTION, gid, branch)
-                    result = await handler(conn, payload)
+                    result = await call_handler(handler, conn, payload, gid, branch)
                     await self._pause_at("before_action_commit")
                     # The business change and its 'done' row together.
                     await run_once(conn, "COMMIT")
@@ -156,7 +157,9 @@ class SagaBarrier(_Core):
                     if action is None:
                         answer["null"] = True
                     elif action.outcome == DONE:
-                        answer["result"] = await handler(conn, payload) or {}
+                        answer["result"] = (
+                            await call_handler(handler, conn, payload, gid, branch) or {}
+                        )
                     else:  # the action refused: there is nothing to undo
                         answer["nothing_to_undo"] = True
                     await self._pause_at("before_compensate_commit")

@@ -19,6 +19,7 @@ from participants.sdk.base import (
     _Core,
     _Transient,
     begin,
+    call_handler,
     literal,
     roll_back_unless,
     run_once,
@@ -94,7 +95,7 @@ class TwoPhase(_Core):
                         return await self._answer_existing_prepare(conn, key, xid)
                     await self._at_barrier("prepare", gid, branch)
                     try:
-                        result = await handler(conn, payload)
+                        result = await call_handler(handler, conn, payload, gid, branch)
                     except DBAPIError as e:
                         if sqlstate(e) not in CONTENTION:
                             raise
