@@ -149,6 +149,16 @@ def branches(mode: str, ledgers: list[str], client: int, seq: int) -> list[dict[
 
 # -- the product: REST clients of the coordinator -----------------------------------------
 
+# The Authorization header of every request the bench sends to the stack (set once from the
+# stack's state: ``use_token``).
+AUTH: dict[str, str] = {}
+
+
+def use_token(token: str) -> None:
+    AUTH.clear()
+    if token:
+        AUTH["Authorization"] = f"Bearer {token}"
+
 
 async def ensure_accounts(
     session: aiohttp.ClientSession, ledger_urls: list[str], clients: int
@@ -184,7 +194,7 @@ class ProductLoad:
         self.ledgers = ledgers
         self.mode = mode
         self.prefix = gid_prefix
-        self.headers = {"Content-Type": "application/json"}
+        self.headers = {"Content-Type": "application/json", **AUTH}
 
     async def __call__(self, client: int, seq: int) -> None:
         body = {
@@ -205,7 +215,7 @@ class ProductLoad:
 def http_session(concurrency: int) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=max(concurrency, 1) + 4, limit_per_host=0)
     return aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=WAIT_S + 30)
+        connector=connector, timeout=aiohttp.ClientTimeout(total=WAIT_S + 30), headers=AUTH
     )
 
 

@@ -28,18 +28,20 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from devstack.stack import Stack, StackConfig
+from devstack.stack import Stack, StackConfig, auth_headers
 
 TERMINAL = ("committed", "aborted")
 
 
-async def _submit_all(base: str, gids: list[str], concurrency: int, wait_s: float) -> None:
+async def _submit_all(
+    base: str, token: str, gids: list[str], concurrency: int, wait_s: float
+) -> None:
     """Submit with ``concurrency`` clients; with ``wait_s`` each waits for the outcome, so at most
     ``concurrency`` transactions are in flight (a client-paced load, as in production)."""
     queue: asyncio.Queue[str] = asyncio.Queue()
     for gid in gids:
         queue.put_nowait(gid)
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=auth_headers(token)) as session:
 
         async def worker(account: str) -> None:
             while not queue.empty():
@@ -84,8 +86,11 @@ async def _wait_terminal(log_dsn: str, prefix: str, n: int, timeout_s: float) ->
         await conn.close()
 
 
-async def _metric(base: str, name: str) -> float:
-    async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as reply:
+async def _metric(base: str, token: str, name: str) -> float:
+    async with (
+        aiohttp.ClientSession(headers=auth_headers(token)) as session,
+        session.get(f"{base}/metrics") as reply,
+    ):
         for line in (await reply.text()).splitlines():
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.split()[-1])
@@ -93,7 +98,7 @@ async def _metric(base: str, name: str) -> float:
 
 
 async def _open_accounts(stack: Stack, n: int) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=auth_headers(stack.api_token)) as session:
         for p in stack.participants:
             for i in range(n):
                 body = {"id": f"bench{i}", "balance": 0}
@@ -110,7 +115,11 @@ def run(stack: Stack, n: int, concurrency: int, timeout_s: float = 600) -> dict[
 
     base_prefix = f"base-{tag}-"
     started = time.monotonic()
-    asyncio.run(_submit_all(coord.url, [f"{base_prefix}{i}" for i in range(n)], concurrency, 60))
+    asyncio.run(
+        _submit_all(
+            coord.url, stack.api_token, [f"{base_prefix}{i}" for i in range(n)], concurrency, 60
+        )
+    )
     baseline = asyncio.run(_wait_terminal(stack.log_dsn, base_prefix, n, timeout_s)) - started
 
     crash_prefix = f"crash-{tag}-"
@@ -119,7 +128,9 @@ def run(stack: Stack, n: int, concurrency: int, timeout_s: float = 600) -> dict[
     try:
         # No waiting here: every submission is logged and left hanging on a frozen ledger.
         asyncio.run(
-            _submit_all(coord.url, [f"{crash_prefix}{i}" for i in range(n)], concurrency, 0)
+            _submit_all(
+                coord.url, stack.api_token, [f"{crash_prefix}{i}" for i in range(n)], concurrency, 0
+            )
         )
         coord.restart = False
         assert coord.pid is not None
@@ -133,8 +144,8 @@ def run(stack: Stack, n: int, concurrency: int, timeout_s: float = 600) -> dict[
     coord.restart = True
     stack.restart(coord.name)
     recovery = asyncio.run(_wait_terminal(stack.log_dsn, crash_prefix, n, timeout_s)) - restarted
-    recovered = asyncio.run(_metric(coord.url, "txn_recovered_total"))
-    batches = asyncio.run(_metric(coord.url, "txn_claim_batches_total"))
+    recovered = asyncio.run(_metric(coord.url, stack.api_token, "txn_recovered_total"))
+    batches = asyncio.run(_metric(coord.url, stack.api_token, "txn_claim_batches_total"))
     return {
         "n": n,
         "concurrency": concurrency,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from devstack.stack import Stack, StackConfig
+from devstack.stack import Stack, StackConfig, auth_headers
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 240.0  # one run: stream, settle (bounded inside), checks, coord1 restart
@@ -37,7 +37,7 @@ async def bench(stack: Stack, runs: int, accounts: int, seed: int | None) -> lis
     )
     coord1 = stack.service("coord1")
     times: list[float] = []
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, headers=auth_headers(stack.api_token)) as client:
         for i in range(1, runs + 1):
             run_seed = None if seed is None else seed + i
             try:

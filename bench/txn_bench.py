@@ -28,7 +28,14 @@ from typing import Any, TypeVar
 import asyncpg
 
 from bench import floor
-from bench.load import RunStats, ensure_accounts, http_session, log_writes_per_txn, run_product
+from bench.load import (
+    RunStats,
+    ensure_accounts,
+    http_session,
+    log_writes_per_txn,
+    run_product,
+    use_token,
+)
 
 MODES = ("2pc", "saga")
 LEDGER_NAME = re.compile(r"^ledger(\d+)$")
@@ -66,6 +73,7 @@ class Target:
             raise ValueError(f"{source}: the bench needs at least 2 ledgers; found {len(ledgers)}")
         if not state.get("coordinators"):
             raise ValueError(f"{source}: no coordinator")
+        use_token(state.get("api_token", ""))
         return Target(state["coordinators"][0]["url"], ledgers, state["log_dsn"], source)
 
 

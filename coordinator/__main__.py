@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import uvicorn
+from pydantic import ValidationError
 
 from coordinator.api import create_app
 from coordinator.settings import get_settings
@@ -26,9 +28,20 @@ def main() -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(ContextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    settings = get_settings()
+    try:
+        settings = get_settings()
+        app = create_app(settings)
+    except ValidationError as e:
+        # Only where and what: pydantic's own text echoes the input, which may be a secret.
+        for error in e.errors():
+            where = "TXN_" + "_".join(str(part) for part in error["loc"][:1]).upper()
+            print(f"txn serve: {where}: {error['msg']}", file=sys.stderr)
+        sys.exit(2)
+    except ValueError as e:
+        print(f"txn serve: {e}", file=sys.stderr)
+        sys.exit(2)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level="warning",

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
+import orjson
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
+from coordinator import access
 from coordinator.db import LOG_APPLICATION_NAME
 from coordinator.fastpath import SubmitFastPath
 from coordinator.logstore import LogStore
@@ -27,7 +28,6 @@ from coordinator.service import Coordinator
 from coordinator.settings import Settings, get_settings
 from coordinator.submission import (
     LOG_ERRORS,
-    MAX_BODY_BYTES,
     MAX_WAIT_S,
     invalid,
     log_error_answer,
@@ -35,29 +35,12 @@ from coordinator.submission import (
     to_out,
 )
 from coordinator.transport import HttpTransport, Transport
+from participants.sdk import wire
 from participants.sdk.asgi import outermost
+from participants.sdk.guard import Guard
 from participants.sdk.wire import GID_PATTERN
 
 log = logging.getLogger(__name__)
-
-
-class BodyLimit:
-    """413 for a declared body over MAX_BODY_BYTES. Plain ASGI: FastAPI's ``@app.middleware``
-    runs every request through extra tasks and streams, which showed in the profile."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope["headers"]:
-                if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
-                    too_big = JSONResponse(
-                        {"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413
-                    )
-                    await too_big(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
 
 
 def create_app(
@@ -66,6 +49,14 @@ def create_app(
     transport: Transport | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
+    problems = access.startup_problems(settings)
+    if problems:
+        raise ValueError("; ".join(problems))
+    if settings.insecure_no_auth:
+        log.warning("INSECURE: the API needs no token (TXN_INSECURE_NO_AUTH)")
+    for name in settings.unsigned_participants():
+        log.warning("INSECURE: calls to participant %s are not signed", name)
+    tokens = settings.tokens()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -73,12 +64,16 @@ def create_app(
             settings,
             store
             or PgLog.connect(
-                settings.log_dsn,
+                settings.log_dsn.get_secret_value(),
                 settings.pool_size,
                 application_name=f"{LOG_APPLICATION_NAME} {settings.instance_id}",
             ),
             transport
-            or HttpTransport(settings.participants, settings.call_timeout_s, settings.hmac_secret),
+            or HttpTransport(
+                settings.participants,
+                settings.call_timeout_s,
+                {name: settings.secrets_of(name) for name in settings.participants},
+            ),
         )
         app.state.coordinator = coordinator
         await coordinator.start()
@@ -97,8 +92,28 @@ def create_app(
         c: Coordinator = request.app.state.coordinator
         return c
 
-    # Outside the app's middleware stack: a submission skips every layer it does not need.
-    outermost(app, lambda inner: BodyLimit(SubmitFastPath(inner, lambda: app.state.coordinator)))
+    # Outside the app's middleware stack: the guard (tokens, body limit, content type) in front
+    # of everything, then admission, then the submission's fast path, then the routes.
+    outermost(
+        app,
+        lambda inner: Guard(
+            access.Admission(
+                SubmitFastPath(inner, lambda: app.state.coordinator),
+                lambda: app.state.coordinator.in_flight(),
+                settings.max_in_flight,
+            ),
+            access.policy(settings),
+            lambda: tokens,
+        ),
+    )
+    plain_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = access.secure_openapi(plain_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -125,7 +140,9 @@ def create_app(
         try:
             await coord(request).store.ping()
         except Exception as e:
-            return JSONResponse({"status": "log unreachable", "error": str(e)}, status_code=503)
+            # The exception's text may name hosts and users: the log says it, the answer not.
+            log.warning("readyz: log unreachable: %s", type(e).__name__)
+            return JSONResponse({"status": "log unreachable"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
@@ -168,7 +185,6 @@ def create_app(
         record = await c.store.get(gid)
         if record is None:
             raise HTTPException(404, detail=f"no transaction with gid {gid}")
-        record = await c.resolve_doubt(record)
         timeline = None
         if events:
             timeline = [
@@ -193,4 +209,49 @@ def create_app(
             raise invalid(("query", "cursor"), str(e)) from e
         return PageOut(items=[to_out(r) for r in page.items], next_cursor=page.next_cursor)
 
+    @app.post(
+        wire.RESOLVE_PATH,
+        tags=["participants"],
+        summary="A participant's doubt resolver asks what became of a gid",
+        responses={401: {"description": "Not signed with the named participant's secret."}},
+    )
+    async def resolve(request: Request) -> Response:
+        """For participants only: a call signed with the participant's secret (headers
+        Txn-Participant, Txn-Timestamp, Txn-Signature), body ``{"gid", "nonce"}``. The answer,
+        ``{"gid", "participant", "nonce", "status"}`` with ``status`` "unknown" for a gid never
+        logged, is signed with the same secret. Asked about a 2PC transaction still
+        preparing whose owner's lease ran out, the coordinator decides abort first."""
+        c = coord(request)
+        body = await request.body()
+        name = request.headers.get(wire.H_PARTICIPANT, "")
+        secrets = c.settings.secrets_of(name) if name in c.settings.participants else []
+        if not secrets:
+            return _refusal(
+                401, f"header {wire.H_PARTICIPANT} must name a participant with a secret"
+            )
+        try:
+            asked = orjson.loads(body)
+            gid, nonce = asked["gid"], asked["nonce"]
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            return _refusal(422, 'body must be {"gid": ..., "nonce": ...}')
+        if not isinstance(gid, str) or not wire.valid_gid(gid) or not wire.valid_nonce(nonce):
+            return _refusal(422, "gid or nonce malformed")
+        why = wire.check_call(
+            secrets, request.headers, wire.RESOLVE_PATH, name, gid, None, "resolve", body
+        )
+        if why is not None:
+            log.warning("refused a doubt question from %s: %s", name, why)
+            return _refusal(401, why)
+        record = await c.store.get(gid)
+        status = "unknown" if record is None else (await c.resolve_doubt(record)).status
+        content = orjson.dumps({"gid": gid, "participant": name, "nonce": nonce, "status": status})
+        signature = wire.sign_reply(secrets[0], content)
+        return Response(
+            content, media_type="application/json", headers={wire.H_SIGNATURE: signature}
+        )
+
     return app
+
+
+def _refusal(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)

@@ -1,4 +1,4 @@
-"""The ``txn`` command: ``txn dev``, ``txn demo``, ``txn migrate``, ``txn serve``."""
+"""The ``txn`` command: ``txn dev``, ``txn demo``, ``txn migrate``, ``txn token``, ``txn serve``."""
 
 from __future__ import annotations
 
@@ -86,10 +86,11 @@ def _demo_transfers(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from coordinator.db import redacted
     from migrations import upgrade
 
     upgrade(args.dsn, args.target)
-    print(f"{args.target} schema at head on {args.dsn}")
+    print(f"{args.target} schema at head on {redacted(args.dsn)}")
     return 0
 
 
@@ -124,6 +125,24 @@ def _fault(args: argparse.Namespace) -> int:
     from devstack.fault_cli import run_fault
 
     return run_fault(args)
+
+
+def _token(args: argparse.Namespace) -> int:
+    import json
+
+    from participants.sdk.tokens import SCOPES, new_token, token_entry
+
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if not scopes or unknown:
+        print(f"txn token: --scopes must be a comma-separated subset of {','.join(SCOPES)}")
+        return 2
+    token = new_token()
+    # The token is shown once, to whoever asked for it; the server keeps only its hash.
+    print(f"token (give it to the client; it is not stored anywhere): {token}")
+    print("entry for TXN_API_TOKENS / TXNP_API_TOKENS (a JSON list of such entries):")
+    print(json.dumps(token_entry(args.name, token, scopes)))
+    return 0
 
 
 def _serve(_args: argparse.Namespace) -> int:
@@ -168,6 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     migrate.add_argument("--dsn", required=True)
     migrate.add_argument("--target", default="coordinator", choices=list(TARGETS))
     migrate.set_defaults(func=_migrate)
+
+    token = sub.add_parser(
+        "token",
+        help="make an API token: prints it once, and the hashed entry the servers keep",
+    )
+    token.add_argument("--name", required=True, help="who holds it (shown in refusals, logs)")
+    token.add_argument(
+        "--scopes", default="submit,read", help="comma-separated: submit, read, admin, metrics"
+    )
+    token.set_defaults(func=_token)
 
     serve = sub.add_parser("serve", help="run one coordinator (settings from TXN_* variables)")
     serve.set_defaults(func=_serve)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -24,6 +25,21 @@ def plain_dsn(dsn: str) -> str:
     return "postgresql://" + async_url(dsn)[len("postgresql+asyncpg://") :]
 
 
+def redacted(dsn: str) -> str:
+    """``dsn`` fit to print: its password (in the URL or a ``password=`` parameter) masked."""
+    parts = urlsplit(dsn)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user, sep, _password = userinfo.partition(":")
+        netloc = f"{user}{':***' if sep else ''}@{hosts}"
+    query = "&".join(
+        f"{k}=***" if k.lower() in ("password", "sslpassword") else f"{k}={v}"
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -36,9 +52,9 @@ def server_settings(
 ) -> dict[str, str]:
     """Session settings sent when a connection opens (SQLAlchemy's engines and asyncpg's pools
     alike)."""
-    settings: dict[str, str] = {}
-    if not synchronous_commit:
-        settings["synchronous_commit"] = "off"
+    # Pinned either way: a server or database default of "off" must not make a decision's
+    # commit asynchronous (rule 2); only progress writes may be (rule 4).
+    settings: dict[str, str] = {"synchronous_commit": "on" if synchronous_commit else "off"}
     if generic_plans:
         # For connections whose every statement finds its rows by primary key: left to choose,
         # Postgres re-plans a statement with array parameters (the coalesced writes) at every

@@ -19,7 +19,7 @@ import orjson
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from coordinator.models import TxnIn
 from coordinator.service import Coordinator
@@ -30,7 +30,7 @@ from coordinator.submission import (
     log_error_answer,
     submit_txn,
 )
-from participants.sdk.asgi import send_json
+from participants.sdk.guard import read_body, refuse, replay, send_json
 
 PATH = "/v1/transactions"
 
@@ -59,21 +59,27 @@ class SubmitFastPath:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
             await self.app(scope, receive, send)
             return
-        body, more = await _read(receive)
+        # Behind the guard, which has read and limited the body already.
+        body = await read_body(receive, MAX_BODY_BYTES)
+        if body is None:
+            await refuse(send, 413, f"request body over {MAX_BODY_BYTES} bytes")
+            return
         wait = _wait(scope.get("query_string", b""))
-        parsed = None if more or wait is None else _txn_in(body)
+        parsed = None if wait is None else _txn_in(body)
         if parsed is None or wait is None:
-            await self.app(scope, _replay(body, more, receive), send)
+            await self.app(scope, replay(body, receive), send)
             return
         try:
             status, answer = await submit_txn(self.coordinator(), parsed, wait)
             content = answer.model_dump_json().encode()
         except RequestValidationError:
             # normalize() refused it before anything was logged: the route says why.
-            await self.app(scope, _replay(body, more, receive), send)
+            await self.app(scope, replay(body, receive), send)
             return
         except HTTPException as e:
-            status, content = e.status_code, orjson.dumps({"detail": e.detail})
+            detail = orjson.dumps({"detail": e.detail})
+            await send_json(send, e.status_code, detail, e.headers)
+            return
         except LOG_ERRORS as e:
             refusal = log_error_answer(e)
             await refusal(scope, receive, send)
@@ -88,34 +94,3 @@ def _txn_in(body: bytes) -> TxnIn | None:
         return TxnIn.model_validate_json(body)
     except (ValidationError, ValueError):
         return None
-
-
-async def _read(receive: Receive) -> tuple[bytes, bool]:
-    """The body, up to MAX_BODY_BYTES; ``more``: it did not end there (the route decides)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message: Message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks), False
-        chunk = message.get("body", b"")
-        chunks.append(chunk)
-        size += len(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks), False
-        if size > MAX_BODY_BYTES:
-            return b"".join(chunks), True
-
-
-def _replay(body: bytes, more: bool, receive: Receive) -> Receive:
-    """A receive that hands the route the body already read, then the rest of the request."""
-    sent = False
-
-    async def replayed() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": more}
-        return await receive()
-
-    return replayed

@@ -57,12 +57,13 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.waiter: asyncio.Future[tuple[int, bytes, str]] | None = None
         self._reset()
 
     def _reset(self) -> None:
         self.status = 0
         self.body = bytearray()
+        self.signature = ""  # the reply's Txn-Signature (a signed answer), if any
         self.headers_done = False
         self.framed = False  # Content-Length or chunked: the reply does not end at EOF
         self.keep_alive = False
@@ -95,9 +96,12 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------
 
-    def on_header(self, name: bytes, _value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lower = name.lower()
+        if lower in (b"content-length", b"transfer-encoding"):
             self.framed = True
+        elif lower == b"txn-signature":
+            self.signature = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -119,13 +123,13 @@ class _Connection(asyncio.Protocol):
 
     def _done(self) -> None:
         if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result((self.status, bytes(self.body)))
+            self.waiter.set_result((self.status, bytes(self.body), self.signature))
 
     def _fail(self, error: HttpError) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(error)
 
-    def send(self, request: bytes) -> asyncio.Future[tuple[int, bytes]]:
+    def send(self, request: bytes) -> asyncio.Future[tuple[int, bytes, str]]:
         assert self.transport is not None
         self._reset()
         self.waiter = asyncio.get_running_loop().create_future()
@@ -155,6 +159,13 @@ class Client:
         self, origin: Origin, path: str, headers: dict[str, str], body: bytes, timeout_s: float
     ) -> tuple[int, bytes]:
         """(status, at most ``cap`` bytes of the body). Raises HttpError."""
+        status, raw, _ = await self.post_signed(origin, path, headers, body, timeout_s)
+        return status, raw
+
+    async def post_signed(
+        self, origin: Origin, path: str, headers: dict[str, str], body: bytes, timeout_s: float
+    ) -> tuple[int, bytes, str]:
+        """``post``, with the reply's ``Txn-Signature`` header ("" when it has none)."""
         lines = [f"POST {path} HTTP/1.1", f"Host: {origin.host_header}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         lines.append(f"Content-Length: {len(body)}")
@@ -179,11 +190,11 @@ class Client:
 
     async def _exchange(
         self, origin: Origin, request: bytes, fresh: bool = False
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes, str]:
         conn: _Connection | None = None
         try:
             conn, reused = await self._connection(origin, fresh)
-            status, raw = await conn.send(request)
+            status, raw, signature = await conn.send(request)
         except OSError as e:
             raise HttpError(f"{type(e).__name__}: {e}") from e
         except HttpError as e:
@@ -197,7 +208,7 @@ class Client:
             self._idle.setdefault(origin, deque()).append(conn)
         else:
             conn.close()
-        return status, raw
+        return status, raw, signature
 
     async def _connection(self, origin: Origin, fresh: bool) -> tuple[_Connection, bool]:
         """A connection to ``origin`` and whether it was used before."""

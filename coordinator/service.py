@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from coordinator.crash import COORDINATOR_POINTS, CrashPoints
+from coordinator.declared import Declared
 from coordinator.drivebase import Deps
 from coordinator.driver import TwoPCDriver
 from coordinator.errors import OwnershipLost
@@ -32,6 +33,7 @@ class Coordinator:
         self.transport = transport
         self.crash = CrashPoints(settings.crash_at, settings.crash_marker, COORDINATOR_POINTS)
         self.metrics = Metrics()
+        self.declared = Declared(transport)
         deps = Deps(store, transport, settings, self.crash, self.notify, self.metrics)
         self.driver = TwoPCDriver(deps)
         self.saga_driver = SagaDriver(deps)
@@ -56,6 +58,10 @@ class Coordinator:
         self._loops.clear()
         await self.transport.close()
         await self.store.close()
+
+    def in_flight(self) -> int:
+        """Transactions this instance drives now (fresh and recovered)."""
+        return len(self._tasks)
 
     # -- submission and driving ----------------------------------------------------------
 

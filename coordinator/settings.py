@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from functools import lru_cache
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import orjson
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from coordinator.http11 import Origin
+from participants.sdk.settings import SECRETS_DIR
+from participants.sdk.tokens import Token, parse_tokens
 
 PARTICIPANT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -17,11 +22,15 @@ PARTICIPANT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 class Settings(BaseSettings):
     """Everything the coordinator reads from its environment (prefix ``TXN_``)."""
 
-    model_config = SettingsConfigDict(env_prefix="TXN_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="TXN_",
+        extra="ignore",
+        secrets_dir=SECRETS_DIR if os.path.isdir(SECRETS_DIR) else None,
+    )
 
-    log_dsn: str = Field(
-        "postgresql://postgres@127.0.0.1:5432/txn_log",
-        description="Postgres DSN of the durable transaction log.",
+    log_dsn: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/txn_log"),
+        description="Postgres DSN of the durable transaction log (never printed).",
     )
     participants: dict[str, str] = Field(
         default_factory=dict,
@@ -33,8 +42,40 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8000
-    hmac_secret: str = Field("", description="Shared secret for Txn-Signature; empty: no signing.")
-    production: bool = Field(False, description="Refuse to start without an HMAC secret.")
+    participant_secrets: Annotated[dict[str, list[SecretStr]], NoDecode] = Field(
+        default_factory=dict,
+        description='Each participant\'s secret, as JSON {"name": "secret"} or {"name": '
+        '["signing secret", "also accepted"]} during a rotation: calls are signed with it and '
+        "its signed answers checked with it.",
+    )
+    insecure_unsigned: bool = Field(
+        False,
+        description="Call participants that have no secret unsigned (a trusted test network "
+        "only); otherwise the coordinator refuses to start without a secret for each.",
+    )
+    api_tokens: Annotated[list[dict[str, Any]], NoDecode] = Field(
+        default_factory=list,
+        description='API bearer tokens as hashes: JSON list of {"name", "sha256", "scopes"} '
+        "(scopes submit, read, admin, metrics; `txn token` makes one).",
+    )
+    insecure_no_auth: bool = Field(
+        False, description="Serve the API without tokens (a trusted test network only)."
+    )
+    open_metrics: bool = Field(
+        False, description="Serve /metrics and /readyz without a token (scope metrics)."
+    )
+    open_docs: bool = Field(
+        False, description="Serve /docs and /openapi.json without a token (scope read)."
+    )
+    max_in_flight: int = Field(
+        1000,
+        gt=0,
+        description="Most transactions this instance drives at once; a submission beyond it is "
+        "answered 429 with Retry-After and not logged.",
+    )
+    production: bool = Field(
+        False, description="Refuse to start with any insecure or test-only setting."
+    )
     lease_s: float = Field(3.0, gt=0, description="Lease a driver holds on a transaction.")
     renew_interval_s: float = Field(
         1.0, gt=0, description="How often one statement renews every lease this instance holds."
@@ -77,6 +118,36 @@ class Settings(BaseSettings):
                 raise ValueError(f"participant {name!r}: {e}") from e
         return {name: url.rstrip("/") for name, url in value.items()}
 
+    @field_validator("participant_secrets", mode="before")
+    @classmethod
+    def _secrets_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = orjson.loads(value) if value.strip() else {}
+        if isinstance(value, dict):
+            return {k: [v] if isinstance(v, str | SecretStr) else v for k, v in value.items()}
+        return value
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _tokens_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = orjson.loads(value) if value.strip() else []
+        parse_tokens(value)  # refuses a malformed entry at start, naming it
+        return value
+
+    def tokens(self) -> dict[str, Token]:
+        return parse_tokens(self.api_tokens)
+
+    def secrets_of(self, participant: str) -> list[bytes]:
+        """The participant's secrets: the first signs, any verifies."""
+        found = [
+            s.get_secret_value().encode() for s in self.participant_secrets.get(participant, [])
+        ]
+        return [s for s in found if s]
+
+    def unsigned_participants(self) -> list[str]:
+        return sorted(name for name in self.participants if not self.secrets_of(name))
+
     @model_validator(mode="after")
     def _check_production(self) -> Settings:
         if self.renew_interval_s >= self.lease_s:
@@ -84,10 +155,14 @@ class Settings(BaseSettings):
                 f"TXN_RENEW_INTERVAL_S ({self.renew_interval_s}) must be shorter than "
                 f"TXN_LEASE_S ({self.lease_s}), or leases lapse between renewals"
             )
-        if self.production and not self.hmac_secret:
-            raise ValueError("TXN_HMAC_SECRET must be set when TXN_PRODUCTION is true")
-        if self.production and self.crash_at:
-            raise ValueError("TXN_CRASH_AT must not be set when TXN_PRODUCTION is true")
+        if self.production:
+            for name, on in (
+                ("TXN_INSECURE_NO_AUTH", self.insecure_no_auth),
+                ("TXN_INSECURE_UNSIGNED", self.insecure_unsigned),
+                ("TXN_CRASH_AT", bool(self.crash_at)),
+            ):
+                if on:
+                    raise ValueError(f"{name} must not be set when TXN_PRODUCTION is true")
         return self
 
 

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
+from coordinator.declared import CatalogueUnavailable
 from coordinator.models import BranchOut, EventOut, TxnIn, TxnOut, new_gid
 from coordinator.normalize import Invalid, normalize
 from coordinator.records import BranchSpec, Inserted, NewTxn, TxnRecord
@@ -58,8 +59,13 @@ async def submit_txn(c: Coordinator, body: TxnIn, wait: float) -> tuple[int, Txn
     Returns (HTTP status, answer); raises what FastAPI turns into 422 and 409 answers."""
     try:
         plan = normalize(body, c.settings.participants)
+        # Only operations the participants declare (their signed catalogues).
+        where = ("body", "branches") if plan.saga is None else ("body", "input", "step")
+        await c.declared.check(plan.mode, plan.branches, where)
     except Invalid as e:
         raise invalid(e.loc, e.msg) from e
+    except CatalogueUnavailable as e:
+        raise HTTPException(503, detail=str(e), headers={"Retry-After": "1"}) from e
     gid = body.gid or new_gid()
     new = NewTxn(
         gid=gid,

@@ -25,7 +25,7 @@ import asyncpg
 from devstack.faults import KINDS, Injector
 from devstack.invariants import Rule, take_baseline
 from devstack.shop_demo import BLOCKED, DESTINATIONS, reason_kind, seed_shop, settled_check
-from devstack.stack import Stack, StackConfig
+from devstack.stack import Stack, StackConfig, auth_headers
 from participants.shop.catalogue import PRODUCTS
 
 # Deep stock and full wallets so a long run is not all "out of stock"; one scarce SKU and a few
@@ -98,11 +98,13 @@ def _random_order(rng: random.Random, i: int) -> dict[str, Any]:
     }
 
 
-async def _load(orders_url: str, config: ChaosConfig, stop: threading.Event) -> Counter[str]:
+async def _load(
+    orders_url: str, token: str, config: ChaosConfig, stop: threading.Event
+) -> Counter[str]:
     """Closed-loop clients placing orders until ``stop``; counts answers by kind."""
     answers: Counter[str] = Counter()
     timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=timeout, headers=auth_headers(token)) as session:
 
         async def client(n: int) -> None:
             rng = random.Random(config.seed * 1000 + n)
@@ -178,7 +180,7 @@ def _run(stack: Stack, config: ChaosConfig, progress: bool) -> ChaosResult:
     urls = {p.name: p.url for p in stack.participants}  # the services themselves, no proxy
 
     async def seed() -> None:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=auth_headers(stack.api_token)) as session:
             await seed_shop(session, urls, CHAOS_STOCK, CHAOS_CUSTOMERS)
 
     asyncio.run(seed())
@@ -189,7 +191,7 @@ def _run(stack: Stack, config: ChaosConfig, progress: bool) -> ChaosResult:
     answers: Counter[str] = Counter()
 
     def load() -> None:
-        answers.update(asyncio.run(_load(urls["orders"], config, stop_load)))
+        answers.update(asyncio.run(_load(urls["orders"], stack.api_token, config, stop_load)))
 
     loader = threading.Thread(target=load, name="chaos-load")
     slots = [

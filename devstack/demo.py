@@ -10,16 +10,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from devstack.stack import Stack, StackConfig
+from devstack.stack import Stack, StackConfig, auth_headers
 
 ACCOUNTS = {"ledger1": ("alice", 100), "ledger2": ("bob", 50), "ledger3": ("carol", 0)}
 
 
-def call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+def call(stack: Stack, method: str, url: str, body: Any = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json", **auth_headers(stack.api_token)}
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as reply:
             return reply.status, json.loads(reply.read())
@@ -30,7 +29,7 @@ def call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
 def balances(stack: Stack) -> dict[str, dict[str, int]]:
     out = {}
     for p in stack.participants:
-        _, rows = call("GET", f"{p.url}/accounts")
+        _, rows = call(stack, "GET", f"{p.url}/accounts")
         out[p.name] = {r["id"]: r["balance"] for r in rows}
     return out
 
@@ -45,6 +44,7 @@ def transfer(stack: Stack, moves: dict[str, int]) -> dict[str, Any]:
         for ledger, delta in moves.items()
     ]
     status, txn = call(
+        stack,
         "POST",
         f"{stack.coordinator_url}/v1/transactions?wait=30",
         {"mode": "2pc", "branches": branches},
@@ -69,7 +69,7 @@ def run_demo(state_dir: Path) -> int:
         print(f"  up in {time.monotonic() - started:.1f}s; coordinator at {stack.coordinator_url}")
         for p in stack.participants:
             account, balance = ACCOUNTS[p.name]
-            call("POST", f"{p.url}/accounts", {"id": account, "balance": balance})
+            call(stack, "POST", f"{p.url}/accounts", {"id": account, "balance": balance})
         failures = 0
         scenarios = [
             (

@@ -18,7 +18,7 @@ import aiohttp
 import asyncpg
 
 from devstack.invariants import Baseline, Rule, check, take_baseline
-from devstack.stack import Stack, StackConfig
+from devstack.stack import Stack, StackConfig, auth_headers
 from participants.shop.catalogue import PRODUCTS, money
 
 # Plenty of most things, little of the limited edition: "out of stock" happens.
@@ -98,7 +98,7 @@ def _bar(done: int, total: int, started: float) -> None:
 
 
 async def place_all(
-    orders_url: str, orders: list[dict[str, Any]], concurrency: int
+    orders_url: str, orders: list[dict[str, Any]], concurrency: int, token: str
 ) -> tuple[list[dict[str, Any]], float]:
     results: list[dict[str, Any]] = []
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -106,7 +106,7 @@ async def place_all(
         queue.put_nowait(o)
     started = time.monotonic()
     timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=timeout, headers=auth_headers(token)) as session:
 
         async def worker() -> None:
             while not queue.empty():
@@ -159,7 +159,7 @@ def run_against(state: dict[str, Any], n: int, concurrency: int, seed: int) -> i
         return 2
 
     async def prepare() -> Baseline:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=auth_headers(state["api_token"])) as session:
             await seed_shop(session, urls)
         return await take_baseline(state)
 
@@ -168,7 +168,9 @@ def run_against(state: dict[str, Any], n: int, concurrency: int, seed: int) -> i
         f"Seeded {len(STOCK)} products and {len(CUSTOMERS)} customers. "
         f"Placing {n} orders, {concurrency} at a time, half 2PC, half saga..."
     )
-    results, elapsed = asyncio.run(place_all(urls["orders"], make_orders(n, seed), concurrency))
+    results, elapsed = asyncio.run(
+        place_all(urls["orders"], make_orders(n, seed), concurrency, state["api_token"])
+    )
     _, rules = asyncio.run(settled_check(state, baseline))
     return 0 if report(results, elapsed, rules) else 1
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -32,6 +33,7 @@ from devstack.faultproxy import FaultProxy
 from devstack.postgres import Cluster, RunAs, find_bindir, free_port
 from devstack.services import Service
 from migrations import upgrade
+from participants.sdk.tokens import new_token, token_entry
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,12 @@ class StackConfig:
     shop: bool = False
     # A fault proxy (devstack.faultproxy) in front of every participant service and database.
     fault_proxies: bool = False
-    # Participants the stack does not run but the coordinators should know (name -> base URL).
+    # Participants the stack does not run but the coordinators should know (name -> base URL),
+    # and their secrets (name -> secret).
     extra_registry: dict[str, str] = field(default_factory=dict)
+    extra_secrets: dict[str, str] = field(default_factory=dict)
+    # The admin API token every service of the stack accepts; generated when empty.
+    api_token: str = ""
     # One cluster per participant (default), so one participant's database can crash alone.
     cluster_per_participant: bool = True
     fsync: bool = True
@@ -95,6 +101,10 @@ class Stack:
         self.proxies: dict[str, FaultProxy] = {}
         self.db_proxies: dict[str, FaultProxy] = {}
         self.log_dsn = ""
+        # Credentials made for this run: the admin API token (also in stack.json, for the
+        # user's curl) and each participant's secret (kept in memory only).
+        self.api_token = config.api_token or new_token()
+        self.participant_secrets: dict[str, str] = {}
         # More entries for stack.json (e.g. "fault_control": the fault tools' URL).
         self.extra_state: dict[str, Any] = {}
         self._lock = threading.RLock()
@@ -247,6 +257,7 @@ class Stack:
     def _start_services(self) -> None:
         logs = self.state_dir / "logs"
         registry: dict[str, str] = {}
+        tokens = json.dumps([token_entry("dev-admin", self.api_token, ["admin"])])
         coordinator_ports = [free_port() for _ in range(self.config.coordinators)]
         # Participants' doubt resolvers ask any coordinator (they share one log).
         coordinator_urls = ",".join(f"http://127.0.0.1:{p}" for p in coordinator_ports)
@@ -272,6 +283,12 @@ class Stack:
                     "TXNP_DSN": service_dsn,
                     "TXNP_PORT": str(port),
                     "TXNP_COORDINATORS": coordinator_urls,
+                    "TXNP_SECRET": self.participant_secrets.setdefault(
+                        name, secrets.token_urlsafe(32)
+                    ),
+                    "TXNP_API_TOKENS": tokens,
+                    # The orders service submits orders to the coordinator with it.
+                    "TXNP_COORDINATOR_TOKEN": self.api_token,
                     **self.config.participant_env,
                 },
                 port=port,
@@ -289,6 +306,12 @@ class Stack:
                 env={
                     "TXN_LOG_DSN": self.log_dsn,
                     "TXN_PARTICIPANTS": json.dumps(registry),
+                    "TXN_PARTICIPANT_SECRETS": json.dumps(
+                        {**self.participant_secrets, **self.config.extra_secrets}
+                    ),
+                    "TXN_API_TOKENS": tokens,
+                    # The dev stack's OpenAPI page loads in a browser without a token.
+                    "TXN_OPEN_DOCS": "true",
                     "TXN_INSTANCE_ID": name,
                     "TXN_PORT": str(port),
                     **self.config.coordinator_env,
@@ -368,6 +391,8 @@ class Stack:
                 for s in self.participants
             ],
             "log_dsn": self.log_dsn,
+            # An admin token of this run's services (Authorization: Bearer <api_token>).
+            "api_token": self.api_token,
             "clusters": [
                 {"name": c.name, "port": c.port, "pid": c.pid, "data_dir": str(c.data_dir)}
                 for c in self.clusters.values()
@@ -380,6 +405,11 @@ class Stack:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.state(), indent=2) + "\n")
         os.replace(tmp, path)
+
+
+def auth_headers(token: str) -> dict[str, str]:
+    """The header every request to the stack's APIs carries."""
+    return {"Authorization": f"Bearer {token}"}
 
 
 def stop_pid(pid: int, timeout_s: float = 10.0) -> None:

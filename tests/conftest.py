@@ -14,6 +14,7 @@ import pytest
 from devstack.postgres import Cluster
 from devstack.stack import Stack, StackConfig, run_in_thread, run_sync
 from migrations import upgrade
+from tests.helpers import TEST_API_TOKEN
 
 # Fast clocks for tests: short leases and claim intervals so recovery is quick to observe.
 TEST_COORDINATOR_ENV = {
@@ -68,6 +69,7 @@ def state_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def stack(state_root: Path) -> Iterator[Stack]:
     s = Stack(
         StackConfig(
+            api_token=TEST_API_TOKEN,
             state_dir=state_root / "session",
             fsync=False,
             coordinator_env=dict(TEST_COORDINATOR_ENV),

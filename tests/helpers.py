@@ -13,16 +13,48 @@ import httpx
 from fastapi import FastAPI
 
 from participants.ledger.app import create_app as create_ledger_app
-from participants.sdk import ParticipantSettings
+from participants.sdk import ParticipantSettings, wire
 from participants.sdk.asgi import BranchCalls
+from participants.sdk.guard import Guard
+from participants.sdk.tokens import token_entry
 
 TERMINAL = ("committed", "aborted")
 
 
+# The admin token of every stack the tests boot (StackConfig(api_token=...)).
+TEST_API_TOKEN = "txn_test-admin-token-0123456789abcdefghijklmnopqrstuv"
+AUTH = {"Authorization": f"Bearer {TEST_API_TOKEN}"}
+
+
 def api_client(**kwargs: Any) -> httpx.AsyncClient:
     """An HTTP client for the stack's APIs (coordinator and services' business endpoints): every
-    test builds its clients here, so what every request must carry is set in one place."""
-    return httpx.AsyncClient(**kwargs)
+    test builds its clients here, with the test stacks' admin token."""
+    headers = {**AUTH, **kwargs.pop("headers", {})}
+    return httpx.AsyncClient(headers=headers, **kwargs)
+
+
+def token_entries(scopes: tuple[str, ...] = ("admin",)) -> list[dict[str, Any]]:
+    """TXN_API_TOKENS / TXNP_API_TOKENS holding the test token with ``scopes``."""
+    return [token_entry("test-admin", TEST_API_TOKEN, scopes)]
+
+
+def branch_headers(
+    secret: str,
+    participant: str,
+    path: str,
+    gid: str,
+    branch: int,
+    op: str,
+    body: bytes,
+    now: float | None = None,
+) -> dict[str, str]:
+    """The headers of a branch call signed as the coordinator signs it."""
+    return {
+        wire.H_GID: gid,
+        wire.H_BRANCH: str(branch),
+        wire.H_OP: op,
+        **wire.signed_headers(secret.encode(), path, participant, gid, branch, op, body, now),
+    }
 
 
 def unique(prefix: str) -> str:
@@ -133,12 +165,25 @@ def adjust_body(gid: str, mode: str, account: str, moves: list[tuple[str, int]])
 
 def ledger_app(settings: ParticipantSettings, fast_path: bool = True) -> FastAPI:
     """The ledger service's app; without ``fast_path``, its SDK calls go through the FastAPI
-    routes only (as when the router is included without ``Participant.mount``)."""
+    routes only (as when the router is included without ``Participant.mount``). The SDK's
+    guard is outermost either way."""
     if fast_path:
         app = create_ledger_app(settings)
     else:
         with mock.patch("participants.sdk.asgi.BranchCalls", lambda inner, _participant: inner):
             app = create_ledger_app(settings)
-    installed = isinstance(app.build_middleware_stack(), BranchCalls)
+    outer = app.build_middleware_stack()
+    assert isinstance(outer, Guard), outer
+    installed = isinstance(outer.app, BranchCalls)
     assert installed is fast_path, f"fast path installed: {installed}"
     return app
+
+
+TEST_SECRET = "test-participant-secret"
+
+
+def secured(**settings: Any) -> ParticipantSettings:
+    """Participant settings as the dev stack gives them: a secret and the test token."""
+    return ParticipantSettings(
+        **{"secret": TEST_SECRET, "api_tokens": token_entries(), **settings}
+    )

@@ -151,7 +151,7 @@ async def release(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, A
 def create_app(settings: ParticipantSettings | None = None) -> FastAPI:
     sdk = Participant(settings or InventorySettings())
     sdk.twopc("/stock/reserve")(reserve)
-    sdk.action("/stock/reserve")(reserve)
+    sdk.action("/stock/reserve", compensation="/stock/reserve/undo")(reserve)
     sdk.compensation("/stock/reserve/undo")(release)
     app = FastAPI(title=f"inventory ({sdk.settings.name})", lifespan=sdk.lifespan)
     sdk.mount(app)

@@ -79,7 +79,7 @@ async def undo_adjust(conn: AsyncConnection, payload: dict[str, Any]) -> dict[st
 def create_app(settings: ParticipantSettings | None = None) -> FastAPI:
     sdk = Participant(settings or LedgerSettings())
     sdk.twopc("/accounts/adjust")(adjust)
-    sdk.action("/accounts/adjust")(adjust)
+    sdk.action("/accounts/adjust", compensation="/accounts/adjust/undo")(adjust)
     sdk.compensation("/accounts/adjust/undo")(undo_adjust)
     app = FastAPI(title=f"ledger ({sdk.settings.name})", lifespan=sdk.lifespan)
     sdk.mount(app)

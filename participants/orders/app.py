@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 import aiohttp
 from fastapi import FastAPI, HTTPException, Query
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError
@@ -57,6 +57,11 @@ class OrdersSettings(ParticipantSettings):
     reconcile_interval_s: float = Field(
         5.0, gt=0, description="How often pending orders are settled by asking the coordinator."
     )
+    coordinator_token: SecretStr = Field(
+        SecretStr(""),
+        description="The API token (scopes submit, read) orders are submitted to the "
+        "coordinator with.",
+    )
 
 
 # -- the coordinator client ----------------------------------------------------------------
@@ -80,14 +85,17 @@ class HttpCoordinator:
     A coordinator that accepted the request but did not answer in time ends the attempt
     (``Reply(None)``): the order stays pending and a later GET settles it."""
 
-    def __init__(self, urls: list[str], timeout_s: float, connect_timeout_s: float = 3.0) -> None:
+    def __init__(
+        self, urls: list[str], timeout_s: float, connect_timeout_s: float = 3.0, token: str = ""
+    ) -> None:
         self.urls = [u.rstrip("/") for u in urls]
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
     async def __call__(self, method: str, path: str, body: dict[str, Any] | None) -> Reply:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
+            self._session = aiohttp.ClientSession(timeout=self.timeout, headers=self.headers)
         last = Reply(None, error="no coordinator configured")
         for base in self.urls:
             try:
@@ -313,7 +321,9 @@ def create_app(
     owned = None
     if coordinator is None:
         owned = HttpCoordinator(
-            settings.coordinators, settings.submit_wait_s + settings.coordinator_timeout_s
+            settings.coordinators,
+            settings.submit_wait_s + settings.coordinator_timeout_s,
+            token=settings.coordinator_token.get_secret_value(),
         )
         coordinator = owned
     ask: Coordinator = coordinator

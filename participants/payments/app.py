@@ -126,7 +126,7 @@ async def refund(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, An
 def create_app(settings: ParticipantSettings | None = None) -> FastAPI:
     sdk = Participant(settings or PaymentsSettings())
     sdk.twopc("/payments/charge")(charge)
-    sdk.action("/payments/charge")(charge)
+    sdk.action("/payments/charge", compensation="/payments/charge/undo")(charge)
     sdk.compensation("/payments/charge/undo")(refund)
     app = FastAPI(title=f"payments ({sdk.settings.name})", lifespan=sdk.lifespan)
     sdk.mount(app)

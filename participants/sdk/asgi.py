@@ -15,10 +15,11 @@ import orjson
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from participants.sdk import wire
+from participants.sdk.guard import MAX_BODY_BYTES, send_json
 from participants.sdk.participant import Participant
 
-MAX_BODY_BYTES = 8 * 1024 * 1024
-_JSON = (b"content-type", b"application/json")
+__all__ = ["BranchCalls", "outermost", "send_json"]
 
 
 class BranchCalls:
@@ -37,9 +38,14 @@ class BranchCalls:
         body = await _read(receive)
         if body is None:
             status, answer = 413, {"detail": f"request body over {MAX_BODY_BYTES} bytes"}
-        else:
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            status, answer = await self.participant.answer(scope["path"], headers, body)
+            await send_json(send, status, orjson.dumps(answer))
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if scope["path"] == wire.CATALOGUE_PATH:
+            status, content, extra = self.participant.catalogue_reply(headers, body)
+            await send_json(send, status, content, extra)
+            return
+        status, answer = await self.participant.answer(scope["path"], headers, body)
         await send_json(send, status, orjson.dumps(answer))
 
 
@@ -57,18 +63,6 @@ def outermost(app: Starlette, wrap: Callable[[ASGIApp], ASGIApp]) -> None:
         return wrap(build())
 
     app.build_middleware_stack = build_wrapped  # type: ignore[method-assign]
-
-
-async def send_json(send: Send, status: int, content: bytes) -> None:
-    """A whole JSON response, straight to ASGI (the coordinator's fast path uses it too)."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [_JSON, (b"content-length", str(len(content)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": content})
 
 
 async def _read(receive: Receive) -> bytes | None:

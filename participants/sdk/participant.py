@@ -35,6 +35,7 @@ from participants.sdk.base import (
     _Transient,
     sqlstate,
 )
+from participants.sdk.guard import OPEN, Rule
 from participants.sdk.resolver import DoubtResolver
 from participants.sdk.saga import SagaBarrier
 from participants.sdk.settings import ParticipantSettings
@@ -71,9 +72,9 @@ def _unavailable(what: str, e: Exception) -> tuple[int, dict[str, Any]]:
 
 
 # Header names as looked up: Starlette's headers and the ASGI fast path's both by lower case.
-_GID, _BRANCH, _OP, _SIGNATURE = (
-    h.lower() for h in (wire.H_GID, wire.H_BRANCH, wire.H_OP, wire.H_SIGNATURE)
-)
+_GID, _BRANCH, _OP = (h.lower() for h in (wire.H_GID, wire.H_BRANCH, wire.H_OP))
+# The declared kinds of branch operation (the catalogue), by the op that serves each.
+KINDS = {PREPARE: "2pc", ACTION: "action", COMPENSATE: "compensation"}
 
 
 class Participant(TwoPhase, SagaBarrier):
@@ -98,9 +99,12 @@ class Participant(TwoPhase, SagaBarrier):
         self.crash = CrashPoints(settings.crash_at, settings.crash_marker, PARTICIPANT_POINTS)
         self.pause = PausePoint(settings.pause_at, settings.pause_file, PARTICIPANT_PAUSE_POINTS)
         self._handlers: dict[str, dict[str, Handler]] = {}
+        # Saga action path -> the compensation path that undoes it (declared in the catalogue).
+        self._undo: dict[str, str] = {}
         self._routes: dict[str, APIRoute] = {}
         self.router.add_api_route(wire.COMMIT_PATH, self._commit_endpoint, methods=["POST"])
         self.router.add_api_route(wire.ROLLBACK_PATH, self._rollback_endpoint, methods=["POST"])
+        self.router.add_api_route(wire.CATALOGUE_PATH, self._catalogue_endpoint, methods=["POST"])
 
     async def _commit_endpoint(self, request: Request) -> Response:
         """2PC phase two: COMMIT PREPARED (idempotent)."""
@@ -110,12 +114,43 @@ class Participant(TwoPhase, SagaBarrier):
         """2PC phase two: ROLLBACK PREPARED, or a marker where nothing was prepared."""
         return await self._respond(wire.ROLLBACK_PATH, request)
 
+    async def _catalogue_endpoint(self, request: Request) -> Response:
+        """The branch operations this participant serves, signed with its secret."""
+        status, content, headers = self.catalogue_reply(request.headers, await request.body())
+        return Response(content, status, headers, media_type="application/json")
+
+    def check_declarations(self) -> None:
+        """Every saga action names a compensation this participant serves (checked at start)."""
+        for action, undo in self._undo.items():
+            if COMPENSATE not in self._handlers.get(undo, {}):
+                raise ValueError(
+                    f"saga action {action} declares compensation {undo}, which has no "
+                    "@sdk.compensation handler"
+                )
+
+    def _check_security(self) -> None:
+        if self.settings.secrets():
+            return
+        if not self.settings.insecure_unsigned:
+            log.warning(
+                "participant %s has no TXNP_SECRET: every branch call is refused until one is set",
+                self.settings.name,
+            )
+            return
+        log.warning(
+            "INSECURE: participant %s accepts UNSIGNED branch calls (TXNP_INSECURE_UNSIGNED): "
+            "anyone who reaches it can prepare, commit and roll back its branches",
+            self.settings.name,
+        )
+
     @asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        self.check_declarations()
+        self._check_security()
         if self._engine is None:
             # The lock timeout is a connection setting: no SET LOCAL round trip per call.
             self._engine = make_engine(
-                self.settings.dsn,
+                self.settings.dsn.get_secret_value(),
                 pool_size=self.settings.pool_size,
                 lock_timeout_ms=self.settings.lock_timeout_ms,
             )
@@ -144,6 +179,8 @@ class Participant(TwoPhase, SagaBarrier):
             self.settings.orphan_safety_s,
             self.commit,
             self.rollback,
+            self.settings.name,
+            self.settings.secrets(),
         )
 
     # -- registration --------------------------------------------------------------------
@@ -152,8 +189,13 @@ class Participant(TwoPhase, SagaBarrier):
         """Register ``handler`` as the prepare (phase one) of a 2PC branch at ``path``."""
         return self._register(path, PREPARE)
 
-    def action(self, path: str) -> Callable[[Handler], Handler]:
-        """Register ``handler`` as a saga action (a forward step) at ``path``."""
+    def action(self, path: str, *, compensation: str) -> Callable[[Handler], Handler]:
+        """Register ``handler`` as a saga action (a forward step) at ``path``, undone by the
+        compensation at ``compensation`` (the catalogue declares the pair; the coordinator
+        refuses a saga branch that names another)."""
+        if self._undo.get(path, compensation) != compensation:
+            raise ValueError(f"{path} already declares compensation {self._undo[path]}")
+        self._undo[path] = compensation
         return self._register(path, ACTION)
 
     def compensation(self, path: str) -> Callable[[Handler], Handler]:
@@ -191,20 +233,71 @@ class Participant(TwoPhase, SagaBarrier):
         assert isinstance(route, APIRoute)
         self._routes[path] = route
 
-    def mount(self, app: FastAPI) -> None:
+    def mount(self, app: FastAPI, *, require_token: bool = True) -> None:
         """Serve this participant's endpoints on ``app``: its routes (they show in the OpenAPI
         document) and the ASGI fast path that answers the same calls without FastAPI's
         per-request machinery (``participants.sdk.asgi``). The fast path sits outside the
         app's middleware, so branch calls skip it: they carry the coordinator's signature
-        (``TXNP_HMAC_SECRET``), not the app's own authentication."""
+        (``TXNP_SECRET``), not the app's own authentication.
+
+        Around both sits the SDK's guard (``participants.sdk.guard``): a body limit on every
+        path, and with ``require_token`` (the default) a bearer token from ``TXNP_API_TOKENS``
+        on the app's own endpoints (GET needs scope read, other methods submit; ``/healthz``
+        is open). Pass ``require_token=False`` when the app authenticates its own routes."""
         from participants.sdk.asgi import BranchCalls, outermost
+        from participants.sdk.guard import Guard
 
         app.include_router(self.router)
-        outermost(app, lambda inner: BranchCalls(inner, self))
+        tokens = self.settings.tokens()
+        open_all = not require_token or self.settings.insecure_no_auth
+        if require_token and self.settings.insecure_no_auth:
+            log.warning("INSECURE: %s's business endpoints need no token", self.settings.name)
+
+        def policy(method: str, path: str) -> Rule:
+            if open_all or path == "/healthz" or self.serves(path):
+                return OPEN  # branch calls carry the coordinator's signature instead
+            return Rule("read" if method in ("GET", "HEAD") else "submit")
+
+        outermost(app, lambda inner: Guard(BranchCalls(inner, self), policy, lambda: tokens))
 
     def serves(self, path: str) -> bool:
-        """Whether ``path`` is one of this participant's endpoints."""
-        return path in self._handlers or path in (wire.COMMIT_PATH, wire.ROLLBACK_PATH)
+        """Whether ``path`` is one of this participant's signed endpoints."""
+        return path in self._handlers or path in (
+            wire.COMMIT_PATH,
+            wire.ROLLBACK_PATH,
+            wire.CATALOGUE_PATH,
+        )
+
+    def catalogue(self) -> list[dict[str, str]]:
+        """The branch operations served: path, kind, and for an action its compensation."""
+        out: list[dict[str, str]] = []
+        for path, served in sorted(self._handlers.items()):
+            for op in served:
+                entry = {"path": path, "kind": KINDS[op]}
+                if op == ACTION:
+                    entry["compensation"] = self._undo[path]
+                out.append(entry)
+        return out
+
+    def catalogue_reply(
+        self, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """The signed catalogue, for a signed request whose body is ``{"nonce": ...}``."""
+        refused = self._verify(wire.CATALOGUE_PATH, "", None, "catalogue", headers, body)
+        if refused is not None:
+            return refused[0], orjson.dumps(refused[1]), {}
+        try:
+            nonce = orjson.loads(body).get("nonce")
+        except (orjson.JSONDecodeError, AttributeError):
+            nonce = None
+        if not wire.valid_nonce(nonce):
+            detail = 'body must be {"nonce": <16-64 of [A-Za-z0-9_-]>}'
+            return 422, orjson.dumps({"detail": detail}), {}
+        content = orjson.dumps(
+            {"participant": self.settings.name, "nonce": nonce, "operations": self.catalogue()}
+        )
+        signature = wire.sign_reply(self.settings.secrets()[0], content)
+        return 200, content, {wire.H_SIGNATURE: signature}
 
     # -- request plumbing ----------------------------------------------------------------
 
@@ -242,7 +335,7 @@ class Participant(TwoPhase, SagaBarrier):
         handler = served.get(op)
         if handler is None:
             return 400, {"detail": self._op_error(path, op, served)}
-        parsed = self._branch_of(headers, body, op)
+        parsed = self._branch_of(path, headers, body, op)
         if isinstance(parsed[0], int):
             return parsed
         gid, branch = parsed
@@ -264,27 +357,59 @@ class Participant(TwoPhase, SagaBarrier):
         return status, answer
 
     def _branch_of(
-        self, headers: Mapping[str, str], body: bytes, op: str
+        self, path: str, headers: Mapping[str, str], body: bytes, op: str
     ) -> tuple[str, int] | tuple[int, dict[str, Any]]:
-        """(gid, branch) from the headers, or the refusal (status, body)."""
+        """(gid, branch) from the headers of a verified call, or the refusal (status, body)."""
         gid = headers.get(_GID, "")
-        raw_branch = headers.get(_BRANCH, "")
-        if not wire.GID_PATTERN.match(gid):
-            return 400, {"detail": f"header {wire.H_GID} must match {wire.GID_PATTERN.pattern}"}
-        if not raw_branch.isdigit() or int(raw_branch) >= wire.MAX_BRANCHES:
-            return 400, {"detail": f"header {wire.H_BRANCH} must be 0..{wire.MAX_BRANCHES - 1}"}
-        branch = int(raw_branch)
-        if self.settings.hmac_secret:
-            signature = headers.get(_SIGNATURE, "")
-            if not wire.verify(self.settings.hmac_secret, gid, branch, op, body, signature):
-                return 401, {"detail": f"header {wire.H_SIGNATURE} is missing or wrong"}
-        return gid, branch
+        branch = wire.parse_branch(headers.get(_BRANCH, ""))
+        if not wire.valid_gid(gid):
+            return 422, {"detail": f"header {wire.H_GID} must match {wire.GID_PATTERN.pattern}"}
+        if branch is None:
+            return 422, {"detail": f"header {wire.H_BRANCH} must be 0..{wire.MAX_BRANCHES - 1}"}
+        refused = self._verify(path, gid, branch, op, headers, body)
+        return (gid, branch) if refused is None else refused
+
+    def _verify(
+        self,
+        path: str,
+        gid: str,
+        branch: int | None,
+        op: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> tuple[int, dict[str, Any]] | None:
+        """None when the call is signed for this participant, path, branch and body within
+        the replay window (or unsigned calls are explicitly allowed); else 401 and why."""
+        secrets = self.settings.secrets()
+        if not secrets:
+            if self.settings.insecure_unsigned:
+                return None
+            return 401, {
+                "detail": f"participant {self.settings.name} has no secret (TXNP_SECRET) and "
+                "refuses every branch call"
+            }
+        why = wire.check_call(
+            secrets,
+            headers,
+            path,
+            self.settings.name,
+            gid,
+            branch,
+            op,
+            body,
+            self.settings.replay_window_s,
+        )
+        if why is None:
+            return None
+        log.warning("refused a %s call to %s: %s", op, path, why)
+        return 401, {"detail": why}
 
     async def _phase_two_call(
         self, op: str, headers: Mapping[str, str], body: bytes
     ) -> tuple[int, dict[str, Any]]:
         """``op``: commit or rollback."""
-        parsed = self._branch_of(headers, body, op)
+        path = wire.COMMIT_PATH if op == "commit" else wire.ROLLBACK_PATH
+        parsed = self._branch_of(path, headers, body, op)
         if isinstance(parsed[0], int):
             return parsed
         gid, branch = parsed

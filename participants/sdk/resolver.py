@@ -1,12 +1,17 @@
-"""The participant's doubt resolver (DESIGN.md "Participants resolve their own doubt").
+"""The participant's doubt resolver (docs/protocol.md, "Participants resolve their own doubt").
 
 Every ``resolver_interval_s`` it lists this database's prepared transactions named
-``txn:<gid>:<branch>`` that are older than the orphan safety interval, asks a coordinator what
-became of each gid, and acts only on an answer: ``committing``/``committed`` → COMMIT PREPARED;
-``aborting``/``aborted`` or 404 (never logged: presumed abort) → ROLLBACK PREPARED. Anything
-else (``preparing``, no coordinator answering) leaves the transaction prepared: a participant
-that voted yes never decides alone. A coordinator asked about a ``preparing`` transaction whose
-owner's lease ran out decides abort first, so the question itself ends the doubt.
+``txn:<gid>:<branch>`` that are older than the orphan safety interval, asks a coordinator
+(``POST /v1/resolve``, signed with this participant's secret) what became of each gid, and acts
+only on an answer it can verify: signed with this participant's secret, for this participant,
+this gid and this question's nonce. ``committing``/``committed`` → COMMIT PREPARED;
+``aborting``/``aborted`` or ``unknown`` (never logged: presumed abort) → ROLLBACK PREPARED.
+Anything else (``preparing``, a 404 or any other status from whatever answers at that URL, a
+redirect, which is never followed, an unsigned or badly signed body, no coordinator answering)
+leaves the transaction prepared: a participant that voted yes never decides alone, and a
+misrouted question must never roll back a committed branch. A coordinator asked about a
+``preparing`` transaction whose owner's lease ran out decides abort first, so the question
+itself ends the doubt.
 """
 
 from __future__ import annotations
@@ -17,13 +22,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from participants.sdk import wire
 
 log = logging.getLogger(__name__)
 
 COMMIT = frozenset({"committing", "committed"})
-ROLLBACK = frozenset({"aborting", "aborted"})
+ROLLBACK = frozenset({"aborting", "aborted", "unknown"})
 
 _IN_DOUBT = text(
     "SELECT gid FROM pg_prepared_xacts "
@@ -59,6 +67,8 @@ class DoubtResolver:
         safety_s: float,
         commit: Finish,
         rollback: Finish,
+        name: str,
+        secrets: list[bytes],
         timeout_s: float = 5.0,
     ) -> None:
         self.engine = engine
@@ -66,6 +76,8 @@ class DoubtResolver:
         self.safety_s = safety_s
         self.commit = commit
         self.rollback = rollback
+        self.name = name
+        self.secrets = secrets
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._next = 0  # rotate the first coordinator asked, to spread the questions
 
@@ -89,11 +101,11 @@ class DoubtResolver:
             if parsed is None:
                 continue
             gid, branch = parsed
-            known, status = await self.ask(session, gid)
-            if known and status in COMMIT:
+            status = await self.ask(session, gid)
+            if status in COMMIT:
                 outcome, _ = await self.commit(gid, branch)
                 (done.committed if outcome == 200 else done.left).append(xid)
-            elif (known and status in ROLLBACK) or (known and status is None):
+            elif status in ROLLBACK:
                 outcome, _ = await self.rollback(gid, branch)
                 (done.rolled_back if outcome == 200 else done.left).append(xid)
             else:
@@ -106,22 +118,60 @@ class DoubtResolver:
             )
         return done
 
-    async def ask(self, session: aiohttp.ClientSession, gid: str) -> tuple[bool, str | None]:
-        """(True, status) from the first coordinator that answers; (True, None) for a 404;
-        (False, None) when none answers."""
+    async def ask(self, session: aiohttp.ClientSession, gid: str) -> str | None:
+        """The verified status of ``gid`` ("unknown" when never logged) from the first
+        coordinator that gives one; None when none does."""
+        if not self.secrets:
+            # Nothing to verify an answer with: acting on an unverified one could split an
+            # outcome, so this participant waits for its coordinator (logged at start).
+            log.warning("no TXNP_SECRET: the doubt resolver cannot verify answers; waiting")
+            return None
         n = len(self.coordinators)
         for k in range(n):
             base = self.coordinators[(self._next + k) % n]
-            try:
-                url = f"{base}/v1/transactions/{gid}"
-                async with session.get(url, params={"events": "false"}) as reply:
-                    if reply.status == 404:
-                        return True, None
-                    if reply.status == 200:
-                        body = await reply.json()
-                        self._next = (self._next + k) % n
-                        return True, str(body["status"])
-            except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
-                continue
+            status, why = await self._ask_one(session, base, gid)
+            if status is not None:
+                self._next = (self._next + k) % n
+                return status
+            log.warning("doubt resolver: no usable answer about %s from %s: %s", gid, base, why)
         self._next = (self._next + 1) % max(n, 1)
-        return False, None
+        return None
+
+    async def _ask_one(
+        self, session: aiohttp.ClientSession, base: str, gid: str
+    ) -> tuple[str | None, str]:
+        nonce = wire.new_nonce()
+        body = orjson.dumps({"gid": gid, "nonce": nonce})
+        headers = {
+            "Content-Type": "application/json",
+            wire.H_PARTICIPANT: self.name,
+            **wire.signed_headers(
+                self.secrets[0], wire.RESOLVE_PATH, self.name, gid, None, "resolve", body
+            ),
+        }
+        try:
+            async with session.post(
+                base + wire.RESOLVE_PATH, data=body, headers=headers, allow_redirects=False
+            ) as reply:
+                raw = await reply.content.read(64 * 1024)
+                signature = reply.headers.get(wire.H_SIGNATURE, "")
+                if reply.status != 200:
+                    return None, f"HTTP {reply.status}"
+        except (TimeoutError, aiohttp.ClientError) as e:
+            return None, f"{type(e).__name__}: {e}"
+        if not wire.check_reply(self.secrets, raw, signature):
+            return None, "the answer is not signed with this participant's secret"
+        try:
+            answer = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None, "the answer is not JSON"
+        if not isinstance(answer, dict) or (
+            answer.get("gid"),
+            answer.get("participant"),
+            answer.get("nonce"),
+        ) != (gid, self.name, nonce):
+            return None, "the answer is for another question"
+        status = answer.get("status")
+        if not isinstance(status, str):
+            return None, "the answer has no status"
+        return status, ""

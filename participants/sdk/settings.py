@@ -2,26 +2,66 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 import orjson
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from participants.sdk.tokens import Token, parse_tokens
+
+# Docker and Kubernetes secrets: a file per setting (e.g. /run/secrets/txnp_secret).
+SECRETS_DIR = "/run/secrets"
 
 
 class ParticipantSettings(BaseSettings):
     """Everything the SDK reads from its environment (prefix ``TXNP_``)."""
 
-    model_config = SettingsConfigDict(env_prefix="TXNP_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="TXNP_",
+        extra="ignore",
+        secrets_dir=SECRETS_DIR if os.path.isdir(SECRETS_DIR) else None,
+    )
 
-    name: str = Field("participant", description="Service name, used in logs.")
-    dsn: str = Field(
-        "postgresql://postgres@127.0.0.1:5432/participant",
-        description="The service's own Postgres database (business tables and barrier).",
+    name: str = Field(
+        "participant",
+        description="The participant's name: as in the coordinator's registry (signatures "
+        "cover it), and in logs.",
+    )
+    dsn: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/participant"),
+        description="The service's own Postgres database (business tables and barrier; never "
+        "printed).",
     )
     host: str = "127.0.0.1"
     port: int = 8100
-    hmac_secret: str = Field("", description="Shared secret checking Txn-Signature; empty: off.")
+    secret: SecretStr = Field(
+        SecretStr(""),
+        description="This participant's own secret, shared with the coordinator only: branch "
+        "calls must be signed with it, and the SDK signs its replies with it. Empty: every "
+        "branch call is refused (unless TXNP_INSECURE_UNSIGNED).",
+    )
+    previous_secret: SecretStr = Field(
+        SecretStr(""),
+        description="A second secret also accepted on calls, during a rotation (docs/security.md).",
+    )
+    insecure_unsigned: bool = Field(
+        False,
+        description="Accept unsigned branch calls when no secret is set (a trusted test network "
+        "only; logged loudly at start).",
+    )
+    replay_window_s: float = Field(
+        300.0, gt=0, description="A signed call older or newer than this (seconds) is refused."
+    )
+    api_tokens: Annotated[list[dict[str, Any]], NoDecode] = Field(
+        default_factory=list,
+        description="Bearer tokens the service's own business endpoints accept, as hashes "
+        '(JSON list of {"name", "sha256", "scopes"}; GET needs read, other methods submit).',
+    )
+    insecure_no_auth: bool = Field(
+        False, description="Business endpoints without a token (a trusted test network only)."
+    )
     pool_size: int = Field(
         32,
         gt=0,
@@ -57,6 +97,22 @@ class ParticipantSettings(BaseSettings):
         "it does, calls pass the point.",
     )
     pause_file: str = Field("", description="Base path of the pause point's two files.")
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _tokens_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = orjson.loads(value) if value.strip() else []
+        parse_tokens(value)  # refuses a malformed entry at start, naming it
+        return value
+
+    def tokens(self) -> dict[str, Token]:
+        return parse_tokens(self.api_tokens)
+
+    def secrets(self) -> list[bytes]:
+        """The secrets calls are checked against; the first also signs replies."""
+        out = [s.get_secret_value().encode() for s in (self.secret, self.previous_secret)]
+        return [s for s in out if s]
 
     @field_validator("coordinators", mode="before")
     @classmethod

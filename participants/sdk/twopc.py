@@ -122,18 +122,20 @@ class TwoPhase(_Core):
         except STATEMENT_ERRORS as e:
             raise _Transient(f"prepare of {xid} failed: {sqlstate(e) or e}") from e
         log.info("prepared", extra={"gid": gid, "branch": branch})
-        return 200, {"vote": "yes", "result": result or {}}
+        # The prepared transaction's name: the coordinator counts a yes vote only with it (any
+        # other 2xx, say from an endpoint that is not a 2PC branch, is a failed prepare).
+        return 200, {"vote": "yes", "prepared": xid, "result": result or {}}
 
     async def _answer_existing_prepare(
         self, conn: AsyncConnection, key: dict[str, Any], xid: str
     ) -> tuple[int, dict[str, Any]]:
         if (await conn.execute(_IS_PREPARED, {"xid": xid})).first() is not None:
-            return 200, {"vote": "yes", "repeat": True}
+            return 200, {"vote": "yes", "prepared": xid, "repeat": True}
         row = (await conn.execute(_BARRIER_READ, key)).first()
         if row is None:  # the row we conflicted with was rolled back meanwhile: try again
             raise _Transient("branch is being resolved concurrently")
         if row.outcome == "prepared":  # prepared and since committed
-            return 200, {"vote": "yes", "repeat": True}
+            return 200, {"vote": "yes", "prepared": xid, "repeat": True}
         if row.outcome == "rolled_back":
             return 409, {"reason": "this branch was rolled back before it could be prepared"}
         return 409, {"reason": row.reason or "voted no"}

@@ -107,7 +107,7 @@ def create_app(settings: ShippingSettings | None = None) -> FastAPI:
     sdk = Participant(settings)
     create = create_shipment_handler(settings.blocked_destinations)
     sdk.twopc("/shipments/create")(create)
-    sdk.action("/shipments/create")(create)
+    sdk.action("/shipments/create", compensation="/shipments/create/undo")(create)
     sdk.compensation("/shipments/create/undo")(cancel_shipment)
     app = FastAPI(title=f"shipping ({settings.name})", lifespan=sdk.lifespan)
     sdk.mount(app)

@@ -10,12 +10,14 @@ import pytest
 
 from devstack.stack import Stack, StackConfig
 from tests.conftest import TEST_COORDINATOR_ENV
+from tests.helpers import TEST_API_TOKEN
 
 
 @pytest.fixture(scope="session")
 def fault_stack(state_root: Path) -> Iterator[Stack]:
     s = Stack(
         StackConfig(
+            api_token=TEST_API_TOKEN,
             state_dir=state_root / "faults",
             fsync=False,
             coordinator_env=dict(TEST_COORDINATOR_ENV),

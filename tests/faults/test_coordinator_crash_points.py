@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from devstack.stack import Stack
-from tests.helpers import fetch, prepared_xacts, twopc_transfer, unique, wait_terminal
+from tests.helpers import api_client, fetch, prepared_xacts, twopc_transfer, unique, wait_terminal
 
 MOVES = {"ledger1": -30, "ledger2": 20, "ledger3": 10}
 OPENING = 100
@@ -39,7 +39,7 @@ async def test_coordinator_exits_at_crash_point_and_recovers(
     account = unique("acct")
     gid = unique(f"crash-{point}")
     try:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with api_client(timeout=10) as client:
             for p in fault_stack.participants:
                 opened = await client.post(
                     f"{p.url}/accounts", json={"id": account, "balance": OPENING}
@@ -82,7 +82,7 @@ async def test_commit_is_rescheduled_durably_until_the_participant_returns(
     account = unique("acct")
     gid = unique("resched")
     try:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with api_client(timeout=10) as client:
             for p in fault_stack.participants:
                 await client.post(f"{p.url}/accounts", json={"id": account, "balance": OPENING})
             body = twopc_transfer(gid, account, MOVES)
@@ -135,7 +135,7 @@ async def test_log_database_crash_answers_503_then_recovers(fault_stack: Stack) 
             }
         ],
     }
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with api_client(timeout=10) as client:
         await client.post(
             f"{fault_stack.service('ledger1').url}/accounts", json={"id": account, "balance": 0}
         )
@@ -176,7 +176,7 @@ async def test_participant_exits_before_replying_and_the_transfer_commits_once(
     restarts = target.restarts
     account, gid = unique("pcrash"), unique(f"pcrash-{point}")
     try:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with api_client(timeout=10) as client:
             for p in fault_stack.participants:
                 opened = await client.post(
                     f"{p.url}/accounts", json={"id": account, "balance": OPENING}

@@ -17,7 +17,16 @@ import pytest
 from coordinator.crash import CRASH_EXIT_CODE
 from devstack.stack import Stack, StackConfig
 from tests.conftest import TEST_COORDINATOR_ENV
-from tests.helpers import balances, fetch, open_accounts, prepared_xacts, twopc_transfer, unique
+from tests.helpers import (
+    TEST_API_TOKEN,
+    api_client,
+    balances,
+    fetch,
+    open_accounts,
+    prepared_xacts,
+    twopc_transfer,
+    unique,
+)
 
 OPENING = 100
 MOVES = {"ledger1": -30, "ledger2": 20, "ledger3": 10}
@@ -28,6 +37,7 @@ RESOLVER_ENV = {"TXNP_ORPHAN_SAFETY_S": "1", "TXNP_RESOLVER_INTERVAL_S": "0.3"}
 def ha_stack(state_root: Path) -> Iterator[Stack]:
     s = Stack(
         StackConfig(
+            api_token=TEST_API_TOKEN,
             state_dir=state_root / "doubt",
             coordinators=2,
             fsync=False,
@@ -105,7 +115,7 @@ async def test_a_alone_after_decision_participants_block_then_commit(
     stack.service("coord2").restart = False
     stack.service("coord2").stop()
     crash_once(stack, "coord1", "after_decision", tmp_path / "crashed")
-    async with httpx.AsyncClient(timeout=5) as client:
+    async with api_client(timeout=5) as client:
         account, gid = await transfer_until_crash(stack, client, "coord1", tmp_path / "crashed")
         # Well past the safety interval, with no coordinator answering: still prepared.
         # Blocking is right here: the decision was commit, a rollback would break atomicity.
@@ -135,7 +145,7 @@ async def test_b_preparing_orphan_is_aborted_by_the_question(
     stack = coordinators
     stack.restart("coord2", env={"TXN_RECOVERY": "false"})
     crash_once(stack, "coord1", "after_prepare", tmp_path / "crashed")
-    async with httpx.AsyncClient(timeout=5) as client:
+    async with api_client(timeout=5) as client:
         account, gid = await transfer_until_crash(stack, client, "coord1", tmp_path / "crashed")
         assert await log_status(stack, gid) == "preparing"
 
@@ -161,7 +171,7 @@ async def test_c_participants_learn_commit_through_the_other_coordinator(
     stack = coordinators
     stack.restart("coord2", env={"TXN_RECOVERY": "false"})
     crash_once(stack, "coord1", "after_decision", tmp_path / "crashed")
-    async with httpx.AsyncClient(timeout=5) as client:
+    async with api_client(timeout=5) as client:
         account, gid = await transfer_until_crash(stack, client, "coord1", tmp_path / "crashed")
 
         async def drained() -> bool:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import pytest
 
 from coordinator.errors import OwnershipLost
@@ -27,7 +26,15 @@ from devstack.services import Service
 from devstack.stack import Stack, StackConfig
 from participants.sdk import wire
 from tests.conftest import TEST_COORDINATOR_ENV
-from tests.helpers import balances, fetch, open_accounts, prepared_xacts, unique
+from tests.helpers import (
+    TEST_API_TOKEN,
+    api_client,
+    balances,
+    fetch,
+    open_accounts,
+    prepared_xacts,
+    unique,
+)
 
 T = TypeVar("T")
 
@@ -40,6 +47,7 @@ OPENING = 100
 def fencing_stack(state_root: Path) -> Iterator[Stack]:
     s = Stack(
         StackConfig(
+            api_token=TEST_API_TOKEN,
             state_dir=state_root / "fencing",
             coordinators=2,
             ledgers=3,
@@ -147,7 +155,7 @@ async def takeover(fencing_stack: Stack) -> AsyncIterator[Takeover]:
     account = unique("acct")
     seen: list[Any] = []
 
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with api_client(timeout=10) as client:
         await open_accounts(client, {p.name: p.url for p in stack.participants}, account, OPENING)
         opening = await balances(dsns, account)
         assert opening == dict.fromkeys(MOVES, OPENING)

@@ -7,10 +7,16 @@ import os
 import signal
 import time
 
-import httpx
-
 from devstack.stack import Stack
-from tests.helpers import balances, fetch, open_accounts, prepared_xacts, unique, wait_terminal
+from tests.helpers import (
+    api_client,
+    balances,
+    fetch,
+    open_accounts,
+    prepared_xacts,
+    unique,
+    wait_terminal,
+)
 
 LONG_LEASE = 30.0
 
@@ -23,7 +29,7 @@ async def test_restarted_instance_reclaims_its_own_work_at_once(fault_stack: Sta
     urls = {p.name: p.url for p in fault_stack.participants}
     dsns = {p.name: p.dsn for p in fault_stack.participants if p.dsn}
     try:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with api_client(timeout=10) as client:
             await open_accounts(client, urls, account, 50)
             ledger3.signal(signal.SIGSTOP)  # the transaction stays in flight, leased for 30 s
             try:

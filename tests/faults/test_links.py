@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from devstack.stack import Stack, StackConfig
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import (
+    TEST_API_TOKEN,
+    api_client,
     balances,
     barrier_rows,
     open_accounts,
@@ -32,6 +33,7 @@ OPENING = 100
 def linked(state_root: Path) -> Iterator[Stack]:
     s = Stack(
         StackConfig(
+            api_token=TEST_API_TOKEN,
             state_dir=state_root / "links",
             fsync=False,
             fault_proxies=True,
@@ -82,7 +84,7 @@ async def no_prepared(stack: Stack) -> None:
 async def test_black_hole_during_prepare_aborts_at_the_deadline(stack: Stack) -> None:
     coord = stack.coordinators[0]
     account = unique("bh")
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with api_client(timeout=30) as client:
         await open_accounts(client, urls(stack), account, OPENING)
         stack.proxies["ledger3"].set(mode="blackhole")
         body = twopc(account, {"ledger1": -1, "ledger2": 1, "ledger3": 1}, timeout_s=2)
@@ -102,7 +104,7 @@ async def test_black_hole_during_commit_commits_once_the_link_heals(stack: Stack
     coord = stack.coordinators[0]
     account = unique("bhc")
     deltas = {"ledger1": -5, "ledger2": 3, "ledger3": 2}
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with api_client(timeout=30) as client:
         await open_accounts(client, urls(stack), account, OPENING)
         stack.proxies["ledger3"].set(mode="blackhole", match="/txn/2pc/commit")
         body = twopc(account, deltas)
@@ -145,7 +147,7 @@ async def test_every_operation_delivered_twice_applies_once(stack: Stack) -> Non
             "branches": [saga_branch(n, account, d) for n, d in refused.items()],
         },
     ]
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with api_client(timeout=30) as client:
         await open_accounts(client, urls(stack), account, OPENING)
         outcomes = []
         for body in bodies:

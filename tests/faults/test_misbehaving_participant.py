@@ -11,22 +11,23 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from devstack.postgres import free_port
 from devstack.stack import Stack, StackConfig
 from tests.conftest import TEST_COORDINATOR_ENV
-from tests.helpers import fetch, prepared_xacts, unique
+from tests.helpers import TEST_API_TOKEN, api_client, fetch, prepared_xacts, unique
 
 SERVER = Path(__file__).with_name("misbehaving_participant.py")
 
+
+WEIRD_SECRET = "weird-participant-secret"
 
 @pytest.fixture(scope="module")
 def weird_stack(state_root: Path) -> Iterator[Stack]:
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, str(SERVER), str(port)],
+        [sys.executable, str(SERVER), str(port), WEIRD_SECRET],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -41,12 +42,14 @@ def weird_stack(state_root: Path) -> Iterator[Stack]:
                 time.sleep(0.1)
         stack = Stack(
             StackConfig(
+                api_token=TEST_API_TOKEN,
                 state_dir=state_root / "weird",
                 ledgers=1,
                 cluster_per_participant=False,
                 fsync=False,
                 coordinator_env={**TEST_COORDINATOR_ENV, "TXN_CALL_TIMEOUT_S": "1"},
                 extra_registry={"weird": f"http://127.0.0.1:{port}"},
+                extra_secrets={"weird": WEIRD_SECRET},
             )
         )
         stack.start()
@@ -67,6 +70,7 @@ def weird_stack(state_root: Path) -> Iterator[Stack]:
         ("/teapot", "HTTP 418"),
         ("/huge-409", "xxxx"),
         ("/trickle", "no reply within"),
+        ("/yes-not-prepared", "without naming the prepared transaction: not a yes vote"),
     ],
 )
 async def test_malformed_answers_abort_cleanly(
@@ -76,7 +80,7 @@ async def test_malformed_answers_abort_cleanly(
     pid = coord.pid
     ledger = weird_stack.service("ledger1")
     account = unique("weird")
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with api_client(timeout=30) as client:
         await client.post(f"{ledger.url}/accounts", json={"id": account, "balance": 10})
         body = {
             "mode": "2pc",

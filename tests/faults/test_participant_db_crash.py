@@ -34,6 +34,7 @@ from devstack.services import Service
 from devstack.stack import Stack
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import (
+    api_client,
     balances,
     barrier_rows,
     open_accounts,
@@ -182,7 +183,7 @@ async def test_database_crash_mid_prepare_then_the_retried_prepare_commits(
     account, gid = unique("dbcrash"), unique("dbcrash-prepare")
     async with (
         paused(fault_stack, "ledger2", "before_prepare_statement", tmp_path) as pause,
-        httpx.AsyncClient(timeout=10) as client,
+        api_client(timeout=10) as client,
     ):
         await open_accounts(client, urls(fault_stack), account, OPENING)
         await submit(fault_stack, client, twopc_transfer(gid, account, MOVES))
@@ -216,7 +217,7 @@ async def test_database_crash_before_commit_prepared_then_the_retried_commit_com
     account, gid = unique("dbcrash"), unique("dbcrash-commit")
     async with (
         paused(fault_stack, "ledger3", "before_commit_prepared", tmp_path) as pause,
-        httpx.AsyncClient(timeout=10) as client,
+        api_client(timeout=10) as client,
     ):
         await open_accounts(client, urls(fault_stack), account, OPENING)
         await submit(fault_stack, client, twopc_transfer(gid, account, MOVES))
@@ -249,7 +250,7 @@ async def test_database_crash_mid_saga_action_then_the_action_is_applied_once(
     body = {"gid": gid, "mode": "saga", "branches": three_steps(account, 4), "retry": SAGA_RETRY}
     async with (
         paused(fault_stack, "ledger2", "before_action_commit", tmp_path) as pause,
-        httpx.AsyncClient(timeout=10) as client,
+        api_client(timeout=10) as client,
     ):
         await open_accounts(client, urls(fault_stack), account, OPENING)
         await submit(fault_stack, client, body)
@@ -292,7 +293,7 @@ async def test_database_crash_mid_compensation_then_each_compensation_is_applied
     }
     async with (
         paused(fault_stack, "ledger1", "before_compensate_commit", tmp_path) as pause,
-        httpx.AsyncClient(timeout=10) as client,
+        api_client(timeout=10) as client,
     ):
         await open_accounts(client, urls(fault_stack), account, OPENING)
         await submit(fault_stack, client, body)
@@ -335,7 +336,7 @@ async def test_calls_while_the_database_is_down_answer_503_and_leave_nothing(
         ("compensate", "/accounts/adjust/undo"),
     ]
     offset = ledger2.log_file.stat().st_size
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with api_client(timeout=10) as client:
         await open_accounts(client, {"ledger2": ledger2.url}, account, OPENING)
 
         async def call(op: str, path: str, branch: int) -> httpx.Response:

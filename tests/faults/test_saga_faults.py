@@ -16,6 +16,7 @@ import pytest
 
 from devstack.stack import Stack
 from tests.helpers import (
+    api_client,
     balances,
     barrier_rows,
     open_accounts,
@@ -78,7 +79,7 @@ async def test_saga_survives_crash_point_with_effects_applied_exactly_once(
     account = unique("sagacrash")
     gid = unique(f"saga-{point}")
     try:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with api_client(timeout=10) as client:
             await open_accounts(client, urls(fault_stack), account, OPENING)
             txn = await run_saga(fault_stack, client, gid, three_steps(account, last_delta))
         assert marker.exists(), f"{service} never reached {point}"
@@ -115,7 +116,7 @@ async def test_exhausted_action_compensates_and_a_failing_compensation_stays_vis
     ledger3 = fault_stack.service("ledger3")
     account = unique("exhaust")
     gid = unique("exhaust")
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with api_client(timeout=10) as client:
         await open_accounts(client, urls(fault_stack), account, OPENING)
         ledger3.restart = False
         ledger3.stop()
@@ -162,7 +163,7 @@ async def test_timeout_compensates_an_unfinished_saga(fault_stack: Stack) -> Non
     ledger2 = fault_stack.service("ledger2")
     account = unique("sagatimeout")
     gid = unique("sagatimeout")
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with api_client(timeout=10) as client:
         await open_accounts(client, urls(fault_stack), account, OPENING)
         ledger2.signal(signal.SIGSTOP)
         try:

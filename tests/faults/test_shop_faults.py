@@ -17,12 +17,14 @@ import pytest
 from devstack.shop_demo import run_against
 from devstack.stack import Stack, StackConfig
 from tests.conftest import TEST_COORDINATOR_ENV
+from tests.helpers import TEST_API_TOKEN
 
 
 @pytest.fixture(scope="module")
 def shop(state_root: Path) -> Iterator[Stack]:
     s = Stack(
         StackConfig(
+            api_token=TEST_API_TOKEN,
             state_dir=state_root / "shop-faults",
             ledgers=0,
             shop=True,

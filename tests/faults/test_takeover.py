@@ -31,7 +31,9 @@ from coordinator.settings import Settings
 from devstack.stack import Stack, StackConfig
 from tests.helpers import (
     TERMINAL,
+    TEST_API_TOKEN,
     adjust_body,
+    api_client,
     balances,
     open_accounts,
     prepared_xacts,
@@ -115,6 +117,7 @@ class Outcome:
 def takeover_stack(state_root: Path) -> Iterator[Stack]:
     s = Stack(
         StackConfig(
+            api_token=TEST_API_TOKEN,
             state_dir=state_root / "takeover",
             coordinators=2,
             ledgers=len(LEDGERS),
@@ -388,7 +391,7 @@ async def test_survivor_takes_over_a_killed_coordinators_work_within_the_lease(
 ) -> None:
     coord1 = takeover_stack.service("coord1")
     try:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with api_client(timeout=10) as client:
             # Six accounts per ledger: a realistic spread. (All clients on one row per ledger
             # measures lock contention instead: prepares wait up to TXNP_LOCK_TIMEOUT_MS.)
             outcome = await run_scenario(takeover_stack, client, accounts=6)

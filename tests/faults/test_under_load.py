@@ -10,12 +10,10 @@ import asyncio
 import os
 import signal
 
-import httpx
-
 from devstack.faults import terminate_log_backends
 from devstack.stack import Stack
 from tests.faults.load import TransferLoad
-from tests.helpers import fetch
+from tests.helpers import api_client, fetch
 
 SETTLE_BOUND_S = 60.0
 
@@ -35,7 +33,7 @@ async def test_log_database_crash_under_load(fault_stack: Stack) -> None:
     after the insert had committed does not duplicate the transaction."""
     load = TransferLoad(fault_stack, clients=12)
     log_cluster = fault_stack.clusters["log"]
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with api_client(timeout=30) as client:
         await load.open(client)
         driving = asyncio.create_task(load.drive(client))
         await asyncio.sleep(2.0)
@@ -61,7 +59,7 @@ async def test_log_connections_terminated_under_load(fault_stack: Stack) -> None
     submit: the pool reconnects and every accepted transaction finishes."""
     load = TransferLoad(fault_stack, clients=12)
     killed = []
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with api_client(timeout=30) as client:
         await load.open(client)
         driving = asyncio.create_task(load.drive(client))
         for _ in range(3):
@@ -83,7 +81,7 @@ async def test_coordinator_sigkilled_with_32_transactions_in_flight(fault_stack:
     once (no lease to wait out). Bound: 60 s for everything to be terminal."""
     load = TransferLoad(fault_stack, clients=32, wait_s=5.0)
     coord = fault_stack.coordinators[0]
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with api_client(timeout=30) as client:
         await load.open(client)
         driving = asyncio.create_task(load.drive(client))
         live = 0

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from devstack.stack import Stack
+from tests.helpers import api_client
 
 LEDGERS = ("ledger1", "ledger2", "ledger3")
 ADJUST = "/accounts/adjust"
@@ -43,14 +44,14 @@ def participant_url(stack: Stack, name: str) -> str:
 
 async def open_account(stack: Stack, ledger: str, balance: int) -> str:
     account = uid("acct")
-    async with httpx.AsyncClient(base_url=participant_url(stack, ledger), timeout=10) as c:
+    async with api_client(base_url=participant_url(stack, ledger), timeout=10) as c:
         r = await c.post("/accounts", json={"id": account, "balance": balance})
     assert r.status_code == 201, r.text
     return account
 
 
 async def balance_of(stack: Stack, ledger: str, account: str) -> int:
-    async with httpx.AsyncClient(base_url=participant_url(stack, ledger), timeout=10) as c:
+    async with api_client(base_url=participant_url(stack, ledger), timeout=10) as c:
         r = await c.get("/accounts")
     assert r.status_code == 200, r.text
     found = [a["balance"] for a in r.json() if a["id"] == account]
@@ -114,7 +115,7 @@ def assert_invalid(r: httpx.Response, loc: list[Any], *msg_parts: str) -> None:
 
 @pytest.fixture
 async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.coordinator_url, timeout=60) as client:
+    async with api_client(base_url=stack.coordinator_url, timeout=60) as client:
         yield client
 
 

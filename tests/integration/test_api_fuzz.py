@@ -31,11 +31,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from coordinator.declared import Operations, undeclared
 from coordinator.models import STATUSES, TxnIn
 from coordinator.normalize import Invalid, normalize
 from devstack.stack import Stack, run_sync
 from participants.sdk.wire import GID_PATTERN
-from tests.helpers import fetch
+from tests.helpers import AUTH, fetch
 
 FUZZ = settings(
     deadline=None,
@@ -81,18 +82,27 @@ def is_valid_gid(gid: object) -> TypeGuard[str]:
     return isinstance(gid, str) and GID_PATTERN.fullmatch(gid) is not None
 
 
+# What every ledger declares (participants/ledger/app.py).
+LEDGER_OPERATIONS: Operations = {
+    ("/accounts/adjust", "2pc"): None,
+    ("/accounts/adjust", "action"): "/accounts/adjust/undo",
+    ("/accounts/adjust/undo", "compensation"): None,
+}
+
+
 def predict(body: object, registry: dict[str, str]) -> bool | None:
     """Would the coordinator accept ``body``? None: the API's own code cannot tell (it raises
     something else; the request must still not get a 5xx)."""
     if not isinstance(body, dict):
         return False
     try:
-        normalize(TxnIn.model_validate(body), registry)
+        plan = normalize(TxnIn.model_validate(body), registry)
     except (ValidationError, Invalid):
         return False
     except Exception:
         return None
-    return True
+    # Only the branch operations the ledgers declare in their catalogues.
+    return all(undeclared(plan.mode, b, LEDGER_OPERATIONS) is None for b in plan.branches)
 
 
 def clamp(body: dict[str, Any]) -> dict[str, Any]:
@@ -458,7 +468,9 @@ def http(stack: Stack) -> Iterator[httpx.Client]:
     # A fresh connection per request: after a 500 uvicorn drops the connection, and a reused
     # one would pin the failure on the next, innocent request.
     no_reuse = httpx.Limits(max_keepalive_connections=0)
-    with httpx.Client(base_url=stack.coordinator_url, timeout=30, limits=no_reuse) as client:
+    with httpx.Client(
+        base_url=stack.coordinator_url, timeout=30, limits=no_reuse, headers=AUTH
+    ) as client:
         yield client
 
 
@@ -814,7 +826,9 @@ def test_zz_still_ready_and_commits_a_transfer(http: httpx.Client, stack: Stack)
     account = f"fz-{uuid.uuid4().hex[:12]}"
     for name in ("ledger1", "ledger2"):
         r = httpx.post(
-            f"{stack.service(name).url}/accounts", json={"id": account, "balance": 100}, timeout=10
+            f"{stack.service(name).url}/accounts", json={"id": account, "balance": 100},
+            timeout=10,
+            headers=AUTH,
         )
         assert r.status_code == 201, r.text
     gid = f"fz.after.{uuid.uuid4().hex[:12]}"
@@ -838,5 +852,5 @@ def test_zz_still_ready_and_commits_a_transfer(http: httpx.Client, stack: Stack)
     assert r.status_code == 201, r.text
     assert r.json()["status"] == "committed", r.json()
     for name, expected in (("ledger1", 75), ("ledger2", 125)):
-        rows = httpx.get(f"{stack.service(name).url}/accounts", timeout=10).json()
+        rows = httpx.get(f"{stack.service(name).url}/accounts", timeout=10, headers=AUTH).json()
         assert [a["balance"] for a in rows if a["id"] == account] == [expected], name

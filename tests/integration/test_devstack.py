@@ -16,7 +16,7 @@ import pytest
 
 from devstack.postgres import PostgresNotFound, candidate_bindirs, find_bindir
 from devstack.stack import Stack, StackConfig
-from tests.helpers import fetch
+from tests.helpers import TEST_API_TOKEN, fetch
 
 
 def test_missing_binaries_give_an_error_that_says_what_to_install(tmp_path: Path) -> None:
@@ -57,11 +57,14 @@ def _wait(predicate: object, timeout_s: float = 30.0) -> None:
 
 async def test_stack_lifecycle_restart_policy_and_stop_by_pid(state_root: Path) -> None:
     state_dir = state_root / "lifecycle"
-    stack = Stack(StackConfig(state_dir=state_dir, ledgers=2, fsync=False))
+    stack = Stack(
+        StackConfig(api_token=TEST_API_TOKEN, state_dir=state_dir, ledgers=2, fsync=False)
+    )
     stack.start()
     try:
         state = json.loads((state_dir / "stack.json").read_text())
-        assert set(state) == {"coordinators", "participants", "log_dsn", "clusters"}
+        assert set(state) == {"coordinators", "participants", "log_dsn", "clusters", "api_token"}
+        assert state["api_token"] == TEST_API_TOKEN
         assert [c["name"] for c in state["clusters"]] == ["log", "ledger1", "ledger2"]
         assert [p["name"] for p in state["participants"]] == ["ledger1", "ledger2"]
         assert all(set(c) >= {"url", "pid"} for c in state["coordinators"])
@@ -107,7 +110,9 @@ async def test_stack_lifecycle_restart_policy_and_stop_by_pid(state_root: Path) 
 
 async def test_stack_keeps_its_data_across_restarts(state_root: Path) -> None:
     state_dir = state_root / "persist"
-    config = StackConfig(state_dir=state_dir, ledgers=1, cluster_per_participant=False)
+    config = StackConfig(
+        api_token=TEST_API_TOKEN, state_dir=state_dir, ledgers=1, cluster_per_participant=False
+    )
     with Stack(config) as stack:
         dsn = stack.participants[0].dsn
         assert dsn is not None

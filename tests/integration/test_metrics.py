@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import httpx
-
 from coordinator.metrics import Metrics
 from coordinator.records import LiveSummary
 from devstack.stack import Stack
-from tests.helpers import unique
+from tests.helpers import api_client, unique
 
 
 def test_render_is_prometheus_text() -> None:
@@ -27,7 +25,7 @@ def test_render_is_prometheus_text() -> None:
 async def test_metrics_count_a_committed_transaction(stack: Stack) -> None:
     ledger = stack.service("ledger1")
     account = unique("m")
-    async with httpx.AsyncClient(timeout=15) as client:
+    async with api_client(timeout=15) as client:
         await client.post(f"{ledger.url}/accounts", json={"id": account, "balance": 5})
         before = (await client.get(f"{stack.coordinator_url}/metrics")).text
         body = {

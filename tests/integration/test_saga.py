@@ -9,14 +9,14 @@ import httpx
 import pytest
 
 from devstack.stack import Stack
-from tests.helpers import balances, barrier_rows, open_accounts, saga_branch, unique
+from tests.helpers import api_client, balances, barrier_rows, open_accounts, saga_branch, unique
 
 OPENING = 100
 
 
 @pytest.fixture
 async def setup(stack: Stack) -> tuple[httpx.AsyncClient, str, dict[str, str]]:
-    return httpx.AsyncClient(timeout=30), unique("s"), {}
+    return api_client(timeout=30), unique("s"), {}
 
 
 def urls(stack: Stack) -> dict[str, str]:
@@ -38,7 +38,7 @@ async def submit(client: httpx.AsyncClient, stack: Stack, body: dict[str, Any]) 
 
 async def test_sequential_saga_commits(stack: Stack) -> None:
     account = unique("seq")
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with api_client(timeout=30) as client:
         await open_accounts(client, urls(stack), account, OPENING)
         txn = await submit(
             client,
@@ -62,7 +62,7 @@ async def test_sequential_saga_commits(stack: Stack) -> None:
 
 async def test_refused_step_compensates_what_ran_in_reverse_order(stack: Stack) -> None:
     account = unique("rev")
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with api_client(timeout=30) as client:
         await open_accounts(client, urls(stack), account, OPENING)
         txn = await submit(
             client,
@@ -106,7 +106,7 @@ async def test_refused_step_compensates_what_ran_in_reverse_order(stack: Stack) 
 
 async def test_parallel_steps_and_join(stack: Stack) -> None:
     account = unique("dag")
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with api_client(timeout=30) as client:
         await open_accounts(client, urls(stack), account, OPENING)
         ok = await submit(
             client,
@@ -143,7 +143,7 @@ async def test_parallel_steps_and_join(stack: Stack) -> None:
 
 async def test_named_transfer_saga(stack: Stack) -> None:
     account = unique("named")
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with api_client(timeout=30) as client:
         await open_accounts(client, urls(stack), account, OPENING)
         moved = await submit(
             client,

@@ -20,7 +20,7 @@ from coordinator.db import make_engine
 from participants.ledger.app import adjust, undo_adjust
 from participants.sdk import BusinessError, Handler, Participant, ParticipantSettings, wire
 from participants.sdk.base import BarrierHook, _Transient
-from tests.helpers import ledger_app
+from tests.helpers import api_client, ledger_app
 
 GUARD_S = 10  # a failure guard on every wait: a broken race fails instead of hanging
 
@@ -325,7 +325,7 @@ async def test_http_dispatch_on_txn_op(ledger_dsn: str, fast_path: bool) -> None
     body = b'{"account": "h", "delta": 5}'
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ledger") as client:
+        async with api_client(transport=transport, base_url="http://ledger") as client:
 
             async def post(path: str, hdrs: dict[str, str]) -> httpx.Response:
                 return await client.post(path, content=body, headers=hdrs)

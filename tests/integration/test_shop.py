@@ -17,13 +17,14 @@ from devstack.invariants import check, take_baseline
 from devstack.shop_demo import run_against
 from devstack.stack import Stack, StackConfig
 from tests.conftest import TEST_COORDINATOR_ENV
-from tests.helpers import fetch, unique
+from tests.helpers import TEST_API_TOKEN, api_client, fetch, unique
 
 
 @pytest.fixture(scope="module")
 def shop(state_root: Path) -> Iterator[Stack]:
     s = Stack(
         StackConfig(
+            api_token=TEST_API_TOKEN,
             state_dir=state_root / "shop",
             ledgers=0,
             shop=True,
@@ -64,7 +65,7 @@ async def order(client: httpx.AsyncClient, stack: Stack, **body: Any) -> dict[st
 @pytest.mark.parametrize("mode", ["2pc", "saga"])
 async def test_orders_confirm_or_cancel_with_a_reason(shop: Stack, mode: str) -> None:
     rich, poor = unique("rich"), unique("poor")
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with api_client(timeout=60) as client:
         await seed(client, shop, {"SKU-1": 1000, "SKU-3": 5}, {rich: 100_000, poor: 100})
         baseline = await take_baseline(shop.state())
         stock_before = await fetch(
@@ -109,7 +110,7 @@ async def test_orders_confirm_or_cancel_with_a_reason(shop: Stack, mode: str) ->
 
 async def test_saga_blocked_destination_is_compensated(shop: Stack) -> None:
     customer = unique("traveller")
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with api_client(timeout=60) as client:
         await seed(client, shop, {"SKU-2": 1000}, {customer: 100_000})
         baseline = await take_baseline(shop.state())
         before = await fetch(

@@ -22,6 +22,7 @@ from participants.payments.app import PaymentsSettings, charge, refund
 from participants.payments.app import create_app as payments_app
 from participants.sdk import Handler, Participant, ParticipantSettings, wire
 from tests.conftest import create_db
+from tests.helpers import api_client
 
 # -- fixtures and helpers --------------------------------------------------------------------
 
@@ -320,7 +321,7 @@ async def test_inventory_http_seeding_listing_and_a_saga_step(inv_dsn: str) -> N
     app = inventory_app(InventorySettings(dsn=inv_dsn))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://inventory") as client:
+        async with api_client(transport=transport, base_url="http://inventory") as client:
             assert (await client.get("/healthz")).json() == {"status": "ok"}
             seeded = await client.post("/stock", json={"sku": "SKU-7", "available": 2})
             assert seeded.status_code == 201, seeded.text
@@ -488,7 +489,7 @@ async def test_payments_http_wallets_listing_and_a_2pc_branch(pay_dsn: str) -> N
     app = payments_app(PaymentsSettings(dsn=pay_dsn))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://payments") as client:
+        async with api_client(transport=transport, base_url="http://payments") as client:
             assert (await client.get("/healthz")).json() == {"status": "ok"}
             made = await client.post("/wallets", json={"customer": "alice", "balance": 5000})
             assert made.status_code == 201 and made.json() == {"customer": "alice", "balance": 5000}

@@ -35,6 +35,7 @@ from participants.shipping.app import (
     create_shipment_handler,
 )
 from tests.conftest import create_db
+from tests.helpers import api_client
 
 # -- fixtures and helpers ----------------------------------------------------------------------
 
@@ -209,7 +210,7 @@ async def test_shipping_http(shipping_dsn: str) -> None:
     app = shipping_service.create_app(ShippingSettings(dsn=shipping_dsn, coordinators=[]))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://shipping") as client:
+        async with api_client(transport=transport, base_url="http://shipping") as client:
             assert (await client.get("/healthz")).json() == {"status": "ok"}
             headers = {"Txn-Gid": gid(), "Txn-Branch": "2", "Txn-Op": "action"}
             body = {"order_id": "o5", "destination": "atlantis"}
@@ -346,7 +347,7 @@ async def test_post_order_validation(
     app = orders_client(orders_dsn, fake)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://orders") as client:
+        async with api_client(transport=transport, base_url="http://orders") as client:
             reply = await client.post("/orders", json={**GOOD, **change})
     assert reply.status_code == 422, reply.text
     assert [e["loc"] for e in reply.json()["detail"]] == [loc]
@@ -359,7 +360,7 @@ async def test_post_order_submits_and_applies_the_outcome(orders_dsn: str) -> No
     app = orders_client(orders_dsn, fake)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://orders") as client:
+        async with api_client(transport=transport, base_url="http://orders") as client:
             assert (await client.get("/healthz")).json() == {"status": "ok"}
             saga = (await client.post("/orders", json=GOOD)).json()
             assert saga["status"] == "confirmed" and saga["total"] == 2 * 2400 + 1500

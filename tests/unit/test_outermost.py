@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from participants.sdk.asgi import outermost, send_json
+from tests.helpers import api_client
 
 seen: list[str] = []
 
@@ -36,7 +37,7 @@ async def test_the_fast_path_answers_before_middleware_added_before_or_after_it(
     async def slow() -> dict[str, str]:
         return {"by": "route"}
 
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a") as c:
+    async with api_client(transport=httpx.ASGITransport(app=app), base_url="http://a") as c:
         seen.clear()
         assert (await c.post("/fast")).json() == {"by": "fast"}
         assert seen == ["fast"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from coordinator.access import startup_problems
 from coordinator.crash import COORDINATOR_POINTS, CrashPoints
 from coordinator.settings import Settings
 from participants.ledger.app import LedgerSettings, create_app
+from tests.helpers import token_entries
 
 
 def test_participant_name_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,12 +29,31 @@ def test_registry_is_parsed_from_json_and_checked(monkeypatch: pytest.MonkeyPatc
         Settings(participants={"bad name": "http://x"})
 
 
-def test_production_mode_requires_a_secret_and_no_crash_points() -> None:
-    with pytest.raises(ValidationError, match="TXN_HMAC_SECRET"):
-        Settings(production=True)
+def test_production_mode_refuses_insecure_and_test_only_settings() -> None:
+    for setting in ("insecure_no_auth", "insecure_unsigned"):
+        with pytest.raises(ValidationError, match=f"TXN_{setting.upper()}"):
+            Settings(production=True, **{setting: True})
     with pytest.raises(ValidationError, match="TXN_CRASH_AT"):
-        Settings(production=True, hmac_secret="s", crash_at="after_decision")
-    assert Settings(production=True, hmac_secret="s").production
+        Settings(production=True, crash_at="after_decision")
+    assert Settings(production=True).production
+
+
+def test_an_insecure_start_is_refused_naming_the_setting() -> None:
+    registry = {"ledger1": "http://127.0.0.1:9001"}
+    problems = startup_problems(Settings(participants=registry))
+    assert any("TXN_API_TOKENS" in p for p in problems)
+    assert any("ledger1" in p and "TXN_PARTICIPANT_SECRETS" in p for p in problems)
+    secured = Settings(
+        participants=registry,
+        participant_secrets={"ledger1": "s"},
+        api_tokens=token_entries(),
+    )
+    assert startup_problems(secured) == []
+    # A malformed token entry or secret list is refused when the settings are read.
+    with pytest.raises(ValidationError, match="sha256"):
+        Settings(api_tokens=[{"name": "x", "sha256": "nothex", "scopes": ["read"]}])
+    with pytest.raises(ValidationError, match="scopes"):
+        Settings(api_tokens=[{"name": "x", "sha256": "a" * 64, "scopes": ["root"]}])
 
 
 def test_unknown_crash_point_is_refused() -> None:

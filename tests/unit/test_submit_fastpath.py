@@ -21,6 +21,7 @@ from coordinator.fastpath import SubmitFastPath
 from coordinator.memlog import MemLog
 from coordinator.settings import Settings
 from coordinator.transport import Kind, Reply
+from tests.helpers import api_client, token_entries
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -29,21 +30,32 @@ class YesTransport:
     async def call(self, *_args: Any) -> Reply:
         return Reply(Kind.OK, 200, "")
 
+    async def catalogue(self, _participant: str) -> list[dict[str, Any]]:
+        undo = {"path": "/undo", "kind": "compensation"}
+        return [
+            *({"path": p, "kind": "2pc"} for p in ("/x", "/y")),
+            *({"path": p, "kind": "action", "compensation": "/undo"} for p in ("/x", "/y")),
+            undo,
+        ]
+
     async def close(self) -> None:
         return None
 
 
 def app_with(fast_path: bool) -> FastAPI:
     settings = Settings(
-        participants={"a": "http://127.0.0.1:9", "b": "http://127.0.0.1:9"}, recovery=False
+        participants={"a": "http://127.0.0.1:9", "b": "http://127.0.0.1:9"},
+        participant_secrets={"a": "sa", "b": "sb"},
+        api_tokens=token_entries(),
+        recovery=False,
     )
     # The stack is built here, where the patch holds (an app builds it when it first serves).
     without = mock.patch.object(api, "SubmitFastPath", lambda inner, _coordinator: inner)
     with without if not fast_path else contextlib.nullcontext():
         app = create_app(settings, MemLog(clock=lambda: NOW), YesTransport())
         app.middleware_stack = app.build_middleware_stack()
-    # The fast path sits inside BodyLimit, outside the app's middleware stack.
-    assert isinstance(cast(Any, app.middleware_stack).app, SubmitFastPath) is fast_path
+    # The fast path sits inside the guard and admission, outside the app's middleware stack.
+    assert isinstance(cast(Any, app.middleware_stack).app.app, SubmitFastPath) is fast_path
     return app
 
 
@@ -53,8 +65,8 @@ async def clients() -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]
     async with (
         fast.router.lifespan_context(fast),
         route.router.lifespan_context(route),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=fast), base_url="http://c") as f,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=route), base_url="http://c") as r,
+        api_client(transport=httpx.ASGITransport(app=fast), base_url="http://c") as f,
+        api_client(transport=httpx.ASGITransport(app=route), base_url="http://c") as r,
     ):
         yield f, r
 

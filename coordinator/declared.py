@@ -1,0 +1,106 @@
+"""The branch operations each participant declares (its signed catalogue, ``POST
+/txn/catalogue``), cached, and the check that a submission names only those: the coordinator
+calls only declared branch endpoints, never any POST path a participant happens to serve.
+
+A catalogue is read on first use and again after ``refresh_s``; a submission naming an
+operation the cached one lacks reads it once more (at most every ``recheck_s``), so a
+participant that deploys a new operation is picked up at once. With no catalogue ever read
+(the participant is down, or its answers do not verify), a submission is refused with 503: it
+cannot be checked, and nothing is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from coordinator.models import BranchIn
+from coordinator.normalize import Invalid
+from coordinator.transport import Transport
+
+log = logging.getLogger(__name__)
+
+# (path, kind) -> the declared compensation (saga actions) or None.
+Operations = dict[tuple[str, str], str | None]
+
+
+class CatalogueUnavailable(Exception):
+    """A participant's catalogue could not be read or verified; the submission may be retried."""
+
+
+@dataclass
+class _Entry:
+    operations: Operations
+    read_at: float
+
+
+def _operations(raw: list[dict[str, object]]) -> Operations:
+    out: Operations = {}
+    for op in raw:
+        path, kind, undo = op.get("path"), op.get("kind"), op.get("compensation")
+        if isinstance(path, str) and kind in ("2pc", "action", "compensation"):
+            out[(path, str(kind))] = undo if isinstance(undo, str) else None
+    return out
+
+
+class Declared:
+    def __init__(self, transport: Transport, refresh_s: float = 60.0, recheck_s: float = 2.0):
+        self.transport = transport
+        self.refresh_s = refresh_s
+        self.recheck_s = recheck_s
+        self._cache: dict[str, _Entry] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def _read(self, participant: str) -> _Entry | str:
+        lock = self._locks.setdefault(participant, asyncio.Lock())
+        async with lock:
+            raw = await self.transport.catalogue(participant)
+        if isinstance(raw, str):
+            log.warning("catalogue of %s unreadable: %s", participant, raw)
+            return raw
+        entry = _Entry(_operations(raw), asyncio.get_running_loop().time())
+        self._cache[participant] = entry
+        return entry
+
+    async def _entry(self, participant: str, stale_after: float) -> _Entry:
+        now = asyncio.get_running_loop().time()
+        entry = self._cache.get(participant)
+        if entry is not None and now - entry.read_at < stale_after:
+            return entry
+        fresh = await self._read(participant)
+        if isinstance(fresh, _Entry):
+            return fresh
+        if entry is not None:
+            return entry  # keep using what was verified before
+        raise CatalogueUnavailable(
+            f"cannot read participant {participant}'s catalogue of branch operations "
+            f"({fresh}); retry"
+        )
+
+    async def check(self, mode: str, branches: Sequence[BranchIn], loc: tuple[str, ...]) -> None:
+        """Raise Invalid naming the first branch that is not a declared operation."""
+        for i, branch in enumerate(branches):
+            entry = await self._entry(branch.participant, self.refresh_s)
+            problem = undeclared(mode, branch, entry.operations)
+            if problem is not None:
+                entry = await self._entry(branch.participant, self.recheck_s)
+                problem = undeclared(mode, branch, entry.operations)
+            if problem is not None:
+                raise Invalid((*loc, i), f"{branch.participant}: {problem}")
+
+
+def undeclared(mode: str, branch: BranchIn, operations: Operations) -> str | None:
+    if mode == "2pc":
+        if (branch.action, "2pc") in operations:
+            return None
+        kinds = "a saga action" if (branch.action, "action") in operations else "not declared"
+        return f"{branch.action} is not a 2PC branch operation ({kinds})"
+    if (branch.action, "action") not in operations:
+        kinds = "a 2PC operation" if (branch.action, "2pc") in operations else "not declared"
+        return f"{branch.action} is not a saga action ({kinds})"
+    undo = operations[(branch.action, "action")]
+    if branch.compensation != undo:
+        return f"the compensation of {branch.action} is {undo}, not {branch.compensation}"
+    return None
