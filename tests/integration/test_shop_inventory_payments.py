@@ -21,6 +21,7 @@ from participants.inventory.app import create_app as inventory_app
 from participants.payments.app import PaymentsSettings, charge, refund
 from participants.payments.app import create_app as payments_app
 from participants.sdk import Handler, Participant, ParticipantSettings, wire
+from participants.sdk.base import call_handler
 from tests.conftest import create_db
 
 # -- fixtures and helpers --------------------------------------------------------------------
@@ -197,19 +198,21 @@ async def test_unknown_sku_and_malformed_payloads_are_refused(
 
 async def test_release_restores_stock_and_is_idempotent(inv: Participant, inv_dsn: str) -> None:
     await seed_stock(inv_dsn, SKU_1=10, SKU_2=5)
-    payload = order("o1", ("SKU-1", 3), ("SKU-2", 5))
-    assert (await inv.run_action(gid(), 0, payload, reserve))[0] == 200
+    payload, g = order("o1", ("SKU-1", 3), ("SKU-2", 5)), gid()
+    assert (await inv.run_action(g, 0, payload, reserve))[0] == 200
     assert (await inv.run_action(gid(), 0, order("o2", ("SKU-1", 2)), reserve))[0] == 200
     assert await stock(inv_dsn) == {"SKU-1": (5, 5), "SKU-2": (0, 5)}
-    # The handler itself, outside any barrier: a second release changes nothing.
+    # The handler itself, outside any barrier (as the reserve's branch): a second release
+    # changes nothing.
     async with inv.engine.begin() as conn:
-        first = await release(conn, payload)
+        first = await call_handler(release, conn, payload, g, 0)
     assert first == {
         "order_id": "o1",
         "released": [{"sku": "SKU-1", "qty": 3}, {"sku": "SKU-2", "qty": 5}],
     }
     async with inv.engine.begin() as conn:
-        assert await release(conn, payload) == {"order_id": "o1", "released": []}
+        again = await call_handler(release, conn, payload, g, 0)
+    assert again == {"order_id": "o1", "released": []}
     assert await stock(inv_dsn) == {"SKU-1": (8, 2), "SKU-2": (5, 0)}  # o2 still holds 2
     assert await reservations(inv_dsn) == [
         ("o1", "SKU-1", 3, "released"),
@@ -218,7 +221,7 @@ async def test_release_restores_stock_and_is_idempotent(inv: Participant, inv_ds
     ]
     # An order never reserved: nothing to do, success.
     async with inv.engine.begin() as conn:
-        assert await release(conn, order("ghost", ("SKU-1", 1))) == {
+        assert await call_handler(release, conn, order("ghost", ("SKU-1", 1)), gid(), 0) == {
             "order_id": "ghost",
             "released": [],
         }
@@ -286,6 +289,30 @@ async def test_reserve_saga_action_then_compensation_restores_everything(
     assert (await inv.run_action(g2, 0, short, reserve))[0] == 409
     assert (await inv.run_compensation(g2, 0, short, undo))[1].get("nothing_to_undo") is True
     assert undo.calls == 1
+
+
+async def test_release_undoes_only_its_own_branch(inv: Participant, inv_dsn: str) -> None:
+    """Another transaction reusing an order's id (its reserve of a SKU the order does not hold
+    succeeds, of one it holds is refused): compensating it frees only what it reserved."""
+    await seed_stock(inv_dsn, SKU_1=10, SKU_2=5)
+    first, g1 = order("o1", ("SKU-1", 3)), gid()
+    assert (await inv.run_action(g1, 0, first, reserve))[0] == 200
+    reused, g2 = order("o1", ("SKU-2", 1)), gid()
+    assert (await inv.run_action(g2, 0, reused, reserve))[0] == 200
+    refused, g3 = order("o1", ("SKU-1", 1)), gid()
+    assert await inv.run_action(g3, 0, refused, reserve) == (
+        409,
+        {"reason": "order o1 already holds a reservation of SKU-1"},
+    )
+    undone = await inv.run_compensation(g2, 0, reused, release)
+    assert undone[0] == 200 and undone[1]["result"]["released"] == [{"sku": "SKU-2", "qty": 1}]
+    assert (await inv.run_compensation(g3, 0, refused, release))[1].get("nothing_to_undo")
+    # Even run as business code, a release of another branch touches nothing of g1's.
+    async with inv.engine.begin() as conn:
+        assert (await call_handler(release, conn, first, gid(), 0))["released"] == []
+    assert await stock(inv_dsn) == {"SKU-1": (7, 3), "SKU-2": (5, 0)}
+    rows = await sql(inv_dsn, "SELECT gid, branch, sku, status FROM reservations ORDER BY sku")
+    assert [tuple(r) for r in rows] == [(g1, 0, "SKU-1", "reserved"), (g2, 0, "SKU-2", "released")]
 
 
 async def test_duplicate_reserve_action_runs_once(inv: Participant, inv_dsn: str) -> None:
@@ -418,24 +445,30 @@ async def test_charge_refusals_change_nothing(pay: Participant, pay_dsn: str) ->
 
 async def test_refund_restores_the_wallet_once(pay: Participant, pay_dsn: str) -> None:
     await seed_wallet(pay_dsn, "alice", 5000)
-    payload = pay_for("o1", "alice", 3000)
-    assert (await pay.run_action(gid(), 0, payload, charge))[0] == 200
-    async with pay.engine.begin() as conn:
-        first = await refund(conn, payload)
+    payload, g = pay_for("o1", "alice", 3000), gid()
+    assert (await pay.run_action(g, 0, payload, charge))[0] == 200
+    async with pay.engine.begin() as conn:  # the handler itself, as the charge's branch
+        first = await call_handler(refund, conn, payload, g, 0)
     assert first == {"order_id": "o1", "customer": "alice", "refunded": 3000, "balance": 5000}
     async with pay.engine.begin() as conn:
-        assert await refund(conn, payload) == {"order_id": "o1", "refunded": 0}
+        assert await call_handler(refund, conn, payload, g, 0) == {
+            "order_id": "o1",
+            "refunded": 0,
+        }
     async with pay.engine.begin() as conn:  # never charged: nothing to do
-        assert await refund(conn, pay_for("ghost", "alice", 1)) == {
+        assert await call_handler(refund, conn, pay_for("ghost", "alice", 1), gid(), 0) == {
             "order_id": "ghost",
             "refunded": 0,
         }
     assert await wallets(pay_dsn) == {"alice": 5000}
     assert await payments(pay_dsn) == [("o1", "alice", 3000, "refunded")]
-    # A refunded order may be charged again (retried under a new transaction).
+    # A refunded order may be charged again (retried under a new transaction): a new row.
     assert (await pay.run_action(gid(), 0, pay_for("o1", "alice", 1000), charge))[0] == 200
     assert await wallets(pay_dsn) == {"alice": 4000}
-    assert await payments(pay_dsn) == [("o1", "alice", 1000, "captured")]
+    assert sorted(await payments(pay_dsn)) == [
+        ("o1", "alice", 1000, "captured"),
+        ("o1", "alice", 3000, "refunded"),
+    ]
 
 
 async def test_charge_2pc_commit_applies_once_rollback_leaves_wallet(
@@ -472,6 +505,25 @@ async def test_charge_saga_action_compensation_and_duplicates(
     assert await payments(pay_dsn) == [("o1", "alice", 4200, "refunded")]
 
 
+async def test_refund_undoes_only_its_own_branch(pay: Participant, pay_dsn: str) -> None:
+    """Another transaction reusing a paid order's id is refused; neither its compensation nor a
+    refund run as another branch's business code gives the first payment back."""
+    await seed_wallet(pay_dsn, "alice", 5000)
+    first, g1 = pay_for("o1", "alice", 3000), gid()
+    assert (await pay.run_action(g1, 1, first, charge))[0] == 200
+    g2 = gid()
+    assert await pay.run_action(g2, 1, first, charge) == (
+        409,
+        {"reason": "order o1 is already paid"},
+    )
+    assert (await pay.run_compensation(g2, 1, first, refund))[1].get("nothing_to_undo")
+    async with pay.engine.begin() as conn:
+        assert await call_handler(refund, conn, first, g2, 1) == {"order_id": "o1", "refunded": 0}
+    assert await wallets(pay_dsn) == {"alice": 2000}
+    rows = await sql(pay_dsn, "SELECT gid, branch, order_id, amount, status FROM payments")
+    assert [tuple(r) for r in rows] == [(g1, 1, "o1", 3000, "captured")]
+
+
 async def test_concurrent_charges_never_overdraw(pay: Participant, pay_dsn: str) -> None:
     await seed_wallet(pay_dsn, "alice", 10000)
     charges = [pay_for(f"o{i}", "alice", 3000) for i in range(8)]
@@ -506,7 +558,14 @@ async def test_payments_http_wallets_listing_and_a_2pc_branch(pay_dsn: str) -> N
             assert (await client.post(wire.COMMIT_PATH, headers=headers)).status_code == 200
             assert (await client.get("/wallets")).json() == [{"customer": "alice", "balance": 3001}]
             assert (await client.get("/payments")).json() == [
-                {"order_id": "o1", "customer": "alice", "amount": 1999, "status": "captured"}
+                {
+                    "gid": g,
+                    "branch": 0,
+                    "order_id": "o1",
+                    "customer": "alice",
+                    "amount": 1999,
+                    "status": "captured",
+                }
             ]
             headers = {wire.H_GID: gid(), wire.H_BRANCH: "0", wire.H_OP: "prepare"}
             no = await client.post(
