@@ -17,7 +17,7 @@ from devstack.invariants import check, take_baseline
 from devstack.shop_demo import run_against
 from devstack.stack import Stack, StackConfig
 from tests.conftest import TEST_COORDINATOR_ENV
-from tests.helpers import fetch, unique
+from tests.helpers import api_client, fetch, unique
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +136,82 @@ async def test_saga_blocked_destination_is_compensated(shop: Stack) -> None:
         f"SELECT status FROM payments WHERE order_id = '{blocked['id']}'",
     )
     assert [r["status"] for r in refunds] == ["refunded"]
+    rules = await check(shop.state(), baseline)
+    assert all(r.ok for r in rules), [r for r in rules if not r.ok]
+
+
+async def _held(stack: Stack, order_id: str) -> dict[str, Any]:
+    """What the databases hold for an order: live reservations, captured payments, shipments."""
+    inventory = stack.service("inventory").dsn or ""
+    payments = stack.service("payments").dsn or ""
+    shipping = stack.service("shipping").dsn or ""
+    sql = "SELECT gid, sku, qty FROM reservations WHERE order_id = $1 AND status = 'reserved'"
+    reserved = await fetch(inventory, sql, order_id)
+    sql = "SELECT gid, amount FROM payments WHERE order_id = $1 AND status = 'captured'"
+    captured = await fetch(payments, sql, order_id)
+    sql = "SELECT status FROM shipments WHERE order_id = $1"
+    shipped = await fetch(shipping, sql, order_id)
+    return {
+        "reserved": sorted((r["gid"], r["sku"], r["qty"]) for r in reserved),
+        "captured": [(r["gid"], r["amount"]) for r in captured],
+        "shipments": [r["status"] for r in shipped],
+    }
+
+
+async def test_a_saga_reusing_a_confirmed_order_id_leaves_that_order_intact(shop: Stack) -> None:
+    """A ``place_order`` saga submitted with a confirmed order's id: its reserve of another SKU
+    succeeds, its charge is refused (the order is paid), and its compensation releases only
+    its own reservation, never the confirmed order's stock or payment."""
+    customer = unique("reuser")
+    async with api_client(timeout=60) as client:
+        await seed(client, shop, {"SKU-1": 1000, "SKU-3": 1000}, {customer: 100_000})
+        baseline = await take_baseline(shop.state())
+        first = await order(
+            client,
+            shop,
+            customer=customer,
+            items=[{"sku": "SKU-1", "qty": 2}],
+            destination="Oslo",
+            mode="saga",
+        )
+        assert first["status"] == "confirmed", first
+        intact = await _held(shop, first["id"])
+        assert intact == {
+            "reserved": [(first["gid"], "SKU-1", 2)],
+            "captured": [(first["gid"], 4800)],
+            "shipments": ["created"],
+        }
+        skus = "('SKU-1', 'SKU-3')"
+        stock_sql = f"SELECT sku, available, reserved FROM stock WHERE sku IN {skus} ORDER BY sku"
+        stock_before = await fetch(shop.service("inventory").dsn or "", stock_sql)
+        reuse = unique("reuse")
+        reply = await client.post(
+            f"{shop.coordinator_url}/v1/transactions?wait=30",
+            json={
+                "gid": reuse,
+                "saga": "place_order",
+                "input": {
+                    "order_id": first["id"],
+                    "customer": customer,
+                    "items": [{"sku": "SKU-3", "qty": 1}],
+                    "destination": "Oslo",
+                    "amount": 1500,
+                },
+            },
+        )
+        assert reply.status_code in (200, 201), reply.text
+        outcome = reply.json()
+        assert outcome["status"] == "aborted", outcome
+        assert f"order {first['id']} is already paid" in outcome["reason"]
+    assert await _held(shop, first["id"]) == intact
+    stock_after = await fetch(shop.service("inventory").dsn or "", stock_sql)
+    assert [tuple(r) for r in stock_after] == [tuple(r) for r in stock_before]
+    released = await fetch(
+        shop.service("inventory").dsn or "",
+        "SELECT sku, qty, status FROM reservations WHERE gid = $1",
+        reuse,
+    )
+    assert [tuple(r) for r in released] == [("SKU-3", 1, "released")]
     rules = await check(shop.state(), baseline)
     assert all(r.ok for r in rules), [r for r in rules if not r.ok]
 
