@@ -2,8 +2,12 @@
 for an order and records the payment, as a 2PC prepare or a saga action (by ``Txn-Op``);
 ``POST /payments/charge/undo`` is the saga compensation that refunds it.
 
-Each payment row records the branch that made it, ``current_branch()`` = (gid, branch): the refund
-undoes exactly that payment, never another transaction's payment of the same order id.
+The charge's payload carries the order's items, never an amount: the amount is priced here from
+the shop's catalogue (``participants.shop.catalogue``, which the inventory serves), so no client
+can set what it pays.
+
+Each payment row records the branch that made it, ``current_branch()`` = (gid, branch): the
+refund undoes exactly that payment, never another transaction's payment of the same order id.
 
 Concurrency: a charge and a refund both lock the payment row first and the wallet
 second, so they never wait on each other in a cycle; the wallet debit is one conditional
@@ -15,14 +19,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from participants.payments.schema import payments, wallets
 from participants.sdk import BusinessError, Participant, ParticipantSettings, current_branch
-from participants.shop.catalogue import money
+from participants.shop.catalogue import PRODUCTS, money, price_of
 
 CUSTOMER = r"^[A-Za-z0-9._:-]{1,64}$"
 MAX_CENTS = 2**62
@@ -53,10 +57,28 @@ class Payment(BaseModel):
     status: str
 
 
+class Item(BaseModel):
+    sku: str = Field(min_length=1, max_length=64)
+    qty: int = Field(gt=0, le=2**31 - 1, strict=True)
+
+
 class Charge(BaseModel):
+    # An ``amount`` (or anything else unexpected) in the payload is refused, never trusted.
+    model_config = ConfigDict(extra="forbid")
+
     order_id: str = Field(min_length=1, max_length=128)
     customer: str = Field(min_length=1, max_length=64)  # no wallet by that name: unknown
-    amount: int = Field(gt=0, le=MAX_CENTS, strict=True)
+    items: list[Item] = Field(min_length=1, max_length=100)
+
+    def amount(self) -> int:
+        """The order's total in cents at the catalogue's prices."""
+        for item in self.items:
+            if item.sku not in PRODUCTS:
+                raise BusinessError(f"unknown SKU {item.sku}")
+        total = price_of([(i.sku, i.qty) for i in self.items])
+        if total > MAX_CENTS:
+            raise BusinessError(f"the order costs more than {money(MAX_CENTS)}")
+        return total
 
 
 def _payload(payload: dict[str, Any]) -> Charge:
@@ -92,7 +114,7 @@ async def charge(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, An
     """charge a customer's wallet for an order and record the payment as captured"""
     req = _payload(payload)
     gid, branch = current_branch()
-    amount = req.amount
+    amount = req.amount()
     args = {"gid": gid, "branch": branch, "order_id": req.order_id}
     args |= {"customer": req.customer, "amount": amount}
     if (await conn.execute(_RECORD, args)).first() is None:
@@ -107,7 +129,12 @@ async def charge(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, An
             f"insufficient funds: {req.customer} has {money(has)}, the order costs {money(amount)}"
         )
     # A refusal above raises: the SDK rolls the payment row back with everything else.
-    return {"order_id": req.order_id, "customer": req.customer, "balance": balance}
+    return {
+        "order_id": req.order_id,
+        "customer": req.customer,
+        "amount": amount,
+        "balance": balance,
+    }
 
 
 async def refund(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
