@@ -80,11 +80,16 @@ async def check(state: dict[str, Any], baseline: Baseline) -> list[Rule]:
         rows = await _fetch(dsn, "SELECT gid FROM pg_prepared_xacts")
         prepared += [f"{name}: {r['gid']}" for r in rows]
 
-    reserved_by_order: dict[str, dict[str, int]] = defaultdict(dict)
+    # Rows are per branch, (gid, branch): an order's live rows are summed, so a second live
+    # reservation or payment of one order (which the schema forbids) would show as a mismatch.
+    reserved_by_order: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for r in reservations:
         if r["status"] == "reserved":
-            reserved_by_order[r["order_id"]][r["sku"]] = int(r["qty"])
-    captured = {r["order_id"]: int(r["amount"]) for r in payments if r["status"] == "captured"}
+            reserved_by_order[r["order_id"]][r["sku"]] += int(r["qty"])
+    captured: dict[str, int] = defaultdict(int)
+    for r in payments:
+        if r["status"] == "captured":
+            captured[r["order_id"]] += int(r["amount"])
     shipped = {r["order_id"] for r in shipments if r["status"] == "created"}
 
     stock_rule: list[str] = []
@@ -114,7 +119,7 @@ async def check(state: dict[str, Any], baseline: Baseline) -> list[Rule]:
         oid, status = o["id"], o["status"]
         want = {i["sku"]: int(i["qty"]) for i in _items(o["items"])}
         if status == "confirmed":
-            if reserved_by_order.get(oid, {}) != want:
+            if dict(reserved_by_order.get(oid, {})) != want:
                 order_rule.append(f"confirmed order {oid} lacks its stock")
             if captured.get(oid) != int(o["total"]):
                 order_rule.append(f"confirmed order {oid} lacks its payment")

@@ -1,6 +1,7 @@
 """``place_order``: the shop's order as a saga. Reserve the stock, charge the wallet, create the
 shipment; undone by release, refund and cancel. The shipment comes last: a blocked destination
-is the late failure that shows compensations at work."""
+is the late failure that shows compensations at work. The charge carries the items, not a price:
+the payments service computes the amount from the shop's catalogue."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ class PlaceOrderInput(BaseModel):
     customer: str = Field(min_length=1, max_length=64)
     items: list[Item] = Field(min_length=1, max_length=20)
     destination: str = Field(min_length=1, max_length=128)
-    amount: int = Field(gt=0, description="The order's total in cents.")
+    # No ``amount``: the payments service prices the items from the shop's catalogue, and an
+    # ``amount`` given here is refused (422, extra fields forbidden).
 
 
 @saga("place_order", PlaceOrderInput, "Reserve stock, charge the wallet, ship the order.")
@@ -42,7 +44,7 @@ def place_order(inp: PlaceOrderInput) -> list[StepSpec]:
             "payments",
             "/payments/charge",
             "/payments/charge/undo",
-            {"order_id": inp.order_id, "customer": inp.customer, "amount": inp.amount},
+            {"order_id": inp.order_id, "customer": inp.customer, "items": items},
         ),
         StepSpec(
             "ship",

@@ -2,9 +2,13 @@
 order's items from available to reserved, as a 2PC prepare or a saga action (by ``Txn-Op``);
 ``POST /stock/reserve/undo`` is the saga compensation that releases them again.
 
+Each reservation row records the branch that made it, ``current_branch()`` = (gid, branch): the
+release undoes exactly its own branch's rows, never another transaction's reservation of the
+same order id (a saga reusing a confirmed order's id must not free that order's stock).
+
 Concurrency: every change locks the stock rows it touches one at a time in sorted SKU order, and
-only then the order's reservation rows, so two calls never wait on each other in a cycle. The
-SDK's barrier (same local transaction) makes repeated calls of one branch run the business code
+only then the reservation rows, so two calls never wait on each other in a cycle. The SDK's
+barrier (same local transaction) makes repeated calls of one branch run the business code
 once."""
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from participants.inventory.schema import reservations, stock
-from participants.sdk import BusinessError, Participant, ParticipantSettings
+from participants.sdk import BusinessError, Participant, ParticipantSettings, current_branch
 from participants.shop.catalogue import PRODUCTS
 
 MAX_QTY = 2**31 - 1  # the stock columns are 32-bit integers
@@ -51,6 +55,8 @@ class StockItem(BaseModel):
 
 
 class ReservationRow(BaseModel):
+    gid: str
+    branch: int
     order_id: str
     sku: str
     qty: int
@@ -94,24 +100,26 @@ _TAKE = text(
 _GIVE_BACK = text(
     "UPDATE stock SET available = available + :qty, reserved = reserved - :qty WHERE sku = :sku"
 )
-# A reservation row of the same order and SKU that was released may be taken again (the order
-# retried under a new transaction); one still reserved refuses the second reservation.
+# One live reservation per order and SKU (the partial unique index): a second one is refused;
+# after a release the order may reserve again (retried under a new transaction), as a new row.
 _HOLD = text(
-    "INSERT INTO reservations (order_id, sku, qty, status) "
-    "VALUES (:order_id, :sku, :qty, 'reserved') "
-    "ON CONFLICT (order_id, sku) DO UPDATE SET qty = EXCLUDED.qty, status = 'reserved' "
-    "WHERE reservations.status = 'released' RETURNING 1"
+    "INSERT INTO reservations (gid, branch, order_id, sku, qty, status) "
+    "VALUES (:gid, :branch, :order_id, :sku, :qty, 'reserved') "
+    "ON CONFLICT (order_id, sku) WHERE status = 'reserved' DO NOTHING RETURNING 1"
 )
-_HELD = text("SELECT sku FROM reservations WHERE order_id = :order_id AND status = 'reserved'")
+_HELD = text(
+    "SELECT sku FROM reservations WHERE gid = :gid AND branch = :branch AND status = 'reserved'"
+)
 _RELEASE = text(
-    "UPDATE reservations SET status = 'released' "
-    "WHERE order_id = :order_id AND sku = :sku AND status = 'reserved' RETURNING qty"
+    "UPDATE reservations SET status = 'released' WHERE gid = :gid AND branch = :branch "
+    "AND sku = :sku AND status = 'reserved' RETURNING qty"
 )
 
 
 async def reserve(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
     """reserve an order's items: move their quantities from available to reserved"""
     req = _payload(payload)
+    gid, branch = current_branch()
     wanted: dict[str, int] = {}
     for item in req.items:  # the same SKU on two lines is one reservation of both
         wanted[item.sku] = wanted.get(item.sku, 0) + item.qty
@@ -124,7 +132,8 @@ async def reserve(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, A
         if available < qty:
             raise BusinessError(f"only {available} left of {sku}")
         await conn.execute(_TAKE, {"sku": sku, "qty": qty})
-        held = await conn.execute(_HOLD, {"order_id": req.order_id, "sku": sku, "qty": qty})
+        row = {"gid": gid, "branch": branch, "order_id": req.order_id, "sku": sku, "qty": qty}
+        held = await conn.execute(_HOLD, row)
         if held.first() is None:
             raise BusinessError(f"order {req.order_id} already holds a reservation of {sku}")
         done.append({"sku": sku, "qty": qty})
@@ -133,13 +142,15 @@ async def reserve(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, A
 
 
 async def release(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
-    """release an order's reserved items back to available (nothing reserved: nothing to do)"""
+    """release what this branch reserved back to available (nothing reserved: nothing to do)"""
     req = _payload(payload)
-    held = (await conn.execute(_HELD, {"order_id": req.order_id})).scalars().all()
+    gid, branch = current_branch()
+    mine = {"gid": gid, "branch": branch}
+    held = (await conn.execute(_HELD, mine)).scalars().all()
     done = []
     for sku in sorted(held):  # the reserve's lock order: stock row, then the reservation
         await conn.execute(_LOCK_STOCK, {"sku": sku})
-        key = {"order_id": req.order_id, "sku": sku}
+        key = {**mine, "sku": sku}
         qty = (await conn.execute(_RELEASE, key)).scalar_one_or_none()
         if qty is None:  # released by another call meanwhile
             continue
@@ -181,10 +192,8 @@ def create_app(settings: ParticipantSettings | None = None) -> FastAPI:
     @app.get("/reservations")
     async def list_reservations() -> list[ReservationRow]:
         async with sdk.engine.connect() as conn:
-            query = select(reservations).order_by(reservations.c.order_id, reservations.c.sku)
-            return [
-                ReservationRow(order_id=r.order_id, sku=r.sku, qty=r.qty, status=r.status)
-                for r in await conn.execute(query)
-            ]
+            c = reservations.c
+            query = select(reservations).order_by(c.order_id, c.sku, c.gid, c.branch)
+            return [ReservationRow.model_validate(r._asdict()) for r in await conn.execute(query)]
 
     return app

@@ -195,11 +195,8 @@ def transaction_for(order: Order) -> dict[str, Any]:
                 {
                     "participant": "payments",
                     "action": "/payments/charge",
-                    "payload": {
-                        "order_id": order.id,
-                        "customer": order.customer,
-                        "amount": order.total,
-                    },
+                    # Items, not the total: payments prices them from the catalogue itself.
+                    "payload": {"order_id": order.id, "customer": order.customer, "items": items},
                 },
                 {
                     "participant": "orders",
@@ -216,7 +213,6 @@ def transaction_for(order: Order) -> dict[str, Any]:
             "customer": order.customer,
             "items": items,
             "destination": order.destination,
-            "amount": order.total,
         },
     }
 

@@ -2,7 +2,14 @@
 for an order and records the payment, as a 2PC prepare or a saga action (by ``Txn-Op``);
 ``POST /payments/charge/undo`` is the saga compensation that refunds it.
 
-Concurrency: a charge and a refund both lock the order's payment row first and the wallet
+The charge's payload carries the order's items, never an amount: the amount is priced here from
+the shop's catalogue (``participants.shop.catalogue``, which the inventory serves), so no client
+can set what it pays.
+
+Each payment row records the branch that made it, ``current_branch()`` = (gid, branch): the
+refund undoes exactly that payment, never another transaction's payment of the same order id.
+
+Concurrency: a charge and a refund both lock the payment row first and the wallet
 second, so they never wait on each other in a cycle; the wallet debit is one conditional
 UPDATE, so concurrent charges can never overdraw it. The SDK's barrier (same local transaction)
 makes repeated calls of one branch run the business code once."""
@@ -12,14 +19,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from participants.payments.schema import payments, wallets
-from participants.sdk import BusinessError, Participant, ParticipantSettings
-from participants.shop.catalogue import money
+from participants.sdk import BusinessError, Participant, ParticipantSettings, current_branch
+from participants.shop.catalogue import PRODUCTS, money, price_of
 
 CUSTOMER = r"^[A-Za-z0-9._:-]{1,64}$"
 MAX_CENTS = 2**62
@@ -42,16 +49,36 @@ class Wallet(BaseModel):
 
 
 class Payment(BaseModel):
+    gid: str
+    branch: int
     order_id: str
     customer: str
     amount: int
     status: str
 
 
+class Item(BaseModel):
+    sku: str = Field(min_length=1, max_length=64)
+    qty: int = Field(gt=0, le=2**31 - 1, strict=True)
+
+
 class Charge(BaseModel):
+    # An ``amount`` (or anything else unexpected) in the payload is refused, never trusted.
+    model_config = ConfigDict(extra="forbid")
+
     order_id: str = Field(min_length=1, max_length=128)
     customer: str = Field(min_length=1, max_length=64)  # no wallet by that name: unknown
-    amount: int = Field(gt=0, le=MAX_CENTS, strict=True)
+    items: list[Item] = Field(min_length=1, max_length=100)
+
+    def amount(self) -> int:
+        """The order's total in cents at the catalogue's prices."""
+        for item in self.items:
+            if item.sku not in PRODUCTS:
+                raise BusinessError(f"unknown SKU {item.sku}")
+        total = price_of([(i.sku, i.qty) for i in self.items])
+        if total > MAX_CENTS:
+            raise BusinessError(f"the order costs more than {money(MAX_CENTS)}")
+        return total
 
 
 def _payload(payload: dict[str, Any]) -> Charge:
@@ -63,14 +90,12 @@ def _payload(payload: dict[str, Any]) -> Charge:
         raise BusinessError(f"invalid charge payload: {where}: {first['msg']}") from e
 
 
-# A payment of the same order that was refunded may be charged again (the order retried under a
-# new transaction); one still captured refuses the second charge.
+# One captured payment per order (the partial unique index): a second charge is refused; after
+# a refund the order may be charged again (retried under a new transaction), as a new row.
 _RECORD = text(
-    "INSERT INTO payments (order_id, customer, amount, status) "
-    "VALUES (:order_id, :customer, :amount, 'captured') "
-    "ON CONFLICT (order_id) DO UPDATE "
-    "SET customer = EXCLUDED.customer, amount = EXCLUDED.amount, status = 'captured' "
-    "WHERE payments.status = 'refunded' RETURNING 1"
+    "INSERT INTO payments (gid, branch, order_id, customer, amount, status) "
+    "VALUES (:gid, :branch, :order_id, :customer, :amount, 'captured') "
+    "ON CONFLICT (order_id) WHERE status = 'captured' DO NOTHING RETURNING 1"
 )
 _DEBIT = text(
     "UPDATE wallets SET balance = balance - :amount "
@@ -78,7 +103,7 @@ _DEBIT = text(
 )
 _REFUND = text(
     "UPDATE payments SET status = 'refunded' "
-    "WHERE order_id = :order_id AND status = 'captured' RETURNING customer, amount"
+    "WHERE gid = :gid AND branch = :branch AND status = 'captured' RETURNING customer, amount"
 )
 _CREDIT = text(
     "UPDATE wallets SET balance = balance + :amount WHERE customer = :customer RETURNING balance"
@@ -88,7 +113,10 @@ _CREDIT = text(
 async def charge(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
     """charge a customer's wallet for an order and record the payment as captured"""
     req = _payload(payload)
-    args = {"order_id": req.order_id, "customer": req.customer, "amount": req.amount}
+    gid, branch = current_branch()
+    amount = req.amount()
+    args = {"gid": gid, "branch": branch, "order_id": req.order_id}
+    args |= {"customer": req.customer, "amount": amount}
     if (await conn.execute(_RECORD, args)).first() is None:
         raise BusinessError(f"order {req.order_id} is already paid")
     balance = (await conn.execute(_DEBIT, args)).scalar_one_or_none()
@@ -98,17 +126,22 @@ async def charge(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, An
         if has is None:
             raise BusinessError(f"unknown customer {req.customer}")
         raise BusinessError(
-            f"insufficient funds: {req.customer} has {money(has)}, "
-            f"the order costs {money(req.amount)}"
+            f"insufficient funds: {req.customer} has {money(has)}, the order costs {money(amount)}"
         )
     # A refusal above raises: the SDK rolls the payment row back with everything else.
-    return {"order_id": req.order_id, "customer": req.customer, "balance": balance}
+    return {
+        "order_id": req.order_id,
+        "customer": req.customer,
+        "amount": amount,
+        "balance": balance,
+    }
 
 
 async def refund(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
-    """refund an order's captured payment to the wallet (nothing captured: nothing to do)"""
+    """refund this branch's captured payment to the wallet (nothing captured: nothing to do)"""
     req = _payload(payload)
-    paid = (await conn.execute(_REFUND, {"order_id": req.order_id})).first()
+    gid, branch = current_branch()
+    paid = (await conn.execute(_REFUND, {"gid": gid, "branch": branch})).first()
     if paid is None:
         return {"order_id": req.order_id, "refunded": 0}
     credit = {"customer": paid.customer, "amount": paid.amount}
@@ -153,10 +186,8 @@ def create_app(settings: ParticipantSettings | None = None) -> FastAPI:
     @app.get("/payments")
     async def list_payments() -> list[Payment]:
         async with sdk.engine.connect() as conn:
-            rows = await conn.execute(select(payments).order_by(payments.c.order_id))
-            return [
-                Payment(order_id=r.order_id, customer=r.customer, amount=r.amount, status=r.status)
-                for r in rows
-            ]
+            c = payments.c
+            rows = await conn.execute(select(payments).order_by(c.order_id, c.gid, c.branch))
+            return [Payment.model_validate(r._asdict()) for r in rows]
 
     return app

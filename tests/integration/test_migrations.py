@@ -1,5 +1,6 @@
 """Migrations: an empty database upgraded to head matches the metadata exactly (what
-``alembic check`` verifies), for the log and for the ledger; concurrent upgrades are safe."""
+``alembic check`` verifies), for the log, the ledger and the shop's inventory and payments; the
+shop's rows written before revision 0002 survive it; concurrent upgrades are safe."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import sys
 import threading
 from typing import Any
 
+import asyncpg
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import MetaData
@@ -16,8 +19,10 @@ from sqlalchemy import MetaData
 from coordinator.db import make_engine
 from coordinator.schema import metadata as log_metadata
 from devstack.postgres import Cluster
-from migrations import upgrade
+from migrations import config, upgrade
+from participants.inventory.schema import metadata as inventory_metadata
 from participants.ledger.schema import metadata as ledger_metadata
+from participants.payments.schema import metadata as payments_metadata
 from tests.conftest import create_db
 from tests.helpers import fetch
 
@@ -36,12 +41,12 @@ async def _diff(dsn: str, metadata: MetaData) -> list[Any]:
         await engine.dispose()
 
 
-def _upgrade_in_thread(dsn: str, target: str) -> None:
+def _upgrade_in_thread(dsn: str, target: str, revision: str = "head") -> None:
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            upgrade(dsn, target)
+            upgrade(dsn, target, revision)
         except BaseException as e:
             errors.append(e)
 
@@ -57,6 +62,8 @@ def _upgrade_in_thread(dsn: str, target: str) -> None:
     [
         ("coordinator", log_metadata, {"transactions", "branches", "events"}),
         ("ledger", ledger_metadata, {"accounts", "txn_barrier"}),
+        ("inventory", inventory_metadata, {"stock", "reservations", "txn_barrier"}),
+        ("payments", payments_metadata, {"wallets", "payments", "txn_barrier"}),
     ],
 )
 async def test_empty_database_upgraded_to_head_matches_metadata(
@@ -70,6 +77,61 @@ async def test_empty_database_upgraded_to_head_matches_metadata(
     # Upgrading again is a no-op.
     _upgrade_in_thread(dsn, target)
     assert await _diff(dsn, metadata) == []
+
+
+def _downgrade_in_thread(dsn: str, target: str, revision: str) -> None:
+    worker = threading.Thread(target=lambda: command.downgrade(config(dsn, target), revision))
+    worker.start()
+    worker.join()
+
+
+async def test_shop_rows_from_before_0002_get_an_owner_no_branch_has(pg: Cluster) -> None:
+    """Rows written before reservations and payments recorded their branch keep their business
+    columns and get gid 'before-0002:<order>', branch -1: no compensation can match them."""
+    inventory, payments = await create_db(pg, None), await create_db(pg, None)
+    _upgrade_in_thread(inventory, "inventory", "0001_stock")
+    _upgrade_in_thread(payments, "payments", "0001_wallets")
+    await fetch(
+        inventory,
+        "INSERT INTO reservations (order_id, sku, qty, status) VALUES "
+        "('o1', 'SKU-1', 2, 'reserved'), ('o2', 'SKU-1', 1, 'released')",
+    )
+    await fetch(
+        payments,
+        "INSERT INTO payments (order_id, customer, amount, status) VALUES "
+        "('o1', 'alice', 4800, 'captured'), ('o2', 'bob', 2400, 'refunded')",
+    )
+    _upgrade_in_thread(inventory, "inventory", "head")
+    _upgrade_in_thread(payments, "payments", "head")
+    assert await _diff(inventory, inventory_metadata) == []
+    assert await _diff(payments, payments_metadata) == []
+    held = await fetch(
+        inventory, "SELECT gid, branch, order_id, sku, qty, status FROM reservations"
+    )
+    assert sorted(tuple(r) for r in held) == [
+        ("before-0002:o1", -1, "o1", "SKU-1", 2, "reserved"),
+        ("before-0002:o2", -1, "o2", "SKU-1", 1, "released"),
+    ]
+    paid = await fetch(payments, "SELECT gid, branch, order_id, amount, status FROM payments")
+    assert sorted(tuple(r) for r in paid) == [
+        ("before-0002:o1", -1, "o1", 4800, "captured"),
+        ("before-0002:o2", -1, "o2", 2400, "refunded"),
+    ]
+    # An order may be paid again after a refund (a new row) but never hold two captured.
+    again = "INSERT INTO payments (gid, branch, order_id, customer, amount, status) VALUES "
+    await fetch(payments, again + "('g', 1, 'o2', 'bob', 2400, 'captured')")
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await fetch(payments, again + "('h', 1, 'o2', 'bob', 1, 'captured')")
+    # And back down: the refunded history of o2 goes, its captured payment stays.
+    _downgrade_in_thread(payments, "payments", "0001_wallets")
+    paid = await fetch(payments, "SELECT order_id, amount, status FROM payments")
+    assert sorted(tuple(r) for r in paid) == [("o1", 4800, "captured"), ("o2", 2400, "captured")]
+    _downgrade_in_thread(inventory, "inventory", "0001_stock")
+    held = await fetch(inventory, "SELECT order_id, sku, qty, status FROM reservations")
+    assert sorted(tuple(r) for r in held) == [
+        ("o1", "SKU-1", 2, "reserved"),
+        ("o2", "SKU-1", 1, "released"),
+    ]
 
 
 async def test_the_diff_would_see_a_drifted_schema(pg: Cluster) -> None:

@@ -20,7 +20,7 @@ from coordinator.db import make_engine
 from participants.ledger.app import adjust, undo_adjust
 from participants.sdk import BusinessError, Handler, Participant, ParticipantSettings, wire
 from participants.sdk.base import BarrierHook, _Transient
-from tests.helpers import api_client, ledger_app
+from tests.helpers import TEST_SECRET, api_client, branch_headers, ledger_app, secured
 
 GUARD_S = 10  # a failure guard on every wait: a broken race fails instead of hanging
 
@@ -308,19 +308,19 @@ async def test_lock_timeout_at_the_barrier_is_transient(make_sdk: MakeSdk, ledge
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "routes-only"])
 async def test_http_dispatch_on_txn_op(ledger_dsn: str, fast_path: bool) -> None:
-    secret = "s3cret"
-    app = ledger_app(ParticipantSettings(name="t", dsn=ledger_dsn, hmac_secret=secret), fast_path)
+    app = ledger_app(secured(name="t", dsn=ledger_dsn), fast_path)
     await open_account(ledger_dsn, "h", 10)
     g = gid()
 
-    def headers(op: str, body: bytes, branch: int = 0, signed_as: str | None = None) -> Any:
-        signature = wire.sign(secret, g, branch, signed_as or op, body)
-        return {
-            wire.H_GID: g,
-            wire.H_BRANCH: str(branch),
-            wire.H_OP: op,
-            wire.H_SIGNATURE: signature,
-        }
+    def headers(
+        op: str,
+        body: bytes,
+        branch: int = 0,
+        signed_as: str | None = None,
+        path: str = "/accounts/adjust",
+    ) -> Any:
+        signed = branch_headers(TEST_SECRET, "t", path, g, branch, signed_as or op, body)
+        return {**signed, wire.H_OP: op}
 
     body = b'{"account": "h", "delta": 5}'
     async with app.router.lifespan_context(app):
@@ -338,15 +338,16 @@ async def test_http_dispatch_on_txn_op(ledger_dsn: str, fast_path: bool) -> None
             repeat = await post("/accounts/adjust", headers("action", body))
             assert repeat.status_code == 200 and repeat.json()["repeat"] is True
             assert await balance(ledger_dsn, "h") == 15
-            undone = await post("/accounts/adjust/undo", headers("compensate", body))
+            undo = "/accounts/adjust/undo"
+            undone = await post(undo, headers("compensate", body, path=undo))
             assert undone.status_code == 200 and undone.json()["result"]["balance"] == 10
-            again = await post("/accounts/adjust/undo", headers("compensate", body))
+            again = await post(undo, headers("compensate", body, path=undo))
             assert again.status_code == 200 and again.json()["repeat"] is True
             assert await balance(ledger_dsn, "h") == 10
             # The same path still serves the 2PC prepare.
             prepared = await post("/accounts/adjust", headers("prepare", body, branch=1))
             assert prepared.status_code == 200 and prepared.json()["vote"] == "yes"
-            commit_headers = headers("commit", b"", branch=1)
+            commit_headers = headers("commit", b"", branch=1, path=wire.COMMIT_PATH)
             del commit_headers[wire.H_OP]
             committed = await client.post(wire.COMMIT_PATH, headers=commit_headers)
             assert committed.status_code == 200
@@ -359,7 +360,7 @@ async def test_http_dispatch_on_txn_op(ledger_dsn: str, fast_path: bool) -> None
                 ("/accounts/adjust/undo", "action", "has no action handler"),
                 ("/accounts/adjust", "commit", f"goes to {wire.COMMIT_PATH}"),
             ]:
-                refused = await post(path, headers(op, body, branch=2))
+                refused = await post(path, headers(op, body, branch=2, path=path))
                 assert refused.status_code == 400, (path, op)
                 assert expected in refused.json()["detail"], refused.text
     assert await balance(ledger_dsn, "h") == 15

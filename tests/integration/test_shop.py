@@ -16,6 +16,7 @@ import pytest
 from devstack.invariants import check, take_baseline
 from devstack.shop_demo import run_against
 from devstack.stack import Stack, StackConfig
+from participants.shop.catalogue import PRODUCTS
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import TEST_API_TOKEN, api_client, fetch, unique
 
@@ -137,6 +138,134 @@ async def test_saga_blocked_destination_is_compensated(shop: Stack) -> None:
         f"SELECT status FROM payments WHERE order_id = '{blocked['id']}'",
     )
     assert [r["status"] for r in refunds] == ["refunded"]
+    rules = await check(shop.state(), baseline)
+    assert all(r.ok for r in rules), [r for r in rules if not r.ok]
+
+
+async def _held(stack: Stack, order_id: str) -> dict[str, Any]:
+    """What the databases hold for an order: live reservations, captured payments, shipments."""
+    inventory = stack.service("inventory").dsn or ""
+    payments = stack.service("payments").dsn or ""
+    shipping = stack.service("shipping").dsn or ""
+    sql = "SELECT gid, sku, qty FROM reservations WHERE order_id = $1 AND status = 'reserved'"
+    reserved = await fetch(inventory, sql, order_id)
+    sql = "SELECT gid, amount FROM payments WHERE order_id = $1 AND status = 'captured'"
+    captured = await fetch(payments, sql, order_id)
+    sql = "SELECT status FROM shipments WHERE order_id = $1"
+    shipped = await fetch(shipping, sql, order_id)
+    return {
+        "reserved": sorted((r["gid"], r["sku"], r["qty"]) for r in reserved),
+        "captured": [(r["gid"], r["amount"]) for r in captured],
+        "shipments": [r["status"] for r in shipped],
+    }
+
+
+async def test_a_saga_reusing_a_confirmed_order_id_leaves_that_order_intact(shop: Stack) -> None:
+    """A ``place_order`` saga submitted with a confirmed order's id: its reserve of another SKU
+    succeeds, its charge is refused (the order is paid), and its compensation releases only
+    its own reservation, never the confirmed order's stock or payment."""
+    customer = unique("reuser")
+    async with api_client(timeout=60) as client:
+        await seed(client, shop, {"SKU-1": 1000, "SKU-3": 1000}, {customer: 100_000})
+        baseline = await take_baseline(shop.state())
+        first = await order(
+            client,
+            shop,
+            customer=customer,
+            items=[{"sku": "SKU-1", "qty": 2}],
+            destination="Oslo",
+            mode="saga",
+        )
+        assert first["status"] == "confirmed", first
+        intact = await _held(shop, first["id"])
+        assert intact == {
+            "reserved": [(first["gid"], "SKU-1", 2)],
+            "captured": [(first["gid"], 4800)],
+            "shipments": ["created"],
+        }
+        skus = "('SKU-1', 'SKU-3')"
+        stock_sql = f"SELECT sku, available, reserved FROM stock WHERE sku IN {skus} ORDER BY sku"
+        stock_before = await fetch(shop.service("inventory").dsn or "", stock_sql)
+        reuse = unique("reuse")
+        reply = await client.post(
+            f"{shop.coordinator_url}/v1/transactions?wait=30",
+            json={
+                "gid": reuse,
+                "saga": "place_order",
+                "input": {
+                    "order_id": first["id"],
+                    "customer": customer,
+                    "items": [{"sku": "SKU-3", "qty": 1}],
+                    "destination": "Oslo",
+                },
+            },
+        )
+        assert reply.status_code in (200, 201), reply.text
+        outcome = reply.json()
+        assert outcome["status"] == "aborted", outcome
+        assert f"order {first['id']} is already paid" in outcome["reason"]
+    assert await _held(shop, first["id"]) == intact
+    stock_after = await fetch(shop.service("inventory").dsn or "", stock_sql)
+    assert [tuple(r) for r in stock_after] == [tuple(r) for r in stock_before]
+    released = await fetch(
+        shop.service("inventory").dsn or "",
+        "SELECT sku, qty, status FROM reservations WHERE gid = $1",
+        reuse,
+    )
+    assert [tuple(r) for r in released] == [("SKU-3", 1, "released")]
+    rules = await check(shop.state(), baseline)
+    assert all(r.ok for r in rules), [r for r in rules if not r.ok]
+
+
+async def test_the_client_cannot_set_the_price(shop: Stack) -> None:
+    """``place_order`` refuses an ``amount`` (422 naming the field, nothing logged); a raw branch
+    carrying one is refused by payments; what is charged is the catalogue's price x qty."""
+    customer = unique("haggler")
+    payments = shop.service("payments").dsn or ""
+    submit = f"{shop.coordinator_url}/v1/transactions?wait=30"
+    items = [{"sku": "SKU-2", "qty": 2}, {"sku": "SKU-3", "qty": 1}]
+    async with api_client(timeout=60) as client:
+        await seed(client, shop, {"SKU-2": 1000, "SKU-3": 1000}, {customer: 100_000})
+        baseline = await take_baseline(shop.state())
+        cheap = unique("cheap")
+        inp = {"order_id": cheap, "customer": customer, "items": items, "destination": "Oslo"}
+        body = {"gid": cheap, "saga": "place_order", "input": {**inp, "amount": 1}}
+        refused = await client.post(submit, json=body)
+        assert refused.status_code == 422, refused.text
+        assert [e["loc"] for e in refused.json()["detail"]] == [["body", "input", "amount"]]
+        assert (
+            await client.get(f"{shop.coordinator_url}/v1/transactions/{cheap}")
+        ).status_code == 404
+
+        raw = unique("raw")
+        branch = {
+            "participant": "payments",
+            "action": "/payments/charge",
+            "payload": {"order_id": raw, "customer": customer, "items": items, "amount": 1},
+        }
+        reply = await client.post(submit, json={"gid": raw, "mode": "2pc", "branches": [branch]})
+        assert reply.status_code in (200, 201), reply.text
+        assert reply.json()["status"] == "aborted"
+        assert "amount: Extra inputs are not permitted" in reply.json()["reason"]
+
+        # Without an amount, the saga is priced by payments (Atlantis: then refunded).
+        far = unique("far")
+        body = {"gid": far, "saga": "place_order", "input": {**inp, "order_id": far}}
+        body["input"]["destination"] = "Atlantis"
+        reply = await client.post(submit, json=body)
+        assert reply.status_code in (200, 201), reply.text
+        assert "we do not ship to Atlantis" in reply.json()["reason"]
+        fair = await order(
+            client, shop, customer=customer, items=items, destination="Oslo", mode="saga"
+        )
+        assert fair["status"] == "confirmed", fair
+    price = 2 * PRODUCTS["SKU-2"].price + PRODUCTS["SKU-3"].price
+    assert fair["total"] == price
+    sql = "SELECT order_id, amount, status FROM payments WHERE customer = $1 ORDER BY status"
+    paid = await fetch(payments, sql, customer)
+    assert [tuple(r) for r in paid] == [(fair["id"], price, "captured"), (far, price, "refunded")]
+    wallet = await fetch(payments, "SELECT balance FROM wallets WHERE customer = $1", customer)
+    assert wallet[0]["balance"] == 100_000 - price
     rules = await check(shop.state(), baseline)
     assert all(r.ok for r in rules), [r for r in rules if not r.ok]
 

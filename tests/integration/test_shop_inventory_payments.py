@@ -1,6 +1,6 @@
-"""The shop's inventory and payments participants against a real Postgres: their handlers run
-through the SDK's 2PC and saga methods on fresh migrated databases, and each service once over
-HTTP. Every check reads the real rows back: stock, reservations, wallets, payments."""
+"""The shop's inventory participant against a real Postgres: its handlers run through the SDK's
+2PC and saga methods on fresh migrated databases, and the service once over HTTP. Every check
+reads the real rows back: stock and reservations. (Payments: ``test_shop_payments.py``.)"""
 
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ from coordinator.db import make_engine
 from devstack.postgres import Cluster
 from participants.inventory.app import InventorySettings, release, reserve
 from participants.inventory.app import create_app as inventory_app
-from participants.payments.app import PaymentsSettings, charge, refund
-from participants.payments.app import create_app as payments_app
 from participants.sdk import Handler, Participant, ParticipantSettings, wire
+from participants.sdk.base import call_handler
 from tests.conftest import create_db
 from tests.helpers import api_client
 
@@ -30,11 +29,6 @@ from tests.helpers import api_client
 @pytest.fixture
 async def inv_dsn(pg: Cluster) -> str:
     return await create_db(pg, "inventory")
-
-
-@pytest.fixture
-async def pay_dsn(pg: Cluster) -> str:
-    return await create_db(pg, "payments")
 
 
 async def _participant(dsn: str) -> AsyncIterator[Participant]:
@@ -48,12 +42,6 @@ async def _participant(dsn: str) -> AsyncIterator[Participant]:
 @pytest.fixture
 async def inv(inv_dsn: str) -> AsyncIterator[Participant]:
     async for p in _participant(inv_dsn):
-        yield p
-
-
-@pytest.fixture
-async def pay(pay_dsn: str) -> AsyncIterator[Participant]:
-    async for p in _participant(pay_dsn):
         yield p
 
 
@@ -87,20 +75,6 @@ async def stock(dsn: str) -> dict[str, tuple[int, int]]:
 async def reservations(dsn: str) -> list[tuple[str, str, int, str]]:
     rows = await sql(dsn, "SELECT * FROM reservations ORDER BY order_id, sku")
     return [(r["order_id"], r["sku"], r["qty"], r["status"]) for r in rows]
-
-
-async def seed_wallet(dsn: str, customer: str, balance: int) -> None:
-    await sql(dsn, "INSERT INTO wallets (customer, balance) VALUES ($1, $2)", customer, balance)
-
-
-async def wallets(dsn: str) -> dict[str, int]:
-    rows = await sql(dsn, "SELECT customer, balance FROM wallets")
-    return {r["customer"]: r["balance"] for r in rows}
-
-
-async def payments(dsn: str) -> list[tuple[str, str, int, str]]:
-    rows = await sql(dsn, "SELECT * FROM payments ORDER BY order_id")
-    return [(r["order_id"], r["customer"], r["amount"], r["status"]) for r in rows]
 
 
 async def prepared(dsn: str) -> list[str]:
@@ -198,19 +172,21 @@ async def test_unknown_sku_and_malformed_payloads_are_refused(
 
 async def test_release_restores_stock_and_is_idempotent(inv: Participant, inv_dsn: str) -> None:
     await seed_stock(inv_dsn, SKU_1=10, SKU_2=5)
-    payload = order("o1", ("SKU-1", 3), ("SKU-2", 5))
-    assert (await inv.run_action(gid(), 0, payload, reserve))[0] == 200
+    payload, g = order("o1", ("SKU-1", 3), ("SKU-2", 5)), gid()
+    assert (await inv.run_action(g, 0, payload, reserve))[0] == 200
     assert (await inv.run_action(gid(), 0, order("o2", ("SKU-1", 2)), reserve))[0] == 200
     assert await stock(inv_dsn) == {"SKU-1": (5, 5), "SKU-2": (0, 5)}
-    # The handler itself, outside any barrier: a second release changes nothing.
+    # The handler itself, outside any barrier (as the reserve's branch): a second release
+    # changes nothing.
     async with inv.engine.begin() as conn:
-        first = await release(conn, payload)
+        first = await call_handler(release, conn, payload, g, 0)
     assert first == {
         "order_id": "o1",
         "released": [{"sku": "SKU-1", "qty": 3}, {"sku": "SKU-2", "qty": 5}],
     }
     async with inv.engine.begin() as conn:
-        assert await release(conn, payload) == {"order_id": "o1", "released": []}
+        again = await call_handler(release, conn, payload, g, 0)
+    assert again == {"order_id": "o1", "released": []}
     assert await stock(inv_dsn) == {"SKU-1": (8, 2), "SKU-2": (5, 0)}  # o2 still holds 2
     assert await reservations(inv_dsn) == [
         ("o1", "SKU-1", 3, "released"),
@@ -219,7 +195,7 @@ async def test_release_restores_stock_and_is_idempotent(inv: Participant, inv_ds
     ]
     # An order never reserved: nothing to do, success.
     async with inv.engine.begin() as conn:
-        assert await release(conn, order("ghost", ("SKU-1", 1))) == {
+        assert await call_handler(release, conn, order("ghost", ("SKU-1", 1)), gid(), 0) == {
             "order_id": "ghost",
             "released": [],
         }
@@ -287,6 +263,30 @@ async def test_reserve_saga_action_then_compensation_restores_everything(
     assert (await inv.run_action(g2, 0, short, reserve))[0] == 409
     assert (await inv.run_compensation(g2, 0, short, undo))[1].get("nothing_to_undo") is True
     assert undo.calls == 1
+
+
+async def test_release_undoes_only_its_own_branch(inv: Participant, inv_dsn: str) -> None:
+    """Another transaction reusing an order's id (its reserve of a SKU the order does not hold
+    succeeds, of one it holds is refused): compensating it frees only what it reserved."""
+    await seed_stock(inv_dsn, SKU_1=10, SKU_2=5)
+    first, g1 = order("o1", ("SKU-1", 3)), gid()
+    assert (await inv.run_action(g1, 0, first, reserve))[0] == 200
+    reused, g2 = order("o1", ("SKU-2", 1)), gid()
+    assert (await inv.run_action(g2, 0, reused, reserve))[0] == 200
+    refused, g3 = order("o1", ("SKU-1", 1)), gid()
+    assert await inv.run_action(g3, 0, refused, reserve) == (
+        409,
+        {"reason": "order o1 already holds a reservation of SKU-1"},
+    )
+    undone = await inv.run_compensation(g2, 0, reused, release)
+    assert undone[0] == 200 and undone[1]["result"]["released"] == [{"sku": "SKU-2", "qty": 1}]
+    assert (await inv.run_compensation(g3, 0, refused, release))[1].get("nothing_to_undo")
+    # Even run as business code, a release of another branch touches nothing of g1's.
+    async with inv.engine.begin() as conn:
+        assert (await call_handler(release, conn, first, gid(), 0))["released"] == []
+    assert await stock(inv_dsn) == {"SKU-1": (7, 3), "SKU-2": (5, 0)}
+    rows = await sql(inv_dsn, "SELECT gid, branch, sku, status FROM reservations ORDER BY sku")
+    assert [tuple(r) for r in rows] == [(g1, 0, "SKU-1", "reserved"), (g2, 0, "SKU-2", "released")]
 
 
 async def test_duplicate_reserve_action_runs_once(inv: Participant, inv_dsn: str) -> None:
@@ -370,151 +370,3 @@ async def test_inventory_http_seeding_listing_and_a_saga_step(inv_dsn: str) -> N
                 ("SKU-7", "released"),
             }
     assert await stock(inv_dsn) == {"SKU-1": (5, 0), "SKU-7": (2, 0)}
-
-
-# -- payments --------------------------------------------------------------------------------
-
-
-def pay_for(order_id: str, customer: str, amount: int) -> dict[str, Any]:
-    return {"order_id": order_id, "customer": customer, "amount": amount}
-
-
-async def test_charge_debits_the_wallet_and_records_the_payment(
-    pay: Participant, pay_dsn: str
-) -> None:
-    await seed_wallet(pay_dsn, "alice", 5000)
-    status, body = await pay.run_action(gid(), 0, pay_for("o1", "alice", 3000), charge)
-    assert status == 200
-    assert body["result"] == {"order_id": "o1", "customer": "alice", "balance": 2000}
-    assert await wallets(pay_dsn) == {"alice": 2000}
-    assert await payments(pay_dsn) == [("o1", "alice", 3000, "captured")]
-    # The same order is not charged twice, even under another transaction.
-    again = await pay.run_action(gid(), 0, pay_for("o1", "alice", 3000), charge)
-    assert again == (409, {"reason": "order o1 is already paid"})
-    assert await wallets(pay_dsn) == {"alice": 2000}
-
-
-async def test_charge_refusals_change_nothing(pay: Participant, pay_dsn: str) -> None:
-    await seed_wallet(pay_dsn, "alice", 1200)
-    short = await pay.run_action(gid(), 0, pay_for("o1", "alice", 3000), charge)
-    assert short == (409, {"reason": "insufficient funds: alice has 12.00, the order costs 30.00"})
-    unknown = await pay.run_action(gid(), 0, pay_for("o2", "bob", 100), charge)
-    assert unknown == (409, {"reason": "unknown customer bob"})
-    as_2pc = await pay.prepare(gid(), 0, pay_for("o3", "alice", 1201), charge)
-    assert as_2pc == (
-        409,
-        {"reason": "insufficient funds: alice has 12.00, the order costs 12.01"},
-    )
-    for bad, why in [
-        (pay_for("o4", "alice", 0), "amount: Input should be greater than 0"),
-        ({**pay_for("o4", "alice", 1), "amount": 12.5}, "amount: Input should be a valid integer"),
-        ({"order_id": "o4", "amount": 1}, "customer: Field required"),
-    ]:
-        refused = await pay.run_action(gid(), 0, bad, charge)
-        assert refused == (409, {"reason": f"invalid charge payload: {why}"})
-    assert await prepared(pay_dsn) == []
-    assert await wallets(pay_dsn) == {"alice": 1200}
-    assert await payments(pay_dsn) == []
-
-
-async def test_refund_restores_the_wallet_once(pay: Participant, pay_dsn: str) -> None:
-    await seed_wallet(pay_dsn, "alice", 5000)
-    payload = pay_for("o1", "alice", 3000)
-    assert (await pay.run_action(gid(), 0, payload, charge))[0] == 200
-    async with pay.engine.begin() as conn:
-        first = await refund(conn, payload)
-    assert first == {"order_id": "o1", "customer": "alice", "refunded": 3000, "balance": 5000}
-    async with pay.engine.begin() as conn:
-        assert await refund(conn, payload) == {"order_id": "o1", "refunded": 0}
-    async with pay.engine.begin() as conn:  # never charged: nothing to do
-        assert await refund(conn, pay_for("ghost", "alice", 1)) == {
-            "order_id": "ghost",
-            "refunded": 0,
-        }
-    assert await wallets(pay_dsn) == {"alice": 5000}
-    assert await payments(pay_dsn) == [("o1", "alice", 3000, "refunded")]
-    # A refunded order may be charged again (retried under a new transaction).
-    assert (await pay.run_action(gid(), 0, pay_for("o1", "alice", 1000), charge))[0] == 200
-    assert await wallets(pay_dsn) == {"alice": 4000}
-    assert await payments(pay_dsn) == [("o1", "alice", 1000, "captured")]
-
-
-async def test_charge_2pc_commit_applies_once_rollback_leaves_wallet(
-    pay: Participant, pay_dsn: str
-) -> None:
-    await seed_wallet(pay_dsn, "alice", 5000)
-    g, payload = gid(), pay_for("o1", "alice", 1500)
-    assert (await pay.prepare(g, 0, payload, charge))[0] == 200
-    assert await wallets(pay_dsn) == {"alice": 5000}
-    assert (await pay.commit(g, 0))[0] == 200
-    assert (await pay.prepare(g, 0, payload, charge))[0] == 200  # late duplicate: no effect
-    assert await wallets(pay_dsn) == {"alice": 3500}
-    g2, payload2 = gid(), pay_for("o2", "alice", 3500)
-    assert (await pay.prepare(g2, 0, payload2, charge))[0] == 200
-    assert (await pay.rollback(g2, 0))[0] == 200
-    assert await prepared(pay_dsn) == []
-    assert await wallets(pay_dsn) == {"alice": 3500}
-    assert await payments(pay_dsn) == [("o1", "alice", 1500, "captured")]
-
-
-async def test_charge_saga_action_compensation_and_duplicates(
-    pay: Participant, pay_dsn: str
-) -> None:
-    await seed_wallet(pay_dsn, "alice", 5000)
-    g, action, undo = gid(), Counting(charge), Counting(refund)
-    payload = pay_for("o1", "alice", 4200)
-    assert (await pay.run_action(g, 1, payload, action))[0] == 200
-    assert await pay.run_action(g, 1, payload, action) == (200, {"done": True, "repeat": True})
-    assert await wallets(pay_dsn) == {"alice": 800}
-    assert (await pay.run_compensation(g, 1, payload, undo))[0] == 200
-    assert (await pay.run_compensation(g, 1, payload, undo))[1].get("repeat") is True
-    assert (action.calls, undo.calls) == (1, 1)
-    assert await wallets(pay_dsn) == {"alice": 5000}
-    assert await payments(pay_dsn) == [("o1", "alice", 4200, "refunded")]
-
-
-async def test_concurrent_charges_never_overdraw(pay: Participant, pay_dsn: str) -> None:
-    await seed_wallet(pay_dsn, "alice", 10000)
-    charges = [pay_for(f"o{i}", "alice", 3000) for i in range(8)]
-    answers = await asyncio.gather(*(pay.run_action(gid(), 0, p, charge) for p in charges))
-    assert sorted(status for status, _ in answers) == [200] * 3 + [409] * 5
-    assert {b["reason"] for s, b in answers if s == 409} == {
-        "insufficient funds: alice has 10.00, the order costs 30.00"
-    }
-    assert await wallets(pay_dsn) == {"alice": 1000}
-    assert len(await payments(pay_dsn)) == 3
-
-
-async def test_payments_http_wallets_listing_and_a_2pc_branch(pay_dsn: str) -> None:
-    app = payments_app(PaymentsSettings(dsn=pay_dsn))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with api_client(transport=transport, base_url="http://payments") as client:
-            assert (await client.get("/healthz")).json() == {"status": "ok"}
-            made = await client.post("/wallets", json={"customer": "alice", "balance": 5000})
-            assert made.status_code == 201 and made.json() == {"customer": "alice", "balance": 5000}
-            dup = await client.post("/wallets", json={"customer": "alice", "balance": 1})
-            assert dup.status_code == 409 and dup.json()["detail"] == "alice already has a wallet"
-            neg = await client.post("/wallets", json={"customer": "bob", "balance": -1})
-            assert neg.status_code == 422
-            g = gid()
-            headers = {wire.H_GID: g, wire.H_BRANCH: "0", wire.H_OP: "prepare"}
-            voted = await client.post(
-                "/payments/charge", json=pay_for("o1", "alice", 1999), headers=headers
-            )
-            assert voted.status_code == 200 and voted.json()["vote"] == "yes", voted.text
-            del headers[wire.H_OP]
-            assert (await client.post(wire.COMMIT_PATH, headers=headers)).status_code == 200
-            assert (await client.get("/wallets")).json() == [{"customer": "alice", "balance": 3001}]
-            assert (await client.get("/payments")).json() == [
-                {"order_id": "o1", "customer": "alice", "amount": 1999, "status": "captured"}
-            ]
-            headers = {wire.H_GID: gid(), wire.H_BRANCH: "0", wire.H_OP: "prepare"}
-            no = await client.post(
-                "/payments/charge", json=pay_for("o2", "alice", 3002), headers=headers
-            )
-            assert no.status_code == 409
-            assert no.json() == {
-                "reason": "insufficient funds: alice has 30.01, the order costs 30.02"
-            }
-    assert await wallets(pay_dsn) == {"alice": 3001}
