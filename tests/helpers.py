@@ -10,6 +10,7 @@ from unittest import mock
 
 import asyncpg
 import httpx
+import orjson
 from fastapi import FastAPI
 
 from participants.ledger.app import create_app as create_ledger_app
@@ -180,10 +181,25 @@ def ledger_app(settings: ParticipantSettings, fast_path: bool = True) -> FastAPI
 
 
 TEST_SECRET = "test-participant-secret"
+# What the dev stack gives every participant: its secret and the test token.
+SECURE: dict[str, Any] = {"secret": TEST_SECRET, "api_tokens": token_entries()}
 
 
 def secured(**settings: Any) -> ParticipantSettings:
-    """Participant settings as the dev stack gives them: a secret and the test token."""
-    return ParticipantSettings(
-        **{"secret": TEST_SECRET, "api_tokens": token_entries(), **settings}
-    )
+    """Participant settings as the dev stack gives them."""
+    return ParticipantSettings(**{**SECURE, **settings})
+
+
+async def branch_call(
+    client: httpx.AsyncClient,
+    participant: str,
+    path: str,
+    op: str,
+    gid: str,
+    branch: int,
+    payload: dict[str, Any] | None = None,
+) -> httpx.Response:
+    """POST a branch call signed with TEST_SECRET as ``participant`` (phase two: no payload)."""
+    body = b"" if payload is None else orjson.dumps(payload)
+    headers = branch_headers(TEST_SECRET, participant, path, gid, branch, op, body)
+    return await client.post(path, content=body, headers=headers)

@@ -18,10 +18,10 @@ from coordinator.db import make_engine
 from devstack.postgres import Cluster
 from participants.inventory.app import InventorySettings, release, reserve
 from participants.inventory.app import create_app as inventory_app
-from participants.sdk import Handler, Participant, ParticipantSettings, wire
+from participants.sdk import Handler, Participant, ParticipantSettings
 from participants.sdk.base import call_handler
 from tests.conftest import create_db
-from tests.helpers import api_client
+from tests.helpers import SECURE, api_client, branch_call
 
 # -- fixtures and helpers --------------------------------------------------------------------
 
@@ -318,7 +318,7 @@ async def test_concurrent_reserves_never_oversell_nor_deadlock(
 
 
 async def test_inventory_http_seeding_listing_and_a_saga_step(inv_dsn: str) -> None:
-    app = inventory_app(InventorySettings(dsn=inv_dsn))
+    app = inventory_app(InventorySettings(dsn=inv_dsn, **SECURE))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with api_client(transport=transport, base_url="http://inventory") as client:
@@ -337,8 +337,7 @@ async def test_inventory_http_seeding_listing_and_a_saga_step(inv_dsn: str) -> N
             g = gid()
 
             async def step(path: str, op: str, payload: dict[str, Any]) -> httpx.Response:
-                headers = {wire.H_GID: g, wire.H_BRANCH: "0", wire.H_OP: op}
-                return await client.post(path, json=payload, headers=headers)
+                return await branch_call(client, "inventory", path, op, g, 0, payload)
 
             short = await step("/stock/reserve", "action", order("o1", ("SKU-7", 3)))
             assert short.status_code == 409 and short.json() == {"reason": "only 2 left of SKU-7"}

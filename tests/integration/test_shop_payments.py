@@ -21,7 +21,7 @@ from participants.sdk import Handler, Participant, ParticipantSettings, wire
 from participants.sdk.base import call_handler
 from participants.shop.catalogue import PRODUCTS
 from tests.conftest import create_db
-from tests.helpers import api_client, unique
+from tests.helpers import SECURE, api_client, branch_call, unique
 from tests.helpers import fetch as sql
 
 
@@ -254,7 +254,7 @@ async def test_concurrent_charges_never_overdraw(pay: Participant, pay_dsn: str)
 
 
 async def test_payments_http_wallets_listing_and_a_2pc_branch(pay_dsn: str) -> None:
-    app = payments_app(PaymentsSettings(dsn=pay_dsn))
+    app = payments_app(PaymentsSettings(dsn=pay_dsn, **SECURE))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with api_client(transport=transport, base_url="http://payments") as client:
@@ -266,13 +266,13 @@ async def test_payments_http_wallets_listing_and_a_2pc_branch(pay_dsn: str) -> N
             neg = await client.post("/wallets", json={"customer": "bob", "balance": -1})
             assert neg.status_code == 422
             g = gid()
-            headers = {wire.H_GID: g, wire.H_BRANCH: "0", wire.H_OP: "prepare"}
-            voted = await client.post(
-                "/payments/charge", json=pay_for("o1", "alice", ("SKU-5", 1)), headers=headers
+            charge = pay_for("o1", "alice", ("SKU-5", 1))
+            voted = await branch_call(
+                client, "payments", "/payments/charge", "prepare", g, 0, charge
             )
             assert voted.status_code == 200 and voted.json()["vote"] == "yes", voted.text
-            del headers[wire.H_OP]
-            assert (await client.post(wire.COMMIT_PATH, headers=headers)).status_code == 200
+            commit = await branch_call(client, "payments", wire.COMMIT_PATH, "commit", g, 0)
+            assert commit.status_code == 200
             assert (await client.get("/wallets")).json() == [{"customer": "alice", "balance": 3100}]
             assert (await client.get("/payments")).json() == [
                 {
@@ -284,9 +284,9 @@ async def test_payments_http_wallets_listing_and_a_2pc_branch(pay_dsn: str) -> N
                     "status": "captured",
                 }
             ]
-            headers = {wire.H_GID: gid(), wire.H_BRANCH: "0", wire.H_OP: "prepare"}
-            no = await client.post(
-                "/payments/charge", json=pay_for("o2", "alice", ("SKU-6", 1)), headers=headers
+            charge = pay_for("o2", "alice", ("SKU-6", 1))
+            no = await branch_call(
+                client, "payments", "/payments/charge", "prepare", gid(), 0, charge
             )
             assert no.status_code == 409
             assert no.json() == {

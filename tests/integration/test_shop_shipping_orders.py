@@ -35,7 +35,7 @@ from participants.shipping.app import (
     create_shipment_handler,
 )
 from tests.conftest import create_db
-from tests.helpers import api_client
+from tests.helpers import SECURE, api_client, branch_call
 
 # -- fixtures and helpers ----------------------------------------------------------------------
 
@@ -207,19 +207,23 @@ async def test_cancel_is_idempotent(shipping: Participant, shipping_dsn: str) ->
 
 
 async def test_shipping_http(shipping_dsn: str) -> None:
-    app = shipping_service.create_app(ShippingSettings(dsn=shipping_dsn, coordinators=[]))
+    settings = ShippingSettings(dsn=shipping_dsn, coordinators=[], **SECURE)
+    app = shipping_service.create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with api_client(transport=transport, base_url="http://shipping") as client:
             assert (await client.get("/healthz")).json() == {"status": "ok"}
-            headers = {"Txn-Gid": gid(), "Txn-Branch": "2", "Txn-Op": "action"}
             body = {"order_id": "o5", "destination": "atlantis"}
-            refused = await client.post("/shipments/create", json=body, headers=headers)
+
+            async def create() -> httpx.Response:
+                path = "/shipments/create"
+                return await branch_call(client, "shipping", path, "action", gid(), 2, body)
+
+            refused = await create()
             assert refused.status_code == 409
             assert refused.json() == {"reason": "we do not ship to Atlantis"}
-            headers["Txn-Gid"] = gid()
             body["destination"] = "Paris"
-            assert (await client.post("/shipments/create", json=body, headers=headers)).is_success
+            assert (await create()).is_success
             listed = await client.get("/shipments")
             assert listed.json() == [
                 {"order_id": "o5", "destination": "Paris", "status": "created"}
@@ -237,7 +241,7 @@ async def test_confirm_prepare_and_commit_confirms_once(
     assert first[0] == 200 and first[1]["vote"] == "yes", first
     assert await order_row(orders_dsn, order_id) == ("pending", None)  # not before commit
     again = await orders_sdk.prepare(g, 2, {"order_id": order_id}, confirm)
-    assert again == (200, {"vote": "yes", "repeat": True})
+    assert again == (200, {"vote": "yes", "prepared": f"txn:{g}:2", "repeat": True})
     assert (await orders_sdk.commit(g, 2))[0] == 200
     assert await order_row(orders_dsn, order_id) == ("confirmed", None)
     assert (await orders_sdk.commit(g, 2))[0] == 200
@@ -316,7 +320,7 @@ async def test_apply_outcome_leaves_settled_orders_alone(
 
 
 def orders_client(dsn: str, coordinator: FakeCoordinator) -> Any:
-    settings = OrdersSettings(dsn=dsn, coordinators=[])
+    settings = OrdersSettings(dsn=dsn, coordinators=[], **SECURE)
     return orders_service.create_app(settings, coordinator=coordinator)
 
 
