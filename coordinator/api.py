@@ -143,7 +143,10 @@ def create_app(
             # The exception's text may name hosts and users: the log says it, the answer not.
             log.warning("readyz: log unreachable: %s", type(e).__name__)
             return JSONResponse({"status": "log unreachable"}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        # Informative, not gating: a participant that is down must not take every coordinator
+        # out of service (its submissions are refused with 503 until its catalogue is read).
+        catalogues = coord(request).declared.read()
+        return JSONResponse({"status": "ready", "catalogues": catalogues})
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def metrics(request: Request) -> PlainTextResponse:

@@ -2,11 +2,13 @@
 /txn/catalogue``), cached, and the check that a submission names only those: the coordinator
 calls only declared branch endpoints, never any POST path a participant happens to serve.
 
-A catalogue is read on first use and again after ``refresh_s``; a submission naming an
-operation the cached one lacks reads it once more (at most every ``recheck_s``), so a
-participant that deploys a new operation is picked up at once. With no catalogue ever read
-(the participant is down, or its answers do not verify), a submission is refused with 503: it
-cannot be checked, and nothing is logged.
+Every catalogue is read at start (``warm``, retried until each participant has answered), and
+refreshed in the background once it is ``refresh_s`` old, while the one verified before keeps
+serving; a submission naming an operation the cached one lacks reads it once more (at most
+every ``recheck_s``), so a participant that deploys a new operation is picked up at once.
+With no catalogue ever read (the participant is down since the coordinator started, or its
+answers do not verify), a submission is refused with 503: it cannot be checked, and nothing is
+logged.
 """
 
 from __future__ import annotations
@@ -46,12 +48,48 @@ def _operations(raw: list[dict[str, object]]) -> Operations:
 
 
 class Declared:
-    def __init__(self, transport: Transport, refresh_s: float = 60.0, recheck_s: float = 2.0):
+    def __init__(
+        self,
+        transport: Transport,
+        participants: Sequence[str] = (),
+        refresh_s: float = 60.0,
+        recheck_s: float = 2.0,
+    ) -> None:
         self.transport = transport
+        self.participants = sorted(participants)
         self.refresh_s = refresh_s
         self.recheck_s = recheck_s
         self._cache: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._refreshing: dict[str, asyncio.Task[object]] = {}
+
+    async def warm(self, retry_s: float = 1.0) -> None:
+        """Read every participant's catalogue, retrying those that do not answer (a task the
+        coordinator runs from its start)."""
+        missing = list(self.participants)
+        while missing:
+            for participant in list(missing):
+                if isinstance(await self._read(participant), _Entry):
+                    missing.remove(participant)
+            if missing:
+                await asyncio.sleep(retry_s)
+                retry_s = min(retry_s * 2, 30.0)
+
+    def _refresh_later(self, participant: str) -> None:
+        task = self._refreshing.get(participant)
+        if task is None or task.done():
+            self._refreshing[participant] = asyncio.create_task(
+                self._read(participant), name=f"catalogue:{participant}"
+            )
+
+    def read(self) -> dict[str, bool]:
+        """Whether each participant's catalogue has been read (``/readyz`` shows it)."""
+        return {name: name in self._cache for name in self.participants}
+
+    async def close(self) -> None:
+        for task in self._refreshing.values():
+            task.cancel()
+        await asyncio.gather(*self._refreshing.values(), return_exceptions=True)
 
     async def _read(self, participant: str) -> _Entry | str:
         lock = self._locks.setdefault(participant, asyncio.Lock())
@@ -68,6 +106,11 @@ class Declared:
         now = asyncio.get_running_loop().time()
         entry = self._cache.get(participant)
         if entry is not None and now - entry.read_at < stale_after:
+            return entry
+        if entry is not None and stale_after == self.refresh_s:
+            # Old, not wrong: answer from it and read a new one meanwhile (a participant that
+            # is down must not slow every submission by a call timeout).
+            self._refresh_later(participant)
             return entry
         fresh = await self._read(participant)
         if isinstance(fresh, _Entry):

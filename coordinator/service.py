@@ -33,7 +33,7 @@ class Coordinator:
         self.transport = transport
         self.crash = CrashPoints(settings.crash_at, settings.crash_marker, COORDINATOR_POINTS)
         self.metrics = Metrics()
-        self.declared = Declared(transport)
+        self.declared = Declared(transport, list(settings.participants))
         deps = Deps(store, transport, settings, self.crash, self.notify, self.metrics)
         self.driver = TwoPCDriver(deps)
         self.saga_driver = SagaDriver(deps)
@@ -48,6 +48,7 @@ class Coordinator:
 
     async def start(self) -> None:
         self._loops.append(asyncio.create_task(self._renew_loop(), name="lease-renewal"))
+        self._loops.append(asyncio.create_task(self.declared.warm(), name="catalogues"))
         if self.settings.recovery:
             self._loops.append(asyncio.create_task(self._recovery_loop(), name="recovery"))
 
@@ -56,6 +57,7 @@ class Coordinator:
             task.cancel()
         await asyncio.gather(*self._loops, *self._tasks.values(), return_exceptions=True)
         self._loops.clear()
+        await self.declared.close()
         await self.transport.close()
         await self.store.close()
 

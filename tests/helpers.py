@@ -39,6 +39,22 @@ def token_entries(scopes: tuple[str, ...] = ("admin",)) -> list[dict[str, Any]]:
     return [token_entry("test-admin", TEST_API_TOKEN, scopes)]
 
 
+async def catalogues_read(client: httpx.AsyncClient, base_url: str, timeout_s: float = 30) -> None:
+    """Wait until the coordinator at ``base_url`` has read every participant's catalogue (it
+    refuses submissions naming one it has not: a test that stops a participant right after
+    (re)starting a coordinator waits here first)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            reply = await client.get(f"{base_url}/readyz")
+            if reply.status_code == 200 and all(reply.json().get("catalogues", {}).values()):
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{base_url} has not read every catalogue"
+        await asyncio.sleep(0.1)
+
+
 def branch_headers(
     secret: str,
     participant: str,

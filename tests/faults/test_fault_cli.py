@@ -13,6 +13,7 @@ from coordinator.cli import main
 from devstack.fault_control import FaultControl
 from devstack.faults import Injector
 from devstack.stack import Stack
+from tests.helpers import AUTH
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,8 @@ def test_terminate_log_backends_cuts_the_coordinators_log_connections(
     fault_stack: Stack, control: FaultControl, capsys: pytest.CaptureFixture[str]
 ) -> None:
     coord = fault_stack.coordinators[0]
-    assert httpx.get(f"{coord.url}/readyz").status_code == 200  # at least one log connection
+    # At least one log connection.
+    assert httpx.get(f"{coord.url}/readyz", headers=AUTH).status_code == 200
     assert fault(fault_stack, "terminate_log_backends", "log") == 0
     out = capsys.readouterr().out
     assert "terminate_log_backends log: done" in out and " connections)" in out
@@ -69,7 +71,7 @@ def test_terminate_log_backends_cuts_the_coordinators_log_connections(
     statuses = []
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        statuses.append(httpx.get(f"{coord.url}/readyz").status_code)
+        statuses.append(httpx.get(f"{coord.url}/readyz", headers=AUTH).status_code)
         if statuses[-1] == 200:
             break
         time.sleep(0.1)

@@ -11,6 +11,7 @@ from devstack.stack import Stack
 from tests.helpers import (
     api_client,
     balances,
+    catalogues_read,
     fetch,
     open_accounts,
     prepared_xacts,
@@ -31,6 +32,7 @@ async def test_restarted_instance_reclaims_its_own_work_at_once(fault_stack: Sta
     try:
         async with api_client(timeout=10) as client:
             await open_accounts(client, urls, account, 50)
+            await catalogues_read(client, coord.url)
             ledger3.signal(signal.SIGSTOP)  # the transaction stays in flight, leased for 30 s
             try:
                 body = {

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from coordinator.crash import PARTICIPANT_PAUSE_POINTS, PausePoint
@@ -37,6 +38,7 @@ from tests.helpers import (
     api_client,
     balances,
     barrier_rows,
+    branch_headers,
     open_accounts,
     prepared_xacts,
     saga_branch,
@@ -339,10 +341,12 @@ async def test_calls_while_the_database_is_down_answer_503_and_leave_nothing(
     async with api_client(timeout=10) as client:
         await open_accounts(client, {"ledger2": ledger2.url}, account, OPENING)
 
+        secret = fault_stack.participant_secrets["ledger2"]
+
         async def call(op: str, path: str, branch: int) -> httpx.Response:
-            headers = {"Txn-Gid": gid, "Txn-Branch": str(branch), "Txn-Op": op}
-            payload = {"account": account, "delta": 5}
-            return await client.post(f"{ledger2.url}{path}", json=payload, headers=headers)
+            body = orjson.dumps({"account": account, "delta": 5})
+            headers = branch_headers(secret, "ledger2", path, gid, branch, op, body)
+            return await client.post(f"{ledger2.url}{path}", content=body, headers=headers)
 
         await asyncio.to_thread(cluster.crash)
         try:
