@@ -36,9 +36,9 @@ def server_settings(
 ) -> dict[str, str]:
     """Session settings sent when a connection opens (SQLAlchemy's engines and asyncpg's pools
     alike)."""
-    settings: dict[str, str] = {}
-    if not synchronous_commit:
-        settings["synchronous_commit"] = "off"
+    # Sent either way: a server or database tuned to `off` must not make a decision or an
+    # outcome asynchronous (rule 2, 3); only redoable progress is relaxed (rule 4).
+    settings: dict[str, str] = {"synchronous_commit": "on" if synchronous_commit else "off"}
     if generic_plans:
         # For connections whose every statement finds its rows by primary key: left to choose,
         # Postgres re-plans a statement with array parameters (the coalesced writes) at every

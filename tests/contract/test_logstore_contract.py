@@ -9,7 +9,6 @@ the moment that matters, then check the store once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -22,25 +21,6 @@ from coordinator.records import BranchProgress, BranchSpec, Claim, Inserted, New
 
 SHORT = 0.2  # a lease or delay that expires within a test
 LONG = 60.0  # one that does not
-
-
-@pytest.fixture(params=["mem", "pg"])
-def backend(request: pytest.FixtureRequest) -> str | None:
-    """The store under test: None for the fake, else a fresh log database's DSN. (A sync fixture:
-    an async one cannot pull the async ``log_dsn`` lazily, and "mem" must not boot Postgres.)"""
-    return str(request.getfixturevalue("log_dsn")) if request.param == "pg" else None
-
-
-@pytest.fixture
-async def store(backend: str | None) -> AsyncIterator[LogStore]:
-    if backend is None:
-        yield MemLog()
-        return
-    pg = PgLog.connect(backend, pool_size=2)
-    try:
-        yield pg
-    finally:
-        await pg.close()
 
 
 def new_txn(
