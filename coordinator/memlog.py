@@ -27,11 +27,18 @@ from coordinator.records import (
     Page,
     TxnRecord,
 )
-from coordinator.schema import TERMINAL
+from coordinator.schema import NEXT_STATUS, TERMINAL
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _refused(gid: str, epoch: int, status: str) -> str:
+    return (
+        f"transaction {gid}: epoch {epoch} is no longer current, or its logged status may not "
+        f"move to {status!r}"
+    )
 
 
 def _json(value: Any) -> Any:
@@ -193,6 +200,8 @@ class MemLog:
     ) -> datetime:
         now = self.now()
         row = self._fenced(gid, epoch)
+        if status not in NEXT_STATUS.get(row.rec.status, {status}):
+            raise OwnershipLost(_refused(gid, epoch, status))
         row.rec.status, row.rec.reason, row.rec.updated_at = status, reason, now
         self._progress(row, branches, now)
         self._event(gid, now, event, {"status": status, "reason": reason, "epoch": epoch})

@@ -398,7 +398,11 @@ class PgLog:
         else:
             written = (await self._write_status_row(row)).get(gid)
         if written is None:
-            raise OwnershipLost(f"transaction {gid}: epoch {epoch} is no longer current")
+            # Fenced out, or a decided or terminal status may not move there (NEXT_STATUS).
+            raise OwnershipLost(
+                f"transaction {gid}: epoch {epoch} is no longer current, or its logged status "
+                f"may not move to {status!r}"
+            )
         return written
 
     async def write_progress(
