@@ -97,6 +97,9 @@ class MemLog:
     async def ping(self) -> None:
         return None
 
+    async def clock(self) -> datetime:
+        return self.now()
+
     def _event(self, gid: str, at: datetime, kind: str, detail: dict[str, Any]) -> None:
         self._append_event(gid, at, kind, None, _json(detail))
 
@@ -246,7 +249,7 @@ class MemLog:
         return delay
 
     async def claim(
-        self, owner: str, limit: int, lease_s: float, own: bool, exclude: Sequence[str] = ()
+        self, owner: str, limit: int, lease_s: float, own_before: datetime | None = None
     ) -> list[Claim]:
         now = self.now()
         due = [
@@ -255,7 +258,11 @@ class MemLog:
             if r.rec.status not in TERMINAL
             and (
                 (r.next_attempt_at <= now and (r.lease_until is None or r.lease_until < now))
-                or (own and r.rec.owner == owner and r.rec.gid not in exclude)
+                or (
+                    own_before is not None
+                    and r.rec.owner == owner
+                    and r.rec.updated_at < own_before
+                )
             )
         ]
         due.sort(key=lambda r: r.next_attempt_at)

@@ -16,6 +16,7 @@ def may_follow(current: str, new: str) -> str:
     )
     return f"CASE {current} {whens} ELSE true END"
 
+
 # Rule 1: the transaction, its branches and the first event are logged in one statement, before
 # any participant is called. ON CONFLICT keeps a resubmitted gid from changing anything.
 INSERT_TXN = """
@@ -139,14 +140,15 @@ SELECT (SELECT delay FROM d) AS delay, (SELECT count(*) FROM t) AS n
 # Recovery's claim: one statement takes a batch of due work; "due" and the lease use the
 # database clock only (rule 6). SKIP LOCKED lets instances claim
 # concurrently without waiting on each other; the epoch bump fences out any previous driver;
-# ``own`` (at start-up) takes back what this instance id held before it restarted, lease or not.
+# ``own_before`` (at start-up) takes back what this instance id held before it restarted, lease
+# or not: only rows last written before this incarnation read the log's clock, never one it has
+# just inserted or claimed itself (that would fence out its own driver).
 CLAIM = """
 WITH due AS (
     SELECT gid FROM transactions
     WHERE status NOT IN ('committed', 'aborted')
       AND ((next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now()))
-           OR (CAST(:own AS boolean) AND owner = :owner
-               AND NOT (gid = ANY(CAST(:exclude AS text[])))))
+           OR (owner = :owner AND updated_at < CAST(:own_before AS timestamptz)))
     ORDER BY next_attempt_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED
