@@ -21,6 +21,7 @@ COORDINATOR_POINTS = frozenset(
         "mid_commit",
         "before_final",
         "after_step",
+        "after_step_failed",
         "mid_compensate",
     }
 )

@@ -52,8 +52,8 @@ def server_settings(
 ) -> dict[str, str]:
     """Session settings sent when a connection opens (SQLAlchemy's engines and asyncpg's pools
     alike)."""
-    # Pinned either way: a server or database default of "off" must not make a decision's
-    # commit asynchronous (rule 2); only progress writes may be (rule 4).
+    # Sent either way: a server or database tuned to `off` must not make a decision or an
+    # outcome asynchronous (rule 2, 3); only redoable progress is relaxed (rule 4).
     settings: dict[str, str] = {"synchronous_commit": "on" if synchronous_commit else "off"}
     if generic_plans:
         # For connections whose every statement finds its rows by primary key: left to choose,

@@ -80,11 +80,12 @@ class LogStore(Protocol):
         ...
 
     async def claim(
-        self, owner: str, limit: int, lease_s: float, own: bool, exclude: Sequence[str] = ()
+        self, owner: str, limit: int, lease_s: float, own_before: datetime | None = None
     ) -> list[Claim]:
-        """Claim due, unleased live transactions (or, with ``own``, also every live transaction
-        this owner holds but the ``exclude``d ones it is driving already) in one statement,
-        bumping each epoch."""
+        """Claim due, unleased live transactions in one statement, bumping each epoch. With
+        ``own_before`` (the log's time when this incarnation of ``owner`` started), also every
+        live transaction ``owner`` holds that was last written before then, lease or not: an
+        earlier incarnation's, never one this incarnation inserted or claimed."""
         ...
 
     async def abort_orphan(self, gid: str, owner: str, lease_s: float, reason: str) -> Claim | None:
@@ -102,5 +103,9 @@ class LogStore(Protocol):
         ...
 
     async def ping(self) -> None: ...
+
+    async def clock(self) -> datetime:
+        """The log's ``now()`` (rule 6)."""
+        ...
 
     async def close(self) -> None: ...

@@ -27,11 +27,18 @@ from coordinator.records import (
     Page,
     TxnRecord,
 )
-from coordinator.schema import TERMINAL
+from coordinator.schema import NEXT_STATUS, TERMINAL
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _refused(gid: str, epoch: int, status: str) -> str:
+    return (
+        f"transaction {gid}: epoch {epoch} is no longer current, or its logged status may not "
+        f"move to {status!r}"
+    )
 
 
 def _json(value: Any) -> Any:
@@ -89,6 +96,9 @@ class MemLog:
 
     async def ping(self) -> None:
         return None
+
+    async def clock(self) -> datetime:
+        return self.now()
 
     def _event(self, gid: str, at: datetime, kind: str, detail: dict[str, Any]) -> None:
         self._append_event(gid, at, kind, None, _json(detail))
@@ -193,6 +203,8 @@ class MemLog:
     ) -> datetime:
         now = self.now()
         row = self._fenced(gid, epoch)
+        if status not in NEXT_STATUS.get(row.rec.status, {status}):
+            raise OwnershipLost(_refused(gid, epoch, status))
         row.rec.status, row.rec.reason, row.rec.updated_at = status, reason, now
         self._progress(row, branches, now)
         self._event(gid, now, event, {"status": status, "reason": reason, "epoch": epoch})
@@ -237,7 +249,7 @@ class MemLog:
         return delay
 
     async def claim(
-        self, owner: str, limit: int, lease_s: float, own: bool, exclude: Sequence[str] = ()
+        self, owner: str, limit: int, lease_s: float, own_before: datetime | None = None
     ) -> list[Claim]:
         now = self.now()
         due = [
@@ -246,7 +258,11 @@ class MemLog:
             if r.rec.status not in TERMINAL
             and (
                 (r.next_attempt_at <= now and (r.lease_until is None or r.lease_until < now))
-                or (own and r.rec.owner == owner and r.rec.gid not in exclude)
+                or (
+                    own_before is not None
+                    and r.rec.owner == owner
+                    and r.rec.updated_at < own_before
+                )
             )
         ]
         due.sort(key=lambda r: r.next_attempt_at)

@@ -47,7 +47,6 @@ _ARRAYS: dict[str, Any] = {
     "berror": ARRAY(Text),
     "gids": ARRAY(Text),
     "epochs": ARRAY(BigInteger),
-    "exclude": ARRAY(Text),
 }
 
 
@@ -272,6 +271,11 @@ class PgLog:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
+    async def clock(self) -> datetime:
+        async with self.engine.connect() as conn:
+            now: datetime = (await conn.execute(text("SELECT now()"))).scalar_one()
+            return now
+
     async def insert(self, new: NewTxn, owner: str, lease_s: float) -> tuple[Inserted, Claim]:
         params = {
             "gid": new.gid,
@@ -398,7 +402,11 @@ class PgLog:
         else:
             written = (await self._write_status_row(row)).get(gid)
         if written is None:
-            raise OwnershipLost(f"transaction {gid}: epoch {epoch} is no longer current")
+            # Fenced out, or a decided or terminal status may not move there (NEXT_STATUS).
+            raise OwnershipLost(
+                f"transaction {gid}: epoch {epoch} is no longer current, or its logged status "
+                f"may not move to {status!r}"
+            )
         return written
 
     async def write_progress(
@@ -507,14 +515,13 @@ class PgLog:
         return float(row.delay)
 
     async def claim(
-        self, owner: str, limit: int, lease_s: float, own: bool, exclude: Sequence[str] = ()
+        self, owner: str, limit: int, lease_s: float, own_before: datetime | None = None
     ) -> list[Claim]:
         params = {
             "owner": owner,
             "limit": limit,
             "lease_s": float(lease_s),
-            "own": own,
-            "exclude": list(exclude),
+            "own_before": own_before,
         }
         async with self.engine.connect() as conn:
             rows = list(await conn.execute(_CLAIM, params))

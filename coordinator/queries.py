@@ -4,6 +4,19 @@
 
 from __future__ import annotations
 
+from coordinator.schema import NEXT_STATUS
+
+
+def may_follow(current: str, new: str) -> str:
+    """SQL: whether status ``new`` may follow ``current`` (``schema.NEXT_STATUS``)."""
+    whens = " ".join(
+        f"WHEN '{s}' THEN "
+        + (f"{new} IN ({', '.join(repr(n) for n in sorted(allowed))})" if allowed else "false")
+        for s, allowed in sorted(NEXT_STATUS.items())
+    )
+    return f"CASE {current} {whens} ELSE true END"
+
+
 # Rule 1: the transaction, its branches and the first event are logged in one statement, before
 # any participant is called. ON CONFLICT keeps a resubmitted gid from changing anything.
 INSERT_TXN = """
@@ -33,11 +46,12 @@ SELECT t.*, now() AS db_now, (SELECT count(*) FROM b) AS n_branches FROM t
 """
 
 # Rules 2, 3 and 5: a status change (the commit point among them) and the branches' progress in
-# one fenced statement. Zero rows from ``t`` means the epoch moved on: nothing is written.
+# one fenced statement. Zero rows from ``t`` means the epoch moved on, or the logged status may
+# not be left for this one (a decision or an outcome): nothing is written.
 WRITE_STATUS = """
 WITH t AS (
     UPDATE transactions SET status = :status, reason = :reason, updated_at = now()
-    WHERE gid = :gid AND epoch = :epoch
+    WHERE gid = :gid AND epoch = :epoch AND {may_follow}
     RETURNING gid
 ), b AS (
     UPDATE branches SET status = u.status, attempts = u.attempts, last_error = u.last_error,
@@ -55,7 +69,7 @@ WITH t AS (
     RETURNING 1
 )
 SELECT count(*) AS n, now() AS at FROM t
-"""
+""".replace("{may_follow}", may_follow("status", "CAST(:status AS text)"))
 
 # WRITE_STATUS for many transactions in one statement (coordinator/batch.py), each row fenced
 # on its own epoch; the branches of every row are flattened into arrays keyed by gid. Used only
@@ -68,6 +82,7 @@ WITH i AS (
     ) AS i(gid, epoch, status, reason, event)
 ), locked AS (
     SELECT tx.gid FROM transactions AS tx JOIN i ON tx.gid = i.gid AND tx.epoch = i.epoch
+    WHERE {may_follow}
     ORDER BY tx.gid
     FOR UPDATE OF tx
 ), t AS (
@@ -90,7 +105,7 @@ WITH i AS (
     RETURNING 1
 )
 SELECT t.gid, now() AS at FROM t
-"""
+""".replace("{may_follow}", may_follow("tx.status", "i.status"))
 
 # Fenced like WRITE_STATUS. Backoff: initial * 2^attempts, capped, with full jitter in [0.5, 1],
 # computed by the database so no coordinator clock is involved. The lease is released (set to
@@ -125,14 +140,15 @@ SELECT (SELECT delay FROM d) AS delay, (SELECT count(*) FROM t) AS n
 # Recovery's claim: one statement takes a batch of due work; "due" and the lease use the
 # database clock only (rule 6). SKIP LOCKED lets instances claim
 # concurrently without waiting on each other; the epoch bump fences out any previous driver;
-# ``own`` (at start-up) takes back what this instance id held before it restarted, lease or not.
+# ``own_before`` (at start-up) takes back what this instance id held before it restarted, lease
+# or not: only rows last written before this incarnation read the log's clock, never one it has
+# just inserted or claimed itself (that would fence out its own driver).
 CLAIM = """
 WITH due AS (
     SELECT gid FROM transactions
     WHERE status NOT IN ('committed', 'aborted')
       AND ((next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now()))
-           OR (CAST(:own AS boolean) AND owner = :owner
-               AND NOT (gid = ANY(CAST(:exclude AS text[])))))
+           OR (owner = :owner AND updated_at < CAST(:own_before AS timestamptz)))
     ORDER BY next_attempt_at
     LIMIT :limit
     FOR UPDATE SKIP LOCKED

@@ -22,6 +22,16 @@ from sqlalchemy.dialects.postgresql import JSONB
 metadata = MetaData()
 
 TERMINAL = ("committed", "aborted")
+# Where a status write may go from a decided or terminal status: a decision is never undone, an
+# outcome never changed. A write of anything else is refused like a fenced one (the driver
+# stops). Statuses not listed (preparing, running) are not restricted.
+NEXT_STATUS: dict[str, frozenset[str]] = {
+    "committed": frozenset(),
+    "aborted": frozenset(),
+    "committing": frozenset({"committing", "committed"}),
+    "aborting": frozenset({"aborting", "aborted"}),
+    "compensating": frozenset({"compensating", "aborted"}),
+}
 
 transactions = Table(
     "transactions",

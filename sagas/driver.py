@@ -58,6 +58,8 @@ class _SagaRun(Run[m.Event]):
                             self.spawn(self._compensation(idx))
                         case m.Progress(idx, status):
                             await self._record(idx, status)
+                            if status is m.Step.FAILED and m.Decide in map(type, commands):
+                                crash.hit("after_step_failed")  # logged, not yet decided
                         case m.Decide(reason):
                             # Rules 2 and 5: the decision to compensate is durable, fenced,
                             # before any compensation is sent.

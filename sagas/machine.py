@@ -165,6 +165,13 @@ def step(state: State, event: Event) -> tuple[State, list[Command]]:
                 for s in state.steps
             )
             state = replace(state, steps=steps, deferred=frozenset())
+            failed = [i for i, s in enumerate(steps) if s is Step.FAILED]
+            if state.status is Status.RUNNING and failed:
+                # The previous driver logged the failure but died before the decision: nothing
+                # else would ever end the forward part before the deadline.
+                return _compensate(
+                    state, f"branch {failed[0]} failed before the compensation decision was logged"
+                )
             if state.status is Status.RUNNING and past_deadline:
                 return _compensate(state, "timed out before every step succeeded")
             return _advance(state)

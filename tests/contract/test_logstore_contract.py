@@ -9,7 +9,6 @@ the moment that matters, then check the store once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -22,25 +21,6 @@ from coordinator.records import BranchProgress, BranchSpec, Claim, Inserted, New
 
 SHORT = 0.2  # a lease or delay that expires within a test
 LONG = 60.0  # one that does not
-
-
-@pytest.fixture(params=["mem", "pg"])
-def backend(request: pytest.FixtureRequest) -> str | None:
-    """The store under test: None for the fake, else a fresh log database's DSN. (A sync fixture:
-    an async one cannot pull the async ``log_dsn`` lazily, and "mem" must not boot Postgres.)"""
-    return str(request.getfixturevalue("log_dsn")) if request.param == "pg" else None
-
-
-@pytest.fixture
-async def store(backend: str | None) -> AsyncIterator[LogStore]:
-    if backend is None:
-        yield MemLog()
-        return
-    pg = PgLog.connect(backend, pool_size=2)
-    try:
-        yield pg
-    finally:
-        await pg.close()
 
 
 def new_txn(
@@ -225,12 +205,12 @@ async def test_reschedule_backs_off_and_releases_the_lease(store: LogStore) -> N
     assert events[-1].kind == "rescheduled"
     assert events[-1].detail == {"delay_s": pytest.approx(delay)}
     # Not due yet: nobody can claim it, though a's lease no longer holds it.
-    assert await store.claim("b", 10, LONG, own=False) == []
+    assert await store.claim("b", 10, LONG) == []
     due_at = rec.updated_at + timedelta(seconds=delay)
     await wait_past(store, due_at - timedelta(seconds=delay / 2), "g1")
-    assert await store.claim("b", 10, LONG, own=False) == []
+    assert await store.claim("b", 10, LONG) == []
     await wait_past(store, due_at, "g1")
-    claims = await store.claim("b", 10, LONG, own=False)
+    claims = await store.claim("b", 10, LONG)
     assert gids(claims) == {"g1"}
     assert claims[0].db_now >= due_at
     assert (claims[0].record.owner, claims[0].record.epoch) == ("b", 2)
@@ -271,17 +251,17 @@ async def test_claim_takes_due_unleased_work_only_and_fences_the_old_epoch(
     await store.insert(new_txn("leased"), "a", LONG)
     await tick(store)
     _, due = await store.insert(new_txn("due"), "a", SHORT)
-    assert await store.claim("b", 10, LONG, own=False) == []  # every lease still holds
+    assert await store.claim("b", 10, LONG) == []  # every lease still holds
 
     await wait_past(store, lease_end(due, SHORT), "due")
-    claims = await store.claim("b", 10, LONG, own=False)
+    claims = await store.claim("b", 10, LONG)
     assert gids(claims) == {"due"}  # not the terminal one, not the leased one
     rec = claims[0].record
     assert (rec.owner, rec.epoch, rec.status) == ("b", 2, "running")
     assert [b.status for b in rec.branches] == ["pending", "pending"]
     events = await store.events("due")
     assert (events[-1].kind, events[-1].detail) == ("claimed", {"owner": "b", "epoch": 2})
-    assert await store.claim("c", 10, LONG, own=False) == []  # b's lease holds it now
+    assert await store.claim("c", 10, LONG) == []  # b's lease holds it now
 
     # The old driver is fenced out; the new one writes.
     with pytest.raises(OwnershipLost):
@@ -296,11 +276,11 @@ async def test_claim_takes_due_unleased_work_only_and_fences_the_old_epoch(
 async def test_a_claimed_lease_holds_until_it_runs_out(store: LogStore) -> None:
     _, first = await store.insert(new_txn("g1"), "a", SHORT)
     await wait_past(store, lease_end(first, SHORT), "g1")
-    (claim,) = await store.claim("b", 10, 1.0, own=False)
+    (claim,) = await store.claim("b", 10, 1.0)
     await wait_past(store, claim.db_now + timedelta(seconds=0.5), "g1")
-    assert await store.claim("c", 10, LONG, own=False) == []
+    assert await store.claim("c", 10, LONG) == []
     await wait_past(store, lease_end(claim, 1.0), "g1")
-    (again,) = await store.claim("c", 10, LONG, own=False)
+    (again,) = await store.claim("c", 10, LONG)
     assert (again.record.gid, again.record.owner, again.record.epoch) == ("g1", "c", 3)
     with pytest.raises(OwnershipLost):
         await store.write_status("g1", 2, "compensating", None, [], "status")
@@ -312,11 +292,11 @@ async def test_claim_respects_limit_oldest_due_first(store: LogStore) -> None:
         _, last = await store.insert(new_txn(gid), "a", SHORT)
         await tick(store)
     await wait_past(store, lease_end(last, SHORT), "t3")
-    assert await store.claim("b", 0, LONG, own=False) == []
-    first = await store.claim("b", 2, LONG, own=False)
+    assert await store.claim("b", 0, LONG) == []
+    first = await store.claim("b", 2, LONG)
     assert gids(first) == {"t1", "t2"}
-    assert gids(await store.claim("b", 2, LONG, own=False)) == {"t3"}
-    assert await store.claim("b", 2, LONG, own=False) == []
+    assert gids(await store.claim("b", 2, LONG)) == {"t3"}
+    assert await store.claim("b", 2, LONG) == []
 
 
 async def test_claim_own_takes_back_leased_work_at_once(store: LogStore) -> None:
@@ -325,16 +305,20 @@ async def test_claim_own_takes_back_leased_work_at_once(store: LogStore) -> None
     await store.insert(new_txn("mine_done"), "a", LONG)
     await store.write_status("mine_done", 1, "committed", None, [], "committed")
     await store.insert(new_txn("theirs"), "b", LONG)
-    assert await store.claim("a", 10, LONG, own=False) == []
-    assert await store.claim("c", 10, LONG, own=True) == []  # c holds nothing
+    assert await store.claim("a", 10, LONG) == []
+    await tick(store)
+    started = await store.clock()  # a's restart
+    assert await store.claim("c", 10, LONG, own_before=started) == []  # c holds nothing
 
-    claims = await store.claim("a", 10, LONG, own=True)
+    claims = await store.claim("a", 10, LONG, own_before=started)
     assert gids(claims) == {"mine1", "mine2"}
     assert {(c.record.owner, c.record.epoch) for c in claims} == {("a", 2)}
     with pytest.raises(OwnershipLost):  # the instance's previous life is fenced out too
         await store.write_status("mine1", 1, "compensating", None, [], "status")
     assert (await must_get(store, "theirs")).epoch == 1
-    again = await store.claim("a", 1, LONG, own=True)  # own ignores leases, limit still holds
+    await tick(store)
+    restarted = await store.clock()  # and another: own ignores leases, limit still holds
+    again = await store.claim("a", 1, LONG, own_before=restarted)
     assert len(again) == 1 and again[0].record.epoch == 3
 
 
@@ -356,7 +340,7 @@ async def test_renew_extends_only_matching_owner_and_epoch(store: LogStore) -> N
     assert await store.renew("z", {"kept": 1}, LONG) == set()
 
     await wait_past(store, lease_end(control, SHORT), "control")
-    claims = await store.claim("c", 10, LONG, own=False)
+    claims = await store.claim("c", 10, LONG)
     assert gids(claims) == {"control", "wrong_epoch", "theirs"}  # "kept" was renewed
     assert await store.renew("a", {"control": 1}, LONG) == set()  # c owns it at epoch 2
     assert await store.renew("c", {"control": 2}, LONG) == {"control"}
@@ -586,12 +570,19 @@ async def test_abort_orphan_only_when_preparing_and_the_lease_ran_out(store: Log
     assert live.record.epoch == 1
 
 
-async def test_claim_own_skips_what_the_owner_is_driving_already(store: LogStore) -> None:
-    await store.insert(new_txn("g1"), "a", LONG)
-    await store.insert(new_txn("g2"), "a", LONG)
-    claims = await store.claim("a", 10, LONG, own=True, exclude=["g1"])
-    assert gids(claims) == {"g2"}
-    assert (await must_get(store, "g1")).epoch == 1  # its driver is not fenced out
+async def test_claim_own_takes_only_rows_written_before_the_restart(store: LogStore) -> None:
+    """A submission this incarnation inserted after it started is being driven here: taking it
+    back would bump its epoch and fence out its own driver. Nor is a row it claimed retaken."""
+    await store.insert(new_txn("earlier"), "a", LONG)
+    await tick(store)
+    started = await store.clock()
+    await tick(store)
+    await store.insert(new_txn("fresh"), "a", LONG)  # lands between the start and the claim
+    claims = await store.claim("a", 10, LONG, own_before=started)
+    assert gids(claims) == {"earlier"}
+    assert (await must_get(store, "fresh")).epoch == 1  # its driver is not fenced out
+    assert await store.claim("a", 10, LONG, own_before=started) == []  # "earlier" is ours now
+    assert await store.claim("a", 10, LONG) == []  # and the own-claim needs a start time
 
 
 async def test_lease_renewal_and_coalesced_writes_never_deadlock(store: LogStore) -> None:

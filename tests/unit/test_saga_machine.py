@@ -5,7 +5,7 @@ first, null compensation, late actions refused)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,6 +37,8 @@ class World:
     generation: int = 0
     finished: Status | None = None
     decided: bool = False
+    # Armed: the driver dies right after logging a step's failure, before the decision.
+    crash_before_decide: bool = False
 
     def apply(self, event: m.Event) -> None:
         self.state, commands = m.step(self.state, event)
@@ -51,8 +53,18 @@ class World:
                     assert not self.decided or self.logged.status is Status.COMPENSATING
                     self.decided = True
                     self.logged = self.durable = self.state
-                case m.Progress():
-                    self.logged = self.state
+                case m.Progress(idx, status):
+                    # Only that step's row is written; the status changes with decisions only.
+                    steps = (*self.logged.steps[:idx], status, *self.logged.steps[idx + 1 :])
+                    self.logged = replace(self.logged, steps=steps)
+                    if (
+                        status is Step.FAILED
+                        and self.crash_before_decide
+                        and any(isinstance(c, m.Decide) for c in commands)
+                    ):
+                        self.crash_before_decide = False
+                        self.crash()
+                        return
                 case m.Reschedule():
                     self.logged = self.durable = self.state
                     self.crash()
@@ -126,9 +138,13 @@ def test_saga_compensates_exactly_what_ran_in_order_and_reports_what_is_logged(
         if world.finished:
             break
         action = data.draw(
-            st.sampled_from(["deliver", "deliver", "fail", "timeout", "crash", "db crash"])
+            st.sampled_from(
+                ["deliver", "deliver", "fail", "timeout", "crash", "db crash", "crash on failure"]
+            )
         )
-        if action == "db crash":  # asynchronous progress writes since the last sync one are lost
+        if action == "crash on failure":
+            world.crash_before_decide = True
+        elif action == "db crash":  # asynchronous progress writes since the last sync one are lost
             world.logged = world.durable
             world.crash()
         elif action == "timeout":
@@ -216,3 +232,29 @@ def test_resume_past_deadline_compensates_whatever_may_have_run() -> None:
     assert state.status is Status.COMPENSATING
     # Step 1 may have been sent by the crashed driver: it is compensated (first), then 0.
     assert commands == [m.Decide("timed out before every step succeeded"), m.SendCompensation(1)]
+
+
+def test_resume_after_a_logged_failure_compensates_at_once() -> None:
+    """The driver logged step 1's failure and died before the decision: the next one decides
+    at once (not at the deadline, which may be a day away)."""
+    logged = m.State(Status.RUNNING, (Step.SUCCEEDED, Step.FAILED, Step.PENDING), m.sequential(3))
+    state, commands = m.step(logged, m.Resume(past_deadline=False))
+    assert state.status is Status.COMPENSATING
+    reason = "branch 1 failed before the compensation decision was logged"
+    assert state.reason == reason
+    # Step 2 depends on 1 so was never sent, but the log cannot tell: compensated first, then 1.
+    assert commands == [m.Decide(reason), m.SendCompensation(2)]
+    state, commands = m.step(state, m.CompensationDone(2))
+    assert commands == [m.Progress(2, Step.COMPENSATED), m.SendCompensation(1)]
+
+
+def test_resume_after_a_logged_failure_of_a_parallel_branch_compensates_every_branch() -> None:
+    deps = (frozenset(), frozenset(), frozenset({0, 1}))
+    logged = m.State(Status.RUNNING, (Step.PENDING, Step.FAILED, Step.PENDING), deps)
+    state, commands = m.step(logged, m.Resume(past_deadline=False))
+    assert state.status is Status.COMPENSATING
+    assert commands == [
+        m.Decide("branch 1 failed before the compensation decision was logged"),
+        m.SendCompensation(2),
+    ]
+    assert state.steps == (Step.MAYBE, Step.FAILED, Step.COMPENSATING)
