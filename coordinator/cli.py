@@ -45,6 +45,11 @@ def _dev(args: argparse.Namespace) -> int:
         stack.write_state()
         state_file = Path(args.state_dir).resolve() / "stack.json"
         print(f"dev stack up; state in {state_file}", flush=True)
+        print(
+            "  every API needs the admin token stored there: "
+            "Authorization: Bearer <stack.json's api_token>",
+            flush=True,
+        )
         for c in stack.coordinators:
             print(f"  coordinator {c.name}: {c.url}  (OpenAPI: {c.url}/docs)", flush=True)
         for p in stack.participants:
