@@ -270,6 +270,30 @@ async def test_the_client_cannot_set_the_price(shop: Stack) -> None:
     assert all(r.ok for r in rules), [r for r in rules if not r.ok]
 
 
+@pytest.mark.parametrize("mode", ["saga", "2pc"])
+async def test_a_step_cannot_mint_money_through_the_wallets_endpoint(
+    shop: Stack, mode: str
+) -> None:
+    """The review's mint: a branch naming payments' own ``POST /wallets``, an endpoint of the
+    service but no declared branch operation, is refused before anything is logged or sent."""
+    customer, gid = unique("mint"), unique("mint")
+    branch = {
+        "participant": "payments",
+        "action": "/wallets",
+        "payload": {"customer": customer, "balance": 10**18},
+    }
+    if mode == "saga":
+        branch["compensation"] = "/payments/charge/undo"
+    async with api_client(base_url=shop.coordinator_url, timeout=30) as client:
+        body = {"gid": gid, "mode": mode, "branches": [branch]}
+        reply = await client.post("/v1/transactions?wait=5", json=body)
+        assert reply.status_code == 422, reply.text
+        assert "payments: /wallets is not a" in reply.json()["detail"][0]["msg"]
+        assert (await client.get(f"/v1/transactions/{gid}")).status_code == 404
+        wallets = (await client.get(f"{url(shop, 'payments')}/wallets")).json()
+    assert customer not in {w["customer"] for w in wallets}
+
+
 def test_the_demo_runs_and_its_invariants_hold(
     shop: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:
