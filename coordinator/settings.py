@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from coordinator.http11 import Origin
 from participants.sdk.settings import SECRETS_DIR
-from participants.sdk.tokens import Token, parse_tokens
+from participants.sdk.tokens import Token, parse_tokens, tokens_setting
 
 PARTICIPANT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -130,10 +130,7 @@ class Settings(BaseSettings):
     @field_validator("api_tokens", mode="before")
     @classmethod
     def _tokens_json(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = orjson.loads(value) if value.strip() else []
-        parse_tokens(value)  # refuses a malformed entry at start, naming it
-        return value
+        return tokens_setting(value)
 
     def tokens(self) -> dict[str, Token]:
         return parse_tokens(self.api_tokens)

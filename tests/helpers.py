@@ -12,9 +12,10 @@ import asyncpg
 import httpx
 import orjson
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from participants.ledger.app import create_app as create_ledger_app
-from participants.sdk import ParticipantSettings, wire
+from participants.sdk import Handler, ParticipantSettings, wire
 from participants.sdk.asgi import BranchCalls
 from participants.sdk.guard import Guard
 from participants.sdk.tokens import token_entry
@@ -84,6 +85,24 @@ async def fetch(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
         return list(await conn.fetch(query, *args))
     finally:
         await conn.close()
+
+
+async def prepared_here(dsn: str) -> list[str]:
+    """This database's prepared transactions (a test cluster holds other tests' databases)."""
+    query = "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
+    return [r["gid"] for r in await fetch(dsn, query)]
+
+
+class Counting:
+    """Wraps a handler and counts how often the business code ran."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.calls = 0
+
+    async def __call__(self, conn: AsyncConnection, payload: dict[str, Any]) -> Any:
+        self.calls += 1
+        return await self.handler(conn, payload)
 
 
 async def prepared_xacts(dsn: str) -> list[str]:

@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import orjson
 from starlette.applications import Starlette
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from participants.sdk import wire
-from participants.sdk.guard import MAX_BODY_BYTES, send_json
+from participants.sdk.guard import MAX_BODY_BYTES, read_body, send_json
 from participants.sdk.participant import Participant
 
 __all__ = ["BranchCalls", "outermost", "send_json"]
@@ -35,7 +35,7 @@ class BranchCalls:
         ):
             await self.app(scope, receive, send)
             return
-        body = await _read(receive)
+        body = await read_body(receive, MAX_BODY_BYTES)
         if body is None:
             status, answer = 413, {"detail": f"request body over {MAX_BODY_BYTES} bytes"}
             await send_json(send, status, orjson.dumps(answer))
@@ -63,20 +63,3 @@ def outermost(app: Starlette, wrap: Callable[[ASGIApp], ASGIApp]) -> None:
         return wrap(build())
 
     app.build_middleware_stack = build_wrapped  # type: ignore[method-assign]
-
-
-async def _read(receive: Receive) -> bytes | None:
-    """The request body, or None when it is over MAX_BODY_BYTES."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            return b"".join(chunks)
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)

@@ -9,7 +9,7 @@ import orjson
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from participants.sdk.tokens import Token, parse_tokens
+from participants.sdk.tokens import Token, parse_tokens, tokens_setting
 
 # Docker and Kubernetes secrets: a file per setting (e.g. /run/secrets/txnp_secret).
 SECRETS_DIR = "/run/secrets"
@@ -101,10 +101,7 @@ class ParticipantSettings(BaseSettings):
     @field_validator("api_tokens", mode="before")
     @classmethod
     def _tokens_json(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = orjson.loads(value) if value.strip() else []
-        parse_tokens(value)  # refuses a malformed entry at start, naming it
-        return value
+        return tokens_setting(value)
 
     def tokens(self) -> dict[str, Token]:
         return parse_tokens(self.api_tokens)

@@ -10,6 +10,7 @@ The coordinator and the SDK's business-endpoint guard both read this format
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -63,6 +64,15 @@ def parse_tokens(entries: Any) -> dict[str, Token]:
             raise ValueError(f"API token {name!r}: the same token is configured twice")
         out[digest] = Token(name, frozenset(scopes))
     return out
+
+
+def tokens_setting(value: Any) -> Any:
+    """A settings validator's half: a JSON text (an environment variable) decoded, and every
+    entry checked at start, naming what to fix."""
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip() else []
+    parse_tokens(value)
+    return value
 
 
 def bearer(headers: Iterable[tuple[bytes, bytes]]) -> str | None:

@@ -23,6 +23,7 @@ SERVER = Path(__file__).with_name("misbehaving_participant.py")
 
 WEIRD_SECRET = "weird-participant-secret"
 
+
 @pytest.fixture(scope="module")
 def weird_stack(state_root: Path) -> Iterator[Stack]:
     port = free_port()

@@ -826,7 +826,8 @@ def test_zz_still_ready_and_commits_a_transfer(http: httpx.Client, stack: Stack)
     account = f"fz-{uuid.uuid4().hex[:12]}"
     for name in ("ledger1", "ledger2"):
         r = httpx.post(
-            f"{stack.service(name).url}/accounts", json={"id": account, "balance": 100},
+            f"{stack.service(name).url}/accounts",
+            json={"id": account, "balance": 100},
             timeout=10,
             headers=AUTH,
         )

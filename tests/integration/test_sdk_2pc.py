@@ -18,6 +18,7 @@ from coordinator.db import make_engine
 from participants.ledger.app import adjust
 from participants.sdk import BusinessError, Participant, ParticipantSettings
 from participants.sdk.base import _Transient, run_once
+from tests.helpers import prepared_here
 
 
 @pytest.fixture
@@ -46,11 +47,6 @@ async def balance(dsn: str, account: str) -> int:
     return int(rows[0]["balance"])
 
 
-async def prepared(dsn: str) -> list[str]:
-    rows = await sql(dsn, "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()")
-    return [r["gid"] for r in rows]
-
-
 def gid() -> str:
     return f"sdk-{uuid.uuid4().hex}"
 
@@ -66,7 +62,7 @@ async def test_prepare_commit_and_repeats_answer_as_the_first(
     g = gid()
     first = await sdk.prepare(g, 0, {"account": "a", "delta": -40}, adjust)
     assert first[0] == 200 and first[1]["vote"] == "yes"
-    assert await prepared(ledger_dsn) == [f"txn:{g}:0"]
+    assert await prepared_here(ledger_dsn) == [f"txn:{g}:0"]
     assert await balance(ledger_dsn, "a") == 100  # not visible before commit
     again = await sdk.prepare(g, 0, {"account": "a", "delta": -40}, adjust)
     assert again[0] == 200 and again[1]["vote"] == "yes"
@@ -77,7 +73,7 @@ async def test_prepare_commit_and_repeats_answer_as_the_first(
     late = await sdk.prepare(g, 0, {"account": "a", "delta": -40}, adjust)
     assert late[0] == 200
     assert await balance(ledger_dsn, "a") == 60
-    assert await prepared(ledger_dsn) == []
+    assert await prepared_here(ledger_dsn) == []
 
 
 async def test_prepare_then_rollback_and_repeats(sdk: Participant, ledger_dsn: str) -> None:
@@ -86,12 +82,12 @@ async def test_prepare_then_rollback_and_repeats(sdk: Participant, ledger_dsn: s
     assert (await sdk.prepare(g, 1, {"account": "b", "delta": 5}, adjust))[0] == 200
     assert (await sdk.rollback(g, 1))[0] == 200
     assert (await sdk.rollback(g, 1))[0] == 200
-    assert await prepared(ledger_dsn) == []
+    assert await prepared_here(ledger_dsn) == []
     assert await balance(ledger_dsn, "b") == 10
     # The duplicated prepare arriving after the rollback is refused: no hanging branch.
     late = await sdk.prepare(g, 1, {"account": "b", "delta": 5}, adjust)
     assert late[0] == 409 and "rolled back" in late[1]["reason"]
-    assert await prepared(ledger_dsn) == []
+    assert await prepared_here(ledger_dsn) == []
     assert await balance(ledger_dsn, "b") == 10
 
 
@@ -114,7 +110,7 @@ async def test_rollback_before_prepare_leaves_marker_and_refuses_late_prepare(
     late = await sdk.prepare(g, 0, {"account": "c", "delta": 1}, counting)
     assert late[0] == 409
     assert calls == 0  # the business code never ran
-    assert await prepared(ledger_dsn) == []
+    assert await prepared_here(ledger_dsn) == []
     assert await balance(ledger_dsn, "c") == 10
 
 
@@ -126,7 +122,7 @@ async def test_business_error_votes_no_and_leaves_nothing_prepared(
     status, body = await sdk.prepare(g, 0, {"account": "d", "delta": -6}, adjust)
     assert status == 409
     assert body["reason"] == "account d has 5; adding -6 would make it negative"
-    assert await prepared(ledger_dsn) == []
+    assert await prepared_here(ledger_dsn) == []
     # The repeat answers as the first did, with the same reason, without rerunning the handler.
     calls = 0
 
@@ -142,7 +138,7 @@ async def test_business_error_votes_no_and_leaves_nothing_prepared(
     assert missing == (409, {"reason": "account nobody does not exist"})
     # The coordinator then rolls the branch back: answered, nothing left behind.
     assert (await sdk.rollback(g, 0))[0] == 200
-    assert await prepared(ledger_dsn) == []
+    assert await prepared_here(ledger_dsn) == []
 
 
 async def test_commit_of_unprepared_branch_is_refused(sdk: Participant) -> None:
@@ -169,7 +165,7 @@ async def test_rollback_waits_for_a_prepare_in_flight(sdk: Participant, ledger_d
     release.set()
     assert (await prepare)[0] == 200
     assert (await sdk.rollback(g, 0))[0] == 200
-    assert await prepared(ledger_dsn) == []
+    assert await prepared_here(ledger_dsn) == []
     assert await balance(ledger_dsn, "e") == 10
 
 
@@ -190,7 +186,7 @@ async def test_prepare_blocked_by_row_locks_votes_no_instead_of_waiting(
         await locked.rollback()
     finally:
         await holder.close()
-    assert await prepared(ledger_dsn) == []
+    assert await prepared_here(ledger_dsn) == []
     assert await balance(ledger_dsn, "hot") == 10
     # Answered the same way if the coordinator asks again.
     assert (await sdk.prepare(g, 0, {"account": "hot", "delta": 1}, adjust))[0] == 409
@@ -226,7 +222,7 @@ async def test_a_failing_handler_leaves_no_connection_inside_a_transaction(
         with pytest.raises((RuntimeError, _Transient)):
             await call(g, 0, {"account": "f", "delta": -10}, broken)
         assert await idle_in_transaction(ledger_dsn) == []
-    assert await prepared(ledger_dsn) == []
+    assert await prepared_here(ledger_dsn) == []
     assert await sql(ledger_dsn, "SELECT op FROM txn_barrier WHERE gid = $1", g) == []
     assert await balance(ledger_dsn, "f") == 100
     # The same pool serves the next calls normally.

@@ -18,9 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.db import make_engine
 from participants.ledger.app import adjust, undo_adjust
-from participants.sdk import BusinessError, Handler, Participant, ParticipantSettings, wire
+from participants.sdk import BusinessError, Participant, ParticipantSettings, wire
 from participants.sdk.base import BarrierHook, _Transient
-from tests.helpers import TEST_SECRET, api_client, branch_headers, ledger_app, secured
+from tests.helpers import TEST_SECRET, Counting, api_client, branch_headers, ledger_app, secured
 
 GUARD_S = 10  # a failure guard on every wait: a broken race fails instead of hanging
 
@@ -72,18 +72,6 @@ async def barrier(dsn: str, g: str) -> list[tuple[str, str, str | None]]:
 
 def gid() -> str:
     return f"saga-{uuid.uuid4().hex}"
-
-
-class Counting:
-    """Wraps a handler and counts how often the business code ran."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.calls = 0
-
-    async def __call__(self, conn: AsyncConnection, payload: dict[str, Any]) -> Any:
-        self.calls += 1
-        return await self.handler(conn, payload)
 
 
 class Gate:

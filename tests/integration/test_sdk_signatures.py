@@ -22,6 +22,7 @@ from tests.helpers import (
     branch_headers,
     fetch,
     ledger_app,
+    prepared_here,
     secured,
 )
 
@@ -31,12 +32,6 @@ ADJUST = "/accounts/adjust"
 
 def gid() -> str:
     return f"sig-{uuid.uuid4().hex}"
-
-
-async def prepared_xacts(dsn: str) -> list[str]:
-    """This database's prepared transactions (the cluster holds other tests' databases)."""
-    query = "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
-    return [r["gid"] for r in await fetch(dsn, query)]
 
 
 async def balance(dsn: str) -> int:
@@ -107,7 +102,7 @@ async def test_every_forged_or_malformed_call_is_refused_and_changes_nothing(
         reply = await client.post(ADJUST, content=BODY, headers=encoded)
         assert reply.status_code == status, (why, reply.status_code, reply.text)
         assert reply.json()["detail"], why
-    assert await prepared_xacts(ledger_dsn) == []
+    assert await prepared_here(ledger_dsn) == []
     good = await client.post(ADJUST, content=BODY, headers=signed(g))
     assert good.status_code == 200, good.text
     assert good.json()["prepared"] == wire.xid(g, 0)
@@ -128,7 +123,7 @@ async def test_an_unauthenticated_rollback_cannot_undo_a_prepared_branch(
     for headers in (unsigned, forged):
         reply = await client.post(wire.ROLLBACK_PATH, headers=headers)
         assert reply.status_code == 401, reply.text
-    assert xid in await prepared_xacts(ledger_dsn)
+    assert xid in await prepared_here(ledger_dsn)
     commit = signed(g, op="commit", path=wire.COMMIT_PATH, body=b"")
     assert (await client.post(wire.COMMIT_PATH, headers=commit)).status_code == 200
     assert await balance(ledger_dsn) == 15
@@ -142,7 +137,7 @@ async def test_without_a_secret_every_branch_call_is_refused_unless_insecure(
     strict = await ledger(secret="")
     refused = await strict.post(ADJUST, content=BODY, headers=unsigned)
     assert refused.status_code == 401 and "TXNP_SECRET" in refused.json()["detail"]
-    assert await prepared_xacts(ledger_dsn) == []
+    assert await prepared_here(ledger_dsn) == []
     insecure = await ledger(secret="", insecure_unsigned=True)
     assert (await insecure.post(ADJUST, content=BODY, headers=unsigned)).status_code == 200
 

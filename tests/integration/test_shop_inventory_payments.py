@@ -12,16 +12,15 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.db import make_engine
 from devstack.postgres import Cluster
 from participants.inventory.app import InventorySettings, release, reserve
 from participants.inventory.app import create_app as inventory_app
-from participants.sdk import Handler, Participant, ParticipantSettings
+from participants.sdk import Participant, ParticipantSettings
 from participants.sdk.base import call_handler
 from tests.conftest import create_db
-from tests.helpers import SECURE, api_client, branch_call
+from tests.helpers import SECURE, Counting, api_client, branch_call, prepared_here
 
 # -- fixtures and helpers --------------------------------------------------------------------
 
@@ -77,23 +76,6 @@ async def reservations(dsn: str) -> list[tuple[str, str, int, str]]:
     return [(r["order_id"], r["sku"], r["qty"], r["status"]) for r in rows]
 
 
-async def prepared(dsn: str) -> list[str]:
-    rows = await sql(dsn, "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()")
-    return [r["gid"] for r in rows]
-
-
-class Counting:
-    """Wraps a handler and counts how often the business code ran."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.calls = 0
-
-    async def __call__(self, conn: AsyncConnection, payload: dict[str, Any]) -> Any:
-        self.calls += 1
-        return await self.handler(conn, payload)
-
-
 def order(order_id: str, *items: tuple[str, int]) -> dict[str, Any]:
     return {"order_id": order_id, "items": [{"sku": s, "qty": q} for s, q in items]}
 
@@ -138,7 +120,7 @@ async def test_short_stock_refuses_with_reason_and_changes_nothing(
         409,
         {"reason": "only 2 left of SKU-7"},
     )
-    assert await prepared(inv_dsn) == []
+    assert await prepared_here(inv_dsn) == []
     assert await stock(inv_dsn) == {"SKU-1": (10, 0), "SKU-7": (2, 0)}
     # Exactly what is left can be reserved.
     assert (await inv.run_action(gid(), 0, order("o2", ("SKU-7", 2)), reserve))[0] == 200
@@ -214,7 +196,7 @@ async def test_reserve_2pc_commit_applies_once_rollback_leaves_stock(
     g = gid()
     status, body = await inv.prepare(g, 0, payload, reserve)
     assert status == 200 and body["vote"] == "yes"
-    assert await prepared(inv_dsn) == [f"txn:{g}:0"]
+    assert await prepared_here(inv_dsn) == [f"txn:{g}:0"]
     assert await stock(inv_dsn) == {"SKU-1": (10, 0), "SKU-2": (4, 0)}  # invisible until commit
     assert (await inv.prepare(g, 0, payload, reserve))[1].get("repeat") is True
     assert (await inv.commit(g, 0))[0] == 200
@@ -231,7 +213,7 @@ async def test_reserve_2pc_commit_applies_once_rollback_leaves_stock(
     assert (await inv.prepare(g2, 1, payload2, reserve))[0] == 200
     assert (await inv.rollback(g2, 1))[0] == 200
     assert (await inv.prepare(g2, 1, payload2, reserve))[0] == 409
-    assert await prepared(inv_dsn) == []
+    assert await prepared_here(inv_dsn) == []
     assert await stock(inv_dsn) == {"SKU-1": (7, 3), "SKU-2": (10, 4)}
     assert [r[0] for r in await reservations(inv_dsn)] == ["o1", "o1"]
 

@@ -11,17 +11,16 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.db import make_engine
 from devstack.postgres import Cluster
 from participants.payments.app import PaymentsSettings, charge, refund
 from participants.payments.app import create_app as payments_app
-from participants.sdk import Handler, Participant, ParticipantSettings, wire
+from participants.sdk import Participant, ParticipantSettings, wire
 from participants.sdk.base import call_handler
 from participants.shop.catalogue import PRODUCTS
 from tests.conftest import create_db
-from tests.helpers import SECURE, api_client, branch_call, unique
+from tests.helpers import SECURE, Counting, api_client, branch_call, prepared_here, unique
 from tests.helpers import fetch as sql
 
 
@@ -55,23 +54,6 @@ async def wallets(dsn: str) -> dict[str, int]:
 async def payments(dsn: str) -> list[tuple[str, str, int, str]]:
     rows = await sql(dsn, "SELECT * FROM payments ORDER BY order_id")
     return [(r["order_id"], r["customer"], r["amount"], r["status"]) for r in rows]
-
-
-async def prepared(dsn: str) -> list[str]:
-    rows = await sql(dsn, "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()")
-    return [r["gid"] for r in rows]
-
-
-class Counting:
-    """Wraps a handler and counts how often the business code ran."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.calls = 0
-
-    async def __call__(self, conn: AsyncConnection, payload: dict[str, Any]) -> Any:
-        self.calls += 1
-        return await self.handler(conn, payload)
 
 
 def pay_for(order_id: str, customer: str, *items: tuple[str, int]) -> dict[str, Any]:
@@ -152,7 +134,7 @@ async def test_charge_refusals_change_nothing(pay: Participant, pay_dsn: str) ->
     ]:
         refused = await pay.run_action(gid(), 0, bad, charge)
         assert refused == (409, {"reason": f"invalid charge payload: {why}"})
-    assert await prepared(pay_dsn) == []
+    assert await prepared_here(pay_dsn) == []
     assert await wallets(pay_dsn) == {"alice": 1499}
     assert await payments(pay_dsn) == []
 
@@ -201,7 +183,7 @@ async def test_charge_2pc_commit_applies_once_rollback_leaves_wallet(
     g2, payload2 = gid(), pay_for("o2", "alice", ("SKU-11", 7))
     assert (await pay.prepare(g2, 0, payload2, charge))[0] == 200
     assert (await pay.rollback(g2, 0))[0] == 200
-    assert await prepared(pay_dsn) == []
+    assert await prepared_here(pay_dsn) == []
     assert await wallets(pay_dsn) == {"alice": 3500}
     assert await payments(pay_dsn) == [("o1", "alice", 1500, "captured")]
 

@@ -14,7 +14,7 @@ import asyncpg
 import httpx
 import pytest
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.db import make_engine
 from devstack.postgres import Cluster
@@ -27,7 +27,7 @@ from participants.orders.app import (
     apply_outcome,
     confirm_order,
 )
-from participants.sdk import Handler, Participant, ParticipantSettings
+from participants.sdk import Participant, ParticipantSettings
 from participants.shipping import app as shipping_service
 from participants.shipping.app import (
     ShippingSettings,
@@ -35,7 +35,7 @@ from participants.shipping.app import (
     create_shipment_handler,
 )
 from tests.conftest import create_db
-from tests.helpers import SECURE, api_client, branch_call
+from tests.helpers import SECURE, Counting, api_client, branch_call
 
 # -- fixtures and helpers ----------------------------------------------------------------------
 
@@ -108,16 +108,6 @@ async def new_order(dsn: str, status: str = "pending", age_s: float = 0) -> str:
 async def order_row(dsn: str, order_id: str) -> tuple[str, str | None]:
     rows = await sql(dsn, "SELECT status, reason FROM orders WHERE id = $1", order_id)
     return rows[0]["status"], rows[0]["reason"]
-
-
-class Counting:
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.calls = 0
-
-    async def __call__(self, conn: AsyncConnection, payload: dict[str, Any]) -> Any:
-        self.calls += 1
-        return await self.handler(conn, payload)
 
 
 class FakeCoordinator:
