@@ -160,11 +160,11 @@ def ownership(text: str) -> tuple[dict[str, str], dict[str, str], list[str]]:
             else:
                 roles[role] = read_from[password.group(1)]
         elif m := re.match(r"CREATE\s+DATABASE\s+(\w+)(.*)", item, re.I | re.S):
-            owner = re.search(r"\bOWNER\s*=?\s*(\w+)", m.group(2), re.I)
-            if owner is None:
+            owned = re.search(r"\bOWNER\s*=?\s*(\w+)", m.group(2), re.I)
+            if owned is None:
                 problems.append(f"database {m.group(1)} has no OWNER: the superuser would own it")
             else:
-                owners[m.group(1)] = owner.group(1)
+                owners[m.group(1)] = owned.group(1)
         elif re.match(r"(GRANT|ALTER\s+\w+\s+\w+\s+OWNER|ALTER\s+(ROLE|USER))\b", item, re.I):
             problems.append(f"initdb.sql: {item.split()[0]} ... (roles get nothing but their own)")
     for db, owner in owners.items():
