@@ -1,363 +1,57 @@
 """Static checks of compose.yaml (Docker cannot run here): every command it runs exists in this
 package, every variable it uses is documented, ports do not clash, the settings it gives the
-services are ones those services accept, the coordinators' registry matches the participant
-services and their ports, and every database a service uses is migrated with the target that
-service needs. Also: every setting is documented in docs/configuration.md with its real
-default."""
+services (environment and secrets files) are ones those services accept, the coordinators'
+registry matches the participant services and their ports, every database a service uses is
+migrated with the target that service needs, and the stack's connections fit in Postgres'
+max_connections. Also: every setting is documented in docs/configuration.md with its real
+default. The secrets and least-privilege checks are in test_compose_secrets.py."""
 
 from __future__ import annotations
 
-import argparse
 import copy
-import importlib
-import importlib.util
 import json
-import os
-import pkgutil
 import re
-import shlex
 import tomllib
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-import yaml
-from pydantic_settings import BaseSettings
+from pydantic import SecretStr
 
-import participants
-from coordinator import cli
+from coordinator.access import startup_problems
 from coordinator.settings import Settings
 from devstack.stack import SHOP
-from migrations import TARGETS
-from participants.sdk.settings import ParticipantSettings
-
-ROOT = Path(__file__).resolve().parents[2]
-COMPOSE = ROOT / "compose.yaml"
-DOCS = ROOT / "docs" / "configuration.md"
-DOCKERFILE = ROOT / "Dockerfile"
-INITDB = ROOT / "deploy" / "initdb.sql"
-
-LEDGERS = ("ledger1", "ledger2", "ledger3")
-PARTICIPANT_PREFIX = "participants."
-# ${VAR}, ${VAR:-default}, ${VAR:?error}, ... (but not $${VAR}, which is a literal for the shell)
-VAR_REF = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
-SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN")
-
-
-# -- loading -------------------------------------------------------------------------------
-
-
-def load_compose(text: str | None = None) -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE.read_text() if text is None else text)
-    assert isinstance(data, dict), "compose.yaml is not a mapping"
-    return data
-
-
-def services(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    svcs = data.get("services")
-    assert isinstance(svcs, dict) and svcs, "compose.yaml has no services"
-    return svcs
-
-
-def environment(service: dict[str, Any]) -> dict[str, str]:
-    env = service.get("environment") or {}
-    if isinstance(env, list):  # ["KEY=value", ...]
-        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
-    return {str(k): "" if v is None else str(v) for k, v in env.items()}
-
-
-def interpolate(value: str) -> str:
-    """Substitute compose variables with stand-ins, as if the user had set them all."""
-    return VAR_REF.sub(lambda m: f"x-{m.group(1).lower()}", value)
-
-
-def command_lines(command: Any) -> list[list[str]]:
-    """A service command as the argv lists it runs (``sh -c`` scripts split on && ; newlines)."""
-    # Compose substitutes variables in the whole file before any shell sees the command.
-    if isinstance(command, str):
-        argv = shlex.split(interpolate(command))
-    else:
-        argv = [interpolate(str(a)) for a in command]
-    if len(argv) >= 3 and argv[0] in ("sh", "bash", "/bin/sh", "/bin/bash") and "-c" in argv:
-        script = argv[argv.index("-c") + 1]
-        parts = re.split(r"&&|\|\||;|\n", script)
-        return [shlex.split(p) for p in parts if p.strip() and p.strip() != "set -e"]
-    return [argv]
-
-
-def documented_rows(text: str | None = None) -> dict[str, list[list[str]]]:
-    """Variables listed in docs/configuration.md tables: name -> the cells of each of its rows
-    (a variable may appear in several tables, e.g. the settings and the compose ones)."""
-    rows: dict[str, list[list[str]]] = {}
-    for line in (DOCS.read_text() if text is None else text).splitlines():
-        if not line.startswith("|"):
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        match = re.fullmatch(r"`([A-Z][A-Z0-9_]*)`", cells[0])
-        if match:
-            rows.setdefault(match.group(1), []).append(cells)
-    return rows
-
-
-def host_ports(spec: Any) -> list[int]:
-    """Host ports a ``ports`` entry publishes (ranges expanded); none for container-only."""
-    if isinstance(spec, dict):
-        published = spec.get("published")
-        raw = "" if published is None else str(published)
-    else:
-        text = str(spec).split("/")[0]
-        parts = text.rsplit(":", 2)
-        if len(parts) == 1:
-            return []
-        raw = parts[-2]
-    if not raw:
-        return []
-    if "-" in raw:
-        lo, hi = (int(p) for p in raw.split("-"))
-        return list(range(lo, hi + 1))
-    return [int(raw)]
-
-
-def databases_created() -> set[str]:
-    return {
-        m.group(1).strip('"')
-        for m in re.finditer(r"CREATE\s+DATABASE\s+(\"?\w+\"?)", INITDB.read_text(), re.I)
-    }
-
-
-def database_of(dsn: str) -> str:
-    return urlsplit(dsn).path.lstrip("/")
-
-
-def participant_module(service: dict[str, Any]) -> str | None:
-    """The ``participants.X`` module a service runs (``python -m participants.X``), if any."""
-    for line in command_lines(service.get("command") or []):
-        if (
-            len(line) >= 3
-            and line[0] in ("python", "python3")
-            and line[1] == "-m"
-            and line[2].startswith(PARTICIPANT_PREFIX)
-        ):
-            return line[2]
-    return None
-
-
-def migration_target(module: str) -> str:
-    """The migration target a participant module's database needs: its package name
-    (``participants.orders`` -> ``orders``; every ledger instance -> ``ledger``)."""
-    return module.removeprefix(PARTICIPANT_PREFIX).split(".")[0]
-
-
-def settings_class(module: str) -> type[ParticipantSettings]:
-    """The settings class ``python -m <module>`` reads: the ParticipantSettings subclass its
-    ``app`` module defines."""
-    app = importlib.import_module(f"{module}.app")
-    found = [
-        obj
-        for obj in vars(app).values()
-        if isinstance(obj, type)
-        and issubclass(obj, ParticipantSettings)
-        and obj.__module__ == app.__name__
-    ]
-    assert len(found) == 1, f"{app.__name__} defines {len(found)} settings classes"
-    return found[0]
-
-
-def service_settings_classes() -> list[type[ParticipantSettings]]:
-    """The settings class of every runnable participant service in this package."""
-    names = sorted(
-        m.name
-        for m in pkgutil.iter_modules(participants.__path__)
-        if m.ispkg and importlib.util.find_spec(f"participants.{m.name}.__main__") is not None
-    )
-    assert {"ledger", *SHOP} <= set(names), names
-    return [settings_class(f"participants.{name}") for name in names]
-
-
-def own_fields(cls: type[BaseSettings]) -> dict[str, Any]:
-    """The fields a settings class adds to ParticipantSettings (all, for the base classes).
-    A service's subclass only renames the default TXNP_NAME besides, which is documented once."""
-    if cls is ParticipantSettings or not issubclass(cls, ParticipantSettings):
-        return dict(cls.model_fields)
-    base = ParticipantSettings.model_fields
-    return {name: info for name, info in cls.model_fields.items() if name not in base}
-
-
-SETTINGS: list[tuple[type[BaseSettings], str]] = [
-    (Settings, "TXN_"),
-    (ParticipantSettings, "TXNP_"),
-    *((cls, "TXNP_") for cls in service_settings_classes()),
-]
-
-
-def settings_of(
-    cls: type[BaseSettings], env: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> Any:
-    """``cls()`` as the service would build it from exactly this (interpolated) environment."""
-    with monkeypatch.context() as m:
-        for key in list(os.environ):
-            if key.upper().startswith(("TXN_", "TXNP_")):
-                m.delenv(key)
-        for key, value in env.items():
-            m.setenv(key, interpolate(value))
-        return cls()
-
-
-# -- cross-checks between services ---------------------------------------------------------
-
-
-def registry_problems(svcs: dict[str, dict[str, Any]]) -> list[str]:
-    """Where the coordinators' TXN_PARTICIPANTS and the participant services disagree: every
-    name must be a service reached by its service name at its TXNP_PORT, and every participant
-    service must be in the registry (or no transaction can use it)."""
-    registry = json.loads(environment(svcs["coordinator"])["TXN_PARTICIPANTS"])
-    default_port = ParticipantSettings.model_fields["port"].default
-    problems = []
-    for name, url in registry.items():
-        if name not in svcs:
-            problems.append(f"the registry names {name}, which is not a service")
-            continue
-        port = interpolate(environment(svcs[name]).get("TXNP_PORT", str(default_port)))
-        parts = urlsplit(url)
-        if parts.hostname != name:
-            problems.append(f"registry {name}: {url} is not the service's host name")
-        if str(parts.port) != port:
-            problems.append(f"registry {name}: {url}, but the service's TXNP_PORT is {port}")
-    for name, svc in svcs.items():
-        if participant_module(svc) is not None and name not in registry:
-            problems.append(f"service {name} is a participant missing from the registry")
-    return problems
-
-
-def migrated_databases(
-    svcs: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
-) -> dict[str, str]:
-    """database -> target, for every ``txn migrate`` line of the migrate job."""
-    migrated: dict[str, str] = {}
-    for line in command_lines(svcs["migrate"]["command"]):
-        ns = check_project_command("migrate", line, monkeypatch)
-        assert isinstance(ns, argparse.Namespace) and ns.command == "migrate", line
-        assert database_of(ns.dsn) not in migrated, f"{ns.dsn} is migrated twice"
-        migrated[database_of(ns.dsn)] = ns.target
-    return migrated
-
-
-def migration_problems(svcs: dict[str, dict[str, Any]], migrated: dict[str, str]) -> list[str]:
-    """Every database a service uses (TXN_LOG_DSN, TXNP_DSN) must be migrated with the target
-    that service needs, and no two participant services may share one."""
-    problems = []
-    owner: dict[str, str] = {}
-    for name, svc in svcs.items():
-        env = environment(svc)
-        if "TXN_LOG_DSN" in env:
-            needs = [(env["TXN_LOG_DSN"], "coordinator")]
-        elif "TXNP_DSN" in env:
-            module = participant_module(svc)
-            if module is None:
-                problems.append(f"service {name} has a TXNP_DSN but runs no participant module")
-                continue
-            needs = [(env["TXNP_DSN"], migration_target(module))]
-            db = database_of(interpolate(env["TXNP_DSN"]))
-            if db in owner:
-                problems.append(f"services {owner[db]} and {name} share the database {db}")
-            owner[db] = name
-        else:
-            continue
-        for dsn, target in needs:
-            db = database_of(interpolate(dsn))
-            if target not in TARGETS:
-                problems.append(f"service {name} needs target {target}, which does not exist")
-            elif db not in migrated:
-                problems.append(f"service {name}: database {db} is not migrated ({target})")
-            elif migrated[db] != target:
-                problems.append(
-                    f"service {name}: database {db} is migrated as {migrated[db]}, "
-                    f"it needs {target}"
-                )
-    return problems
-
-
-def dependency_cycle(svcs: dict[str, dict[str, Any]]) -> list[str] | None:
-    """A depends_on cycle (compose refuses to start one), or None."""
-    state: dict[str, int] = {}  # 1: on the path, 2: done
-
-    def visit(name: str, path: list[str]) -> list[str] | None:
-        if state.get(name) == 1:
-            return [*path[path.index(name) :], name]
-        if state.get(name) == 2 or name not in svcs:
-            return None
-        state[name] = 1
-        for dep in svcs[name].get("depends_on") or {}:
-            cycle = visit(dep, [*path, name])
-            if cycle:
-                return cycle
-        state[name] = 2
-        return None
-
-    for name in svcs:
-        cycle = visit(name, [])
-        if cycle:
-            return cycle
-    return None
-
-
-# -- checks of commands --------------------------------------------------------------------
-
-
-class _Parsed(Exception):
-    def __init__(self, namespace: argparse.Namespace) -> None:
-        super().__init__("parsed")
-        self.namespace = namespace
-
-
-def parse_txn(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
-    """Parse ``txn <argv>`` with coordinator.cli's real parser, without running anything."""
-    original = argparse.ArgumentParser.parse_args
-
-    def parse_only(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> Any:
-        raise _Parsed(original(self, *args, **kwargs))
-
-    with monkeypatch.context() as m:
-        m.setattr(argparse.ArgumentParser, "parse_args", parse_only)
-        try:
-            cli.main(argv)
-        except _Parsed as done:
-            return done.namespace
-        except SystemExit as e:
-            pytest.fail(f"txn {shlex.join(argv)} does not parse (exit {e.code})")
-    pytest.fail(f"txn {shlex.join(argv)}: the parser was never reached")
-
-
-def check_txn_subcommand(sub: str) -> None:
-    with pytest.raises(SystemExit) as exited:
-        cli.main([sub, "--help"])
-    assert exited.value.code == 0, f"'txn {sub}' is not a subcommand of coordinator.cli"
-
-
-def check_module(module: str) -> None:
-    spec = importlib.util.find_spec(module)
-    assert spec is not None, f"python -m {module}: no such module"
-    main = (
-        importlib.util.find_spec(f"{module}.__main__") if spec.submodule_search_locations else spec
-    )
-    assert main is not None, f"python -m {module}: the package has no __main__"
-
-
-def check_project_command(
-    name: str, line: list[str], monkeypatch: pytest.MonkeyPatch
-) -> argparse.Namespace | str:
-    """One command line of a service built from this project; returns what it runs."""
-    assert line, f"service {name}: empty command"
-    if line[0] == "txn":
-        assert len(line) >= 2, f"service {name}: bare 'txn'"
-        check_txn_subcommand(line[1])
-        return parse_txn(line[1:], monkeypatch)
-    if line[0] in ("python", "python3") and len(line) >= 3 and line[1] == "-m":
-        check_module(line[2])
-        return line[2]
-    pytest.fail(f"service {name}: command {shlex.join(line)!r} is neither txn nor python -m")
-
+from participants.sdk.tokens import token_hash
+from tests.unit.compose_support import (
+    COMPOSE,
+    DOCKERFILE,
+    LEDGERS,
+    ROOT,
+    SECRET_WORDS,
+    SETTINGS,
+    VAR_REF,
+    check_project_command,
+    command_lines,
+    databases_created,
+    dependency_cycle,
+    documented_rows,
+    environment,
+    generate_secrets,
+    host_ports,
+    load_compose,
+    migrated_databases,
+    migration_problems,
+    migration_target,
+    mounts,
+    own_fields,
+    participant_module,
+    registry_problems,
+    service_settings,
+    services,
+    settings_class,
+    split_assignments,
+    with_secret,
+)
 
 # -- the tests -----------------------------------------------------------------------------
 
@@ -370,6 +64,14 @@ def compose() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def docs() -> dict[str, list[list[str]]]:
     return documented_rows()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """./secrets/ as deploy/make_secrets.py writes it."""
+    folder = tmp_path_factory.mktemp("compose") / "secrets"
+    generate_secrets(folder)
+    return folder
 
 
 def test_compose_is_valid_yaml_with_the_expected_services(compose: dict[str, Any]) -> None:
@@ -447,13 +149,13 @@ def test_postgres_allows_prepared_transactions(compose: dict[str, Any]) -> None:
 
 
 def test_migrations_cover_every_database_a_service_uses(
-    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    compose: dict[str, Any], folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each service's database is migrated with the target its module needs
-    (``python -m participants.X`` -> ``X``), and exists on the server."""
+    """Each service's database (its DSN from its secrets) is migrated with the target its module
+    needs (``python -m participants.X`` -> ``X``), and exists on the server."""
     svcs = services(compose)
     migrated = migrated_databases(svcs, monkeypatch)
-    problems = migration_problems(svcs, migrated)
+    problems = migration_problems(compose, migrated, folder)
     assert not problems, "\n".join(problems)
     assert migrated == {
         "txn_log": "coordinator",
@@ -472,13 +174,19 @@ def test_registry_names_the_participant_services_at_their_ports(compose: dict[st
 def test_every_variable_used_is_documented(
     compose: dict[str, Any], docs: dict[str, list[list[str]]]
 ) -> None:
+    """Variables compose substitutes, the environment it gives each service, and the settings
+    it gives as secrets files (``/run/secrets/txnp_secret`` is ``TXNP_SECRET``)."""
     referenced = {m.group(1) for m in VAR_REF.finditer(COMPOSE.read_text())}
-    assert referenced >= {"POSTGRES_PASSWORD", "TXN_HMAC_SECRET"}
     missing = referenced - set(docs)
     assert not missing, f"compose.yaml references undocumented variables: {sorted(missing)}"
     for name, svc in services(compose).items():
         undocumented = set(environment(svc)) - set(docs)
         assert not undocumented, f"service {name} sets undocumented {sorted(undocumented)}"
+        if name in ("postgres", "migrate"):
+            continue  # files read by deploy/initdb.sql, the image and the shell, not settings
+        as_files = {target.upper() for target in mounts(svc)}
+        undocumented = as_files - set(docs)
+        assert not undocumented, f"service {name} is given undocumented {sorted(undocumented)}"
 
 
 def test_secrets_are_required_not_defaulted(compose: dict[str, Any]) -> None:
@@ -489,12 +197,7 @@ def test_secrets_are_required_not_defaulted(compose: dict[str, Any]) -> None:
             assert modifier.startswith(":?") and len(modifier) > 2, (
                 f"${{{name}{modifier}}}: a secret must be required with ${{{name}:?message}}"
             )
-    for name, svc in services(compose).items():
-        for key, value in environment(svc).items():
-            if any(word in key for word in SECRET_WORDS):
-                assert re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*:\?[^}]+\}", value), (
-                    f"service {name}: {key} must be ${{VAR:?message}}, not {value!r}"
-                )
+    # (No secret is given in an environment at all: test_compose_secrets.py.)
 
 
 def test_host_ports_are_unique(compose: dict[str, Any]) -> None:
@@ -548,17 +251,29 @@ def test_long_running_services_restart(compose: dict[str, Any]) -> None:
             )
 
 
+def unread(cls: type[Any], prefix: str, svc: dict[str, Any]) -> set[str]:
+    """Variables (in the environment or as /run/secrets files) given to a service that its
+    settings class does not read."""
+    read = {f"{prefix}{field.upper()}" for field in cls.model_fields}
+    given = {key for key in environment(svc) if key.startswith(prefix)}
+    return (given | {target.upper() for target in mounts(svc)}) - read
+
+
 def test_services_get_settings_they_accept(
-    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    compose: dict[str, Any], folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The environment compose gives each service validates with the settings class that
-    service really reads, every variable set is one it reads, and it binds outside the
+    """The environment and the secrets files compose gives each service validate with the
+    settings class that service really reads, everything given is something it reads, the
+    coordinators would start (no startup problem), they and each participant agree on its
+    secret, the tokens are where they are needed, and every service binds outside the
     container."""
     svcs = services(compose)
 
     coord_env = environment(svcs["coordinator"])
-    coord = settings_of(Settings, coord_env, monkeypatch)
-    assert coord.production and coord.hmac_secret
+    assert not unread(Settings, "TXN_", svcs["coordinator"])
+    coord = service_settings(compose, "coordinator", folder, monkeypatch)
+    assert coord.production
+    assert startup_problems(coord) == []  # tokens, and a secret for every participant
     assert coord.host == "0.0.0.0"
     healthcheck = " ".join(map(str, svcs["coordinator"]["healthcheck"]["test"]))
     assert f":{coord.port}/healthz" in healthcheck
@@ -568,6 +283,7 @@ def test_services_get_settings_they_accept(
     # The registry JSON is what TXN_PARTICIPANTS really parses to.
     assert set(coord.participants) == set(json.loads(coord_env["TXN_PARTICIPANTS"]))
     assert set(coord.participants) == {*LEDGERS, *SHOP}
+    assert set(coord.participant_secrets) == set(coord.participants)
 
     checked = set()
     for name, svc in svcs.items():
@@ -576,14 +292,14 @@ def test_services_get_settings_they_accept(
             continue
         assert command_lines(svc["command"]) == [["python", "-m", module]], name
         cls = settings_class(module)
-        participant_env = environment(svc)
-        read = {f"TXNP_{field.upper()}" for field in cls.model_fields}
-        ignored = {key for key in participant_env if key.startswith("TXNP_")} - read
+        ignored = unread(cls, "TXNP_", svc)
         assert not ignored, f"service {name}: {cls.__name__} does not read {sorted(ignored)}"
-        settings = settings_of(cls, participant_env, monkeypatch)
-        assert participant_env.get("TXNP_NAME") == name == settings.name
+        settings = service_settings(compose, name, folder, monkeypatch)
+        assert environment(svc).get("TXNP_NAME") == name == settings.name
         assert settings.host == "0.0.0.0", name
-        assert settings.hmac_secret == coord.hmac_secret, name  # same ${TXN_HMAC_SECRET}
+        # Its own secret, the one the coordinators sign its calls with.
+        assert settings.secrets() == coord.secrets_of(name)[:1], name
+        assert settings.tokens(), f"{name}: its business endpoints would accept no token"
         # The doubt resolver (and orders' submissions) reach the coordinators by service name.
         assert settings.coordinators == [f"http://coordinator:{coord.port}"], name
         assert f":{settings.port}/healthz" in " ".join(map(str, svc["healthcheck"]["test"]))
@@ -592,10 +308,41 @@ def test_services_get_settings_they_accept(
         )
         checked.add(name)
     assert checked == {*LEDGERS, *SHOP}
-    shipping = settings_of(
-        settings_class("participants.shipping"), environment(svcs["shipping"]), monkeypatch
-    )
+    shipping = service_settings(compose, "shipping", folder, monkeypatch)
     assert "atlantis" in [d.lower() for d in shipping.blocked_destinations]  # the demo's refusal
+    # orders submits with a token the coordinators accept for submitting and reading.
+    orders = service_settings(compose, "orders", folder, monkeypatch)
+    token = coord.tokens().get(token_hash(orders.coordinator_token.get_secret_value()))
+    assert token is not None and token.allows("submit") and token.allows("read")
+
+
+def test_connections_fit_in_max_connections(
+    compose: dict[str, Any], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the stack can open at most (each service's pools at their fullest, as the code
+    sizes them) fits in Postgres' max_connections less the superuser's reserved 3, and is what
+    docs/configuration.md says."""
+    svcs = services(compose)
+    argv = command_lines(svcs["postgres"]["command"])[0]
+    server = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv[:-1]) if a == "-c")
+    available = int(server["max_connections"]) - int(
+        server.get("superuser_reserved_connections", "3")
+    )
+    coord = service_settings(compose, "coordinator", folder, monkeypatch)
+    # coordinator.pglog: two asyncpg pools of pool_size (hot, progress) and a SQLAlchemy pool of
+    # max(2, pool_size // 8) with as much overflow.
+    per_coordinator = 2 * coord.pool_size + 2 * max(2, coord.pool_size // 8)
+    total = svcs["coordinator"]["deploy"]["replicas"] * per_coordinator
+    participants = 0
+    for name, svc in svcs.items():
+        if participant_module(svc) is not None:
+            # coordinator.db.make_engine: pool_size, and as much overflow.
+            total += 2 * service_settings(compose, name, folder, monkeypatch).pool_size
+            participants += 1
+    assert total <= available, f"the stack may open {total} connections; {available} allowed"
+    text = re.sub(r"\s+", " ", (ROOT / "docs" / "configuration.md").read_text())
+    assert f"= {total} at most" in text, f"docs/configuration.md should count {total}"
+    assert participants == 7
 
 
 def row_problem(var: str, info: Any, cells: list[str]) -> str | None:
@@ -608,6 +355,8 @@ def row_problem(var: str, info: Any, cells: list[str]) -> str | None:
     if info.default_factory is not None:
         return None
     default = info.default
+    if isinstance(default, SecretStr):  # its str() is a mask
+        default = default.get_secret_value()
     if isinstance(default, bool):
         ok = default_cell.lower() == str(default).lower()
     elif isinstance(default, int | float):
@@ -639,15 +388,14 @@ def test_every_setting_is_documented_with_its_default(docs: dict[str, list[list[
 
 
 def test_dev_stack_variables_are_documented(docs: dict[str, list[list[str]]]) -> None:
-    assert {"TXN_PG_BINDIR", "TXN_PG_USER", "POSTGRES_PASSWORD"} <= set(docs)
+    assert {"TXN_PG_BINDIR", "TXN_PG_USER"} <= set(docs)
 
 
 def test_nothing_documented_that_does_not_exist(docs: dict[str, list[list[str]]]) -> None:
     known = {f"{prefix}{name.upper()}" for cls, prefix in SETTINGS for name in cls.model_fields} | {
         "TXN_PG_BINDIR",
         "TXN_PG_USER",
-        "POSTGRES_PASSWORD",
-        "TXN_HMAC_SECRET",
+        "POSTGRES_PASSWORD_FILE",  # compose's postgres service: the postgres image reads it
     }
     assert set(docs) <= known, f"documented but unknown: {sorted(set(docs) - known)}"
 
@@ -677,9 +425,20 @@ def test_checks_reject_broken_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
         ["txn", "migrate", "--dsn", "a"],
         ["python", "-m", "b"],
     ]
+    # Compose turns $$ into $ before the shell sees it; an assignment is not the command.
+    line = command_lines(["sh", "-c", 'P="$$(cat f)" Q=1 txn serve'])[0]
+    assert line == ["P=$(cat f)", "Q=1", "txn", "serve"]
+    assert split_assignments(line) == ({"P": "$(cat f)", "Q": "1"}, ["txn", "serve"])
+    assert check_project_command("x", line, monkeypatch).command == "serve"  # type: ignore[union-attr]
     assert documented_rows("| `A_B` | 1 | x |\n| Variable | Default |") == {
         "A_B": [["`A_B`", "1", "x"]]
     }
+    dsn = Settings.model_fields["log_dsn"]
+    doc = str(dsn.description)
+    # A SecretStr default is documented by its value, not its mask.
+    assert row_problem("TXN_LOG_DSN", dsn, ["`TXN_LOG_DSN`", "`**********`", doc]) is not None
+    real = dsn.default.get_secret_value()
+    assert row_problem("TXN_LOG_DSN", dsn, ["`TXN_LOG_DSN`", f"`{real}`", doc]) is None
     lease = Settings.model_fields["lease_s"]
     assert row_problem("TXN_LEASE_S", lease, ["`TXN_LEASE_S`", "`3.0`", "x"]) is not None
     assert row_problem("TXN_LEASE_S", lease, ["`TXN_LEASE_S`", "`4`", str(lease.description)])
@@ -708,7 +467,7 @@ def _with_env(svcs: dict[str, dict[str, Any]], name: str, **env: str | None) -> 
 
 
 def test_cross_checks_catch_a_broken_compose(
-    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    compose: dict[str, Any], folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The registry and migration checks report what a plausible mistake would break."""
     svcs = services(compose)
@@ -725,13 +484,17 @@ def test_cross_checks_catch_a_broken_compose(
     assert registry_problems(_with_env(svcs, "inventory", TXNP_PORT="8299"))
 
     migrated = migrated_databases(svcs, monkeypatch)
-    assert not migration_problems(svcs, migrated)
-    assert migration_problems(svcs, {**migrated, "inventory": "payments"})
-    assert migration_problems(svcs, {**migrated, "ledger2": "orders"})
-    assert migration_problems(svcs, {k: v for k, v in migrated.items() if k != "shipping"})
-    assert migration_problems(svcs, {k: v for k, v in migrated.items() if k != "txn_log"})
-    shared = environment(svcs["ledger1"])["TXNP_DSN"]
-    assert migration_problems(_with_env(svcs, "orders", TXNP_DSN=shared), migrated)
-    no_module = copy.deepcopy(svcs)
-    no_module["payments"]["command"] = ["txn", "serve"]
-    assert migration_problems(no_module, migrated)
+
+    def problems(data: dict[str, Any], migrated: dict[str, str]) -> list[str]:
+        return migration_problems(data, migrated, folder)
+
+    assert not problems(compose, migrated)
+    assert problems(compose, {**migrated, "inventory": "payments"})
+    assert problems(compose, {**migrated, "ledger2": "orders"})
+    assert problems(compose, {k: v for k, v in migrated.items() if k != "shipping"})
+    assert problems(compose, {k: v for k, v in migrated.items() if k != "txn_log"})
+    assert problems(with_secret(compose, "orders", "txnp_dsn", "ledger1_dsn"), migrated)
+    assert problems(with_secret(compose, "coordinator", "txn_log_dsn", "orders_dsn"), migrated)
+    no_module = copy.deepcopy(compose)
+    no_module["services"]["payments"]["command"] = ["txn", "serve"]
+    assert problems(no_module, migrated)
