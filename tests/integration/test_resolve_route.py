@@ -29,6 +29,7 @@ from coordinator.records import BranchSpec, NewTxn
 from coordinator.settings import Settings
 from coordinator.transport import Kind, Reply
 from devstack.stack import Stack
+from participants.orders.app import txn_path
 from participants.sdk import wire
 from tests.helpers import (
     AUTH,
@@ -368,3 +369,21 @@ async def test_a_question_about_a_live_preparing_transaction_decides_nothing(
     assert verified(reply, ORPHAN_SECRET)["status"] == "preparing"
     record = await store.get(gid)
     assert record is not None and (record.status, record.owner) == ("preparing", "live-coordinator")
+
+
+# -- the one other place a gid goes into a URL -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gid", "segment"),
+    [
+        ("order-0123abcd", "order-0123abcd"),
+        ("a/b", "a%2Fb"),
+        ("x?events=true#y", "x%3Fevents%3Dtrue%23y"),
+        ("%2e%2e", "%252e%252e"),
+    ],
+)
+def test_the_orders_service_puts_a_gid_in_its_url_as_one_encoded_segment(
+    gid: str, segment: str
+) -> None:
+    assert txn_path(gid) == f"/v1/transactions/{segment}?events=false"
