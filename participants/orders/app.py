@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 import aiohttp
 from fastapi import FastAPI, HTTPException, Query
@@ -177,6 +178,11 @@ def _order(row: Row[Any]) -> Order:
 async def load_order(conn: AsyncConnection, order_id: str) -> Order | None:
     row = (await conn.execute(select(orders).where(orders.c.id == order_id))).first()
     return None if row is None else _order(row)
+
+
+def txn_path(gid: str) -> str:
+    """The coordinator's URL path of one transaction: the gid as one encoded path segment."""
+    return f"/v1/transactions/{quote(gid, safe='')}?events=false"
 
 
 def transaction_for(order: Order) -> dict[str, Any]:
@@ -350,7 +356,7 @@ def create_app(
         async with sdk.engine.connect() as conn:
             pending = list(await conn.execute(stale))
         for row in pending:
-            reply = await ask("GET", f"/v1/transactions/{row.gid}?events=false", None)
+            reply = await ask("GET", txn_path(row.gid), None)
             if reply.status == 404 and float(row.age_s) < settings.unknown_after_s:
                 # It never reached a coordinator (none answered when it was placed): submit it
                 # now. Safe to repeat: the same gid with the same body is idempotent.
@@ -421,7 +427,7 @@ def create_app(
             raise HTTPException(404, detail=f"no order {order_id}")
         if order.status != "pending":
             return order
-        reply = await ask("GET", f"/v1/transactions/{order.gid}?events=false", None)
+        reply = await ask("GET", txn_path(order.gid), None)
         return await settle(order_id, reply, settings.unknown_after_s)
 
     @app.get("/orders")

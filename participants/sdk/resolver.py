@@ -109,6 +109,10 @@ class DoubtResolver:
                 outcome, _ = await self.rollback(gid, branch)
                 (done.rolled_back if outcome == 200 else done.left).append(xid)
             else:
+                if status is not None:  # None: ask() has logged why already
+                    log.warning(
+                        "doubt resolver: %s stays prepared: the coordinator says %r", xid, status
+                    )
                 done.left.append(xid)
         if done.committed or done.rolled_back:
             log.warning(
