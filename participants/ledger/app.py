@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from participants.ledger.schema import accounts
 from participants.sdk import BusinessError, Participant, ParticipantSettings
+from participants.sdk.oneshot import Statement
 
 ACCOUNT_ID = r"^[A-Za-z0-9._:-]{1,64}$"
 
@@ -53,9 +54,10 @@ def _payload(payload: dict[str, Any]) -> Adjust:
 
 
 async def _apply(conn: AsyncConnection, account: str, delta: int, doing: str) -> dict[str, Any]:
+    # The answer names the change, not the balance: a prepared balance is not yet anyone's.
     row = (await conn.execute(_ADJUST, {"delta": delta, "account": account})).first()
     if row is not None:
-        return {"account": account, "balance": row.balance}
+        return {"account": account, "delta": delta}
     current = (
         await conn.execute(select(accounts.c.balance).where(accounts.c.id == account))
     ).scalar_one_or_none()
@@ -76,10 +78,27 @@ async def undo_adjust(conn: AsyncConnection, payload: dict[str, Any]) -> dict[st
     return await _apply(conn, req.account, -req.delta, f"undoing {req.delta:+d}")
 
 
+def adjust_statement(payload: dict[str, Any]) -> Statement | None:
+    """``adjust`` as one statement, for the one-round-trip path; None for a payload the
+    handler must judge (it then explains the refusal)."""
+    try:
+        req = Adjust.model_validate(payload)
+    except ValidationError:
+        return None
+    return Statement(
+        "UPDATE accounts SET balance = balance + {delta} "
+        "WHERE id = {account} AND balance + {delta} >= 0 RETURNING 1",
+        {"delta": req.delta, "account": req.account},
+        result={"account": req.account, "delta": req.delta},
+    )
+
+
 def create_app(settings: ParticipantSettings | None = None) -> FastAPI:
     sdk = Participant(settings or LedgerSettings())
-    sdk.twopc("/accounts/adjust")(adjust)
-    sdk.action("/accounts/adjust", compensation="/accounts/adjust/undo")(adjust)
+    sdk.twopc("/accounts/adjust", one_shot=adjust_statement)(adjust)
+    sdk.action("/accounts/adjust", compensation="/accounts/adjust/undo", one_shot=adjust_statement)(
+        adjust
+    )
     sdk.compensation("/accounts/adjust/undo")(undo_adjust)
     app = FastAPI(title=f"ledger ({sdk.settings.name})", lifespan=sdk.lifespan)
     sdk.mount(app)

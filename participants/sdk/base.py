@@ -265,6 +265,29 @@ class _Core:
         if self.pause is not None:
             await self.pause.hit(point)
 
+    def _one_shot_allowed(self) -> bool:
+        """Tests' pause points and barrier hooks need the path with those stops."""
+        return bool(self.settings.one_shot) and not self._stops_armed()
+
+    async def _in_one_round_trip(self, sql: str) -> bool:
+        """Run a one-shot text (participants/sdk/oneshot.py). True: it took effect whole. False:
+        the server refused part of it, so none of it did (rolled back): take the ordinary path.
+        A lost connection raises: whether the text ran is then unknown, as for any call."""
+        async with self._autocommit() as conn:
+            try:
+                await run_once(conn, sql)
+            except asyncpg.PostgresError:
+                if conn.invalidated:
+                    raise
+                await run_once(conn, "ROLLBACK")
+                return False
+        return True
+
+    def _stops_armed(self) -> bool:
+        """Tests only: a pause point or barrier hook is set, so calls take the path that has
+        those stops (never the one-round-trip path)."""
+        return self.barrier_hook is not None or bool(self.pause is not None and self.pause.point)
+
     async def _at_barrier(self, op: str, gid: str, branch: int) -> None:
         if self.barrier_hook is not None:
             await self.barrier_hook(op, gid, branch)

@@ -36,6 +36,7 @@ from participants.sdk.base import (
     sqlstate,
 )
 from participants.sdk.guard import OPEN, Rule
+from participants.sdk.oneshot import OneShot
 from participants.sdk.resolver import DoubtResolver
 from participants.sdk.saga import SagaBarrier
 from participants.sdk.settings import ParticipantSettings
@@ -99,6 +100,7 @@ class Participant(TwoPhase, SagaBarrier):
         self.crash = CrashPoints(settings.crash_at, settings.crash_marker, PARTICIPANT_POINTS)
         self.pause = PausePoint(settings.pause_at, settings.pause_file, PARTICIPANT_PAUSE_POINTS)
         self._handlers: dict[str, dict[str, Handler]] = {}
+        self._one_shots: dict[tuple[str, str], OneShot] = {}
         # Saga action path -> the compensation path that undoes it (declared in the catalogue).
         self._undo: dict[str, str] = {}
         self._routes: dict[str, APIRoute] = {}
@@ -185,24 +187,30 @@ class Participant(TwoPhase, SagaBarrier):
 
     # -- registration --------------------------------------------------------------------
 
-    def twopc(self, path: str) -> Callable[[Handler], Handler]:
-        """Register ``handler`` as the prepare (phase one) of a 2PC branch at ``path``."""
-        return self._register(path, PREPARE)
+    def twopc(self, path: str, *, one_shot: OneShot | None = None) -> Callable[[Handler], Handler]:
+        """Register ``handler`` as the prepare (phase one) of a 2PC branch at ``path``.
+        ``one_shot``: the handler's change as one SQL statement, so that the happy case costs
+        one round trip to the database (participants/sdk/oneshot.py)."""
+        return self._register(path, PREPARE, one_shot)
 
-    def action(self, path: str, *, compensation: str) -> Callable[[Handler], Handler]:
+    def action(
+        self, path: str, *, compensation: str, one_shot: OneShot | None = None
+    ) -> Callable[[Handler], Handler]:
         """Register ``handler`` as a saga action (a forward step) at ``path``, undone by the
         compensation at ``compensation`` (the catalogue declares the pair; the coordinator
-        refuses a saga branch that names another)."""
+        refuses a saga branch that names another). ``one_shot`` as for ``twopc``."""
         if self._undo.get(path, compensation) != compensation:
             raise ValueError(f"{path} already declares compensation {self._undo[path]}")
         self._undo[path] = compensation
-        return self._register(path, ACTION)
+        return self._register(path, ACTION, one_shot)
 
     def compensation(self, path: str) -> Callable[[Handler], Handler]:
         """Register ``handler`` as a saga compensation (the undo of an action) at ``path``."""
         return self._register(path, COMPENSATE)
 
-    def _register(self, path: str, op: str) -> Callable[[Handler], Handler]:
+    def _register(
+        self, path: str, op: str, one_shot: OneShot | None = None
+    ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             served = self._handlers.get(path)
             if served is None:
@@ -211,6 +219,8 @@ class Participant(TwoPhase, SagaBarrier):
             if op in served:
                 raise ValueError(f"{path} already has a {op} handler: {served[op].__name__}")
             served[op] = handler
+            if one_shot is not None:
+                self._one_shots[(path, op)] = one_shot
             route = self._routes[path]
             route.summary = "; ".join(
                 f"{_LABELS[o]}: {_first_line(h.__doc__) or h.__name__}" for o, h in served.items()
@@ -345,9 +355,15 @@ class Participant(TwoPhase, SagaBarrier):
             return 409, {"reason": "payload is not valid JSON"}
         if not isinstance(payload, dict):
             return 409, {"reason": "payload must be a JSON object"}
-        run = {PREPARE: self.prepare, ACTION: self.run_action, COMPENSATE: self.run_compensation}
         try:
-            status, answer = await run[op](gid, branch, payload, handler)
+            if op == PREPARE:
+                one_shot = self._one_shots.get((path, op))
+                status, answer = await self.prepare(gid, branch, payload, handler, one_shot)
+            elif op == ACTION:
+                one_shot = self._one_shots.get((path, op))
+                status, answer = await self.run_action(gid, branch, payload, handler, one_shot)
+            else:
+                status, answer = await self.run_compensation(gid, branch, payload, handler)
         except _Transient as e:
             return 503, {"detail": str(e)}
         except DATABASE_ERRORS as e:

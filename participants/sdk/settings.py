@@ -88,6 +88,11 @@ class ParticipantSettings(BaseSettings):
         30.0, ge=0, description="Age a prepared transaction must reach before the resolver asks."
     )
     resolver_interval_s: float = Field(5.0, gt=0, description="How often the resolver looks.")
+    one_shot: bool = Field(
+        True,
+        description="Send a handler's declared one-statement form with the barrier row and "
+        "PREPARE TRANSACTION (or COMMIT) as one round trip; off: always run the handler.",
+    )
     crash_at: str = Field("", description="Crash point name (tests only); empty: none.")
     crash_marker: str = Field("", description="Crash only while this file does not exist.")
     pause_at: str = Field(

@@ -25,6 +25,7 @@ from participants.sdk.base import (
     run_once,
     sqlstate,
 )
+from participants.sdk.oneshot import OneShot, business_text, prepare_text
 from participants.sdk.schema import BARRIER
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,18 @@ class TwoPhase(_Core):
     """prepare, commit and rollback of one 2PC branch, as (HTTP status, JSON body)."""
 
     async def prepare(
-        self, gid: str, branch: int, payload: dict[str, Any], handler: Handler
+        self,
+        gid: str,
+        branch: int,
+        payload: dict[str, Any],
+        handler: Handler,
+        one_shot: OneShot | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """Phase one. 200: voted yes (prepared now, earlier, or already committed).
         409: voted no, now or earlier, or refused because a rollback came first.
+
+        With ``one_shot`` (participants/sdk/oneshot.py), the happy case is one round trip; any
+        other case runs the path below.
 
         Three round trips when all goes well: ``BEGIN`` and the barrier row together, the
         handler's statements, ``PREPARE TRANSACTION``. The SDK begins the local transaction
@@ -81,6 +90,10 @@ class TwoPhase(_Core):
         xid = wire.xid(gid, branch)
         key = {"gid": gid, "branch": branch}
         try:
+            done = await self._one_shot(one_shot, payload, gid, branch, xid)
+            if done is not None:
+                log.info("prepared", extra={"gid": gid, "branch": branch})
+                return 200, {"vote": "yes", "prepared": xid, "result": done}
             async with self._autocommit() as conn:
                 ended = False
                 try:
@@ -125,6 +138,19 @@ class TwoPhase(_Core):
         # The prepared transaction's name: the coordinator counts a yes vote only with it (any
         # other 2xx, say from an endpoint that is not a 2PC branch, is a failed prepare).
         return 200, {"vote": "yes", "prepared": xid, "result": result or {}}
+
+    async def _one_shot(
+        self, one_shot: OneShot | None, payload: dict[str, Any], gid: str, branch: int, xid: str
+    ) -> dict[str, Any] | None:
+        """Prepared in one round trip: the answer's result. None: nothing was done, take the
+        ordinary path."""
+        if one_shot is None or not self._one_shot_allowed():
+            return None
+        business = business_text(one_shot, payload)
+        if business is None:
+            return None
+        text = prepare_text(gid, branch, xid, self._lock_wait_ms(), business[0])
+        return business[1] if await self._in_one_round_trip(text) else None
 
     async def _answer_existing_prepare(
         self, conn: AsyncConnection, key: dict[str, Any], xid: str
