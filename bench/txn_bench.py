@@ -314,17 +314,18 @@ def format_table(report: dict[str, Any]) -> str:
         [
             *_grid(rows),
             "",
-            "÷minimal, ÷design = product tps / that floor's tps; p50 ÷min, p50 ÷design = product "
-            "p50 / that floor's p50. The design floor is the product's own SQL without HTTP; the "
-            "minimal floor, the least durable work a correct coordinator needs.",
-            f"Medians of {config['repeat']} repetition(s) of {config['duration_s']:g} s after "
-            f"{config['warmup_s']:g} s warm-up.",
+            "÷minimal, ÷design: product tps / that floor's tps (1.00: as fast as the floor); "
+            "p50 ÷min, p50 ÷design: product p50 / that floor's p50",
+            "design floor: the product's own SQL, no HTTP; minimal floor: the least durable work "
+            "a correct coordinator needs",
+            f"medians of {config['repeat']} repetition(s) of {config['duration_s']:g} s after "
+            f"{config['warmup_s']:g} s warm-up, the three sides in rotating order",
             "",
             "database work per committed transaction (measured; all concurrencies and repetitions)",
             *_grid(work, left=2),
             "",
-            "rows: inserted + updated + deleted (HOT: updates without index writes), from "
-            "pg_stat_user_tables; WAL: bytes by WAL position, per cluster; ledgers summed.",
+            "rows: inserted + updated + deleted (HOT: updates that wrote no index), from "
+            "pg_stat_user_tables; WAL: bytes by WAL position; ledgers summed",
             f"{m['cpu_count']} CPUs, Python {m['python']} ({m['event_loop']}), "
             f"PostgreSQL {m['postgres_version']}, fsync {m['fsync']}",
         ]
