@@ -1,6 +1,7 @@
-"""The floor: the database work of one transaction, done by a bare asyncpg script (no HTTP, no
-coordinator, no SQLAlchemy) on the same clusters, so the product's throughput and latency can be
-read against what the databases alone allow.
+"""The design floor: the database work of one transaction as the product designs it, done by a
+bare asyncpg script (no HTTP, no coordinator, no SQLAlchemy) on the same clusters, so the
+product's throughput and latency can be read against what its own SQL alone allows.
+(``bench.minimal_floor`` is the other floor: the least durable work a correct coordinator needs.)
 
 Per 2PC transaction, as the product does it (docs/protocol.md):
 
@@ -11,11 +12,13 @@ Per 2PC transaction, as the product does it (docs/protocol.md):
 4. ``COMMIT PREPARED`` on every participant database, in parallel;
 5. ``WRITE_STATUS`` committed.
 
-Per saga transaction (sequential steps, as a saga without ``depends_on`` runs): ``INSERT_TXN``;
-then per participant in turn ``BEGIN`` with the barrier row; ``UPDATE``; ``COMMIT``, followed by the
-step's ``WRITE_PROGRESS`` (on a ``synchronous_commit = off`` connection, as the product's
-progress pool); finally ``WRITE_STATUS`` committed. The log's connections have the product's
-log pools' settings (generic plans; ``synchronous_commit = off`` for progress).
+Per saga transaction: ``INSERT_TXN``; then per participant ``BEGIN`` with the barrier row;
+``UPDATE``; ``COMMIT``, followed by the step's ``WRITE_PROGRESS`` (on a ``synchronous_commit =
+off`` connection, as the product's progress pool); finally ``WRITE_STATUS`` committed. The steps
+run in turn (``saga-seq``: a saga without ``depends_on``) or all at once (``saga``: every step
+``depends_on: []``), their progress writes one after another as the product's saga driver
+awaits them. The log's connections have the product's log pools' settings (generic plans;
+``synchronous_commit = off`` for progress).
 
 The SQL of the log writes is the product's own (``coordinator.queries``), run with
 ``search_path = bench_floor`` against copies of the tables (``CREATE TABLE ... (LIKE ...
@@ -43,6 +46,8 @@ from bench.load import (
     branches,
     closed_loop,
     deltas,
+    flush_stats,
+    protocol,
 )
 from coordinator import queries
 from coordinator.db import server_settings
@@ -112,17 +117,12 @@ FROM t, unnest(ARRAY['submitted', 'decided', 'finished']) AS k
 """
 
 
-def log_writes(mode: str, n_branches: int) -> int:
-    """The log writes the floor makes per transaction (the product's, see the module doc)."""
-    return 3 if mode == "2pc" else 2 + n_branches
-
-
 async def _connect(dsn: str) -> asyncpg.Connection:
     return await asyncpg.connect(dsn)
 
 
-async def rollback_leftovers(ledger_dsns: list[str]) -> int:
-    """Roll back the floor's prepared transactions a failed or interrupted run left behind."""
+async def rollback_leftovers(ledger_dsns: list[str], prefix: str = XID_PREFIX) -> int:
+    """Roll back a floor's prepared transactions a failed or interrupted run left behind."""
     n = 0
     for dsn in ledger_dsns:
         conn = await _connect(dsn)
@@ -130,7 +130,7 @@ async def rollback_leftovers(ledger_dsns: list[str]) -> int:
             xids = await conn.fetch(
                 "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() "
                 "AND gid LIKE $1 || '%'",
-                XID_PREFIX,
+                prefix,
             )
             for row in xids:
                 await conn.execute(f"ROLLBACK PREPARED '{row['gid']}'")
@@ -155,6 +155,7 @@ async def setup(ledger_dsns: list[str], log_dsn: str, accounts: int, history: in
             )
             await conn.execute(f"ANALYZE {SCHEMA}.accounts")
             await conn.execute(f"ANALYZE {SCHEMA}.txn_barrier")
+            await flush_stats(conn)
         finally:
             await conn.close()
     await rollback_leftovers(ledger_dsns)
@@ -166,16 +167,7 @@ async def setup(ledger_dsns: list[str], log_dsn: str, accounts: int, history: in
             await conn.execute(_SEED, history, request)
         for table in ("transactions", "branches", "events"):
             await conn.execute(f"ANALYZE {SCHEMA}.{table}")
-    finally:
-        await conn.close()
-
-
-async def log_rows(log_dsn: str, schema: str = SCHEMA) -> int:
-    """Rows in a log's transactions table: the floor's copy, or the product's (``public``)."""
-    conn = await _connect(log_dsn)
-    try:
-        n: int = await conn.fetchval(f"SELECT count(*) FROM {schema}.transactions")
-        return n
+        await flush_stats(conn)
     finally:
         await conn.close()
 
@@ -185,6 +177,7 @@ class _Conns:
     ledgers: list[asyncpg.Connection]
     log: asyncpg.Connection
     progress: asyncpg.Connection  # synchronous_commit off, as the product's progress pool
+    progress_turn: asyncio.Lock  # parallel steps write their progress one after another
 
 
 class FloorRun:
@@ -196,7 +189,7 @@ class FloorRun:
         self.ledger_dsns = ledger_dsns
         self.ledgers = ledgers
         self.log_dsn = log_dsn
-        self.mode = mode
+        self.mode, self.parallel = protocol(mode)
         self.prefix = prefix
         self.conns: list[_Conns] = []
         self.retry = RetryPolicy().model_dump(mode="json")
@@ -225,11 +218,13 @@ class FloorRun:
                     held[-1].append(await p.acquire())
             n = len(self.ledger_dsns)
             self.conns = [
-                _Conns([held[i][c] for i in range(n)], held[n][c], held[n + 1][c])
+                _Conns([held[i][c] for i in range(n)], held[n][c], held[n + 1][c], asyncio.Lock())
                 for c in range(concurrency)
             ]
             txn = self._twopc if self.mode == "2pc" else self._saga
-            return await closed_loop(concurrency, warmup_s, duration_s, txn)
+            stats = await closed_loop(concurrency, warmup_s, duration_s, txn)
+            await asyncio.gather(*(flush_stats(conn) for conns in held for conn in conns))
+            return stats
         finally:
             self.conns = []
             for p, conns in zip(pools, held, strict=False):
@@ -244,10 +239,10 @@ class FloorRun:
     async def _insert(self, log: asyncpg.Connection, gid: str, seq: int, client: int) -> None:
         n = len(self.ledgers)
         # What the product stores: the body as sent, plus the saga's plan (deps, retry policy).
-        bs = branches(self.mode, self.ledgers, client, seq)
+        bs = branches(self.mode, self.ledgers, client, seq, self.parallel)
         request: dict[str, Any] = {"mode": self.mode, "branches": bs}
         if self.mode == "saga":
-            request["deps"] = [[i - 1] if i else [] for i in range(n)]
+            request["deps"] = [[] if self.parallel or not i else [i - 1] for i in range(n)]
             request["retry"] = self.retry
         raw = orjson.dumps(request)
         params = {
@@ -298,7 +293,9 @@ class FloorRun:
             "event": "action:succeeded",
             "detail": None,
         }
-        if await conns.progress.fetchval(WRITE_PROGRESS.sql, *WRITE_PROGRESS.args(params)) != 1:
+        async with conns.progress_turn:
+            n = await conns.progress.fetchval(WRITE_PROGRESS.sql, *WRITE_PROGRESS.args(params))
+        if n != 1:
             raise TxnFailed(f"{gid}: progress write fenced out")
 
     # -- the participants' work --------------------------------------------------------------
@@ -351,9 +348,16 @@ class FloorRun:
         gid = f"{self.prefix}-{client}-{seq}"
         ds = deltas(len(self.ledgers), seq)
         await self._insert(conns.log, gid, seq, client)
-        for i, conn in enumerate(conns.ledgers):
+
+        async def step(i: int, conn: asyncpg.Connection) -> None:
             await self._local(conn, gid, i, "action", ds[i], client)
             await self._progress(conns, gid, i)
+
+        if self.parallel:
+            await asyncio.gather(*(step(i, conn) for i, conn in enumerate(conns.ledgers)))
+        else:
+            for i, conn in enumerate(conns.ledgers):
+                await step(i, conn)
         await self._status(conns.log, gid, "committed", "finished", "succeeded", 1)
 
 

@@ -1,5 +1,5 @@
 """Closed-loop load and its statistics, shared by the product load (REST clients of the
-coordinator, here) and the floor (``bench.floor``).
+coordinator, here) and the floors (``bench.floor``, ``bench.minimal_floor``).
 
 A closed loop: ``concurrency`` clients, each submitting its next transaction as soon as the
 previous one answered. Completions during the warm-up are not counted; throughput is the
@@ -9,6 +9,7 @@ committed completions inside the measurement window over its length, latencies a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,8 @@ WAIT_S = 30.0  # the coordinator's ?wait=: long enough for any outcome under loa
 ERROR_PAUSE_S = 0.01  # a failing client pauses this long, so a dead target is not a busy loop
 MAX_EXAMPLES = 5
 ACCOUNT_BALANCE = 10**12  # every transaction's deltas sum to zero: the balances never run out
+# The bench's modes: 2PC, a saga whose steps run in parallel, a saga whose steps run in turn.
+MODES = ("2pc", "saga", "saga-seq")
 
 # One transaction of client ``client`` (0-based), its ``seq``-th; raises when it did not commit.
 TxnFn = Callable[[int, int], Awaitable[None]]
@@ -36,7 +39,7 @@ class TxnFailed(Exception):
 
 @dataclass
 class RunStats:
-    """One measured run of one side (product or floor) at one concurrency."""
+    """One measured run of one side (the product or a floor) at one concurrency."""
 
     concurrency: int
     duration_s: float
@@ -48,6 +51,7 @@ class RunStats:
     errors: int  # failures completing inside the measurement window
     errors_total: int  # including the warm-up
     attempted_total: int
+    committed_total: int  # including the warm-up: what the database counters of a run cover
     error_examples: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -72,7 +76,7 @@ async def closed_loop(concurrency: int, warmup_s: float, duration_s: float, txn:
     measure_from = start + warmup_s
     stop_at = measure_from + duration_s
     latencies: list[float] = []
-    counts = {"errors": 0, "errors_total": 0, "attempted": 0}
+    counts = {"errors": 0, "errors_total": 0, "attempted": 0, "committed": 0}
     examples: list[str] = []
 
     async def client(c: int) -> None:
@@ -91,6 +95,7 @@ async def closed_loop(concurrency: int, warmup_s: float, duration_s: float, txn:
             seq += 1
             in_window = measure_from <= t1 <= stop_at
             if failure is None:
+                counts["committed"] += 1
                 if in_window:
                     latencies.append(t1 - t0)
                 continue
@@ -113,6 +118,7 @@ async def closed_loop(concurrency: int, warmup_s: float, duration_s: float, txn:
         errors=counts["errors"],
         errors_total=counts["errors_total"],
         attempted_total=counts["attempted"],
+        committed_total=counts["committed"],
         error_examples=examples,
     )
 
@@ -133,7 +139,17 @@ def deltas(n: int, seq: int) -> list[int]:
     return base[k:] + base[:k]
 
 
-def branches(mode: str, ledgers: list[str], client: int, seq: int) -> list[dict[str, Any]]:
+def protocol(mode: str) -> tuple[str, bool]:
+    """A bench mode's protocol (the API's ``mode``) and whether its saga steps run in parallel."""
+    if mode == "2pc":
+        return "2pc", False
+    return "saga", mode == "saga"
+
+
+def branches(
+    mode: str, ledgers: list[str], client: int, seq: int, parallel: bool = False
+) -> list[dict[str, Any]]:
+    """The body's branches; ``parallel`` saga steps say ``depends_on: []`` (no step waits)."""
     out: list[dict[str, Any]] = []
     for name, delta in zip(ledgers, deltas(len(ledgers), seq), strict=True):
         branch: dict[str, Any] = {
@@ -143,8 +159,20 @@ def branches(mode: str, ledgers: list[str], client: int, seq: int) -> list[dict[
         }
         if mode == "saga":
             branch["compensation"] = "/accounts/adjust/undo"
+            if parallel:
+                branch["depends_on"] = []
         out.append(branch)
     return out
+
+
+async def flush_stats(conn: asyncpg.Connection) -> None:
+    """Publish this backend's pending table and WAL statistics before the reply (PostgreSQL 15+;
+    otherwise a backend holds them up to 10 s once idle), so that counters read from another
+    connection include its work (``bench.dbwork``). Superuser by default: without the right,
+    the counters are read as they are."""
+    if conn.get_server_version().major >= 15:
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("SELECT pg_stat_force_next_flush()")
 
 
 # -- the product: REST clients of the coordinator -----------------------------------------
@@ -192,7 +220,7 @@ class ProductLoad:
         self.origin, base = Origin.of(coordinator_url)
         self.path = f"{base}/v1/transactions?wait={WAIT_S:g}"
         self.ledgers = ledgers
-        self.mode = mode
+        self.mode, self.parallel = protocol(mode)
         self.prefix = gid_prefix
         self.headers = {"Content-Type": "application/json", **AUTH}
 
@@ -200,7 +228,7 @@ class ProductLoad:
         body = {
             "gid": f"{self.prefix}-{client}-{seq}",
             "mode": self.mode,
-            "branches": branches(self.mode, self.ledgers, client, seq),
+            "branches": branches(self.mode, self.ledgers, client, seq, self.parallel),
         }
         status, raw = await self.client.post(
             self.origin, self.path, self.headers, orjson.dumps(body), WAIT_S + 30
@@ -234,37 +262,3 @@ async def run_product(
         return await closed_loop(concurrency, warmup_s, duration_s, load)
     finally:
         await client.close()
-
-
-# -- evidence: how many log writes a transaction really made ------------------------------
-
-
-async def log_writes_per_txn(log_dsn: str, schema: str, gid_prefix: str) -> dict[str, Any]:
-    """Every per-transaction log write (INSERT_TXN, WRITE_STATUS, WRITE_PROGRESS, RESCHEDULE,
-    CLAIM, ABORT_ORPHAN) inserts exactly one event, so events per transaction, by kind, count
-    the writes each transaction made (the lease renewal, one statement a second for all held
-    transactions, writes none and is not per transaction)."""
-    conn = await asyncpg.connect(log_dsn, server_settings={"search_path": schema})
-    try:
-        n = await conn.fetchval(
-            "SELECT count(*) FROM transactions WHERE gid LIKE $1 || '%'", gid_prefix
-        )
-        statuses = await conn.fetch(
-            "SELECT status, count(*) AS n FROM transactions WHERE gid LIKE $1 || '%' "
-            "GROUP BY status ORDER BY status",
-            gid_prefix,
-        )
-        kinds = await conn.fetch(
-            "SELECT kind, count(*) AS n FROM events WHERE gid LIKE $1 || '%' "
-            "GROUP BY kind ORDER BY kind",
-            gid_prefix,
-        )
-    finally:
-        await conn.close()
-    total = sum(int(r["n"]) for r in kinds)
-    return {
-        "transactions": int(n),
-        "statuses": {r["status"]: int(r["n"]) for r in statuses},
-        "writes_per_txn": round(total / n, 3) if n else None,
-        "by_kind_per_txn": {r["kind"]: round(int(r["n"]) / n, 3) for r in kinds} if n else {},
-    }

@@ -1,9 +1,15 @@
-"""``txn bench``: the product's throughput and latency against the floor's (``bench.floor``), per
-mode and concurrency, on the same clusters; a table on stdout and every figure as JSON.
+"""``txn bench``: the product's throughput and latency against two floors on the same clusters,
+per mode and concurrency; a table on stdout and every figure as JSON.
 
-For each mode and concurrency, ``repeat`` repetitions of a floor run and a product run, their
-order alternating (floor first, then product first, ...) to spread the machine's noise; each
-reported figure is the median of its repetitions.
+- the design floor (``bench.floor``): the product's own SQL without HTTP or coordinator: what
+  the product could reach as designed;
+- the minimal floor (``bench.minimal_floor``): the least durable work a correct coordinator
+  needs: what any design could reach.
+
+For each mode and concurrency, ``repeat`` repetitions of the three sides, their order rotating
+from one repetition to the next to spread the machine's noise; each reported figure is the
+median of its repetitions. Every run's database work (rows, WAL) is measured on the servers
+(``bench.dbwork``).
 """
 
 from __future__ import annotations
@@ -19,27 +25,23 @@ import signal
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import reduce
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
 import asyncpg
 
-from bench import floor
-from bench.load import (
-    RunStats,
-    ensure_accounts,
-    http_session,
-    log_writes_per_txn,
-    run_product,
-    use_token,
-)
+from bench import floor, minimal_floor
+from bench.dbwork import Meter, Work
+from bench.load import MODES, RunStats, ensure_accounts, http_session, run_product, use_token
 
-MODES = ("2pc", "saga")
+SIDES = ("product", "design", "minimal")
+# The schema each side writes in (None: the product's own).
+SCHEMAS = {"product": None, "design": floor.SCHEMA, "minimal": minimal_floor.SCHEMA}
 LEDGER_NAME = re.compile(r"^ledger(\d+)$")
-
 
 T = TypeVar("T")
 
@@ -84,7 +86,7 @@ class BenchConfig:
     duration_s: float = 10.0
     warmup_s: float = 2.0
     repeat: int = 3
-    history: int = 20_000  # rows seeded into the floor's log before measuring
+    history: int = 20_000  # rows seeded into each floor's log before measuring
     out: Path | None = field(default_factory=lambda: Path("bench-results.json"))
 
 
@@ -97,31 +99,36 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
-def _side(runs: list[RunStats]) -> dict[str, Any]:
+Runs = list[tuple[RunStats, Work]]
+
+
+def _side(runs: Runs) -> dict[str, Any]:
+    stats = [s for s, _ in runs]
     return {
-        "runs": [r.as_dict() for r in runs],
+        "runs": [{**s.as_dict(), "work": w.as_dict()} for s, w in runs],
         "median": {
-            "tps": _median([r.tps for r in runs]),
-            "p50_ms": _median([r.p50_ms for r in runs]),
-            "p99_ms": _median([r.p99_ms for r in runs]),
+            "tps": _median([s.tps for s in stats]),
+            "p50_ms": _median([s.p50_ms for s in stats]),
+            "p99_ms": _median([s.p99_ms for s in stats]),
         },
-        "errors": sum(r.errors for r in runs),
-        "errors_total": sum(r.errors_total for r in runs),
+        "work": reduce(Work.__add__, (w for _, w in runs), Work()).as_dict(),
+        "errors": sum(s.errors for s in stats),
+        "errors_total": sum(s.errors_total for s in stats),
     }
 
 
-def figure(
-    mode: str, concurrency: int, product: list[RunStats], floor_: list[RunStats]
-) -> dict[str, Any]:
-    p, f = _side(product), _side(floor_)
+def figure(mode: str, concurrency: int, runs: dict[str, Runs]) -> dict[str, Any]:
+    sides = {side: _side(runs[side]) for side in SIDES}
+    p, d, m = (sides[side]["median"] for side in SIDES)
     return {
         "mode": mode,
         "concurrency": concurrency,
-        "product": p,
-        "floor": f,
-        "ratio": _ratio(p["median"]["tps"], f["median"]["tps"]),
-        "p50_ratio": _ratio(p["median"]["p50_ms"], f["median"]["p50_ms"]),
-        "errors": p["errors_total"] + f["errors_total"],
+        **sides,
+        "ratio_minimal": _ratio(p["tps"], m["tps"]),
+        "ratio_design": _ratio(p["tps"], d["tps"]),
+        "p50_ratio_minimal": _ratio(p["p50_ms"], m["p50_ms"]),
+        "p50_ratio_design": _ratio(p["p50_ms"], d["p50_ms"]),
+        "errors": sum(sides[side]["errors_total"] for side in SIDES),
     }
 
 
@@ -153,7 +160,7 @@ async def machine_info(target: Target) -> dict[str, Any]:
 
 def _line(mode: str, c: int, rep: int, side: str, s: RunStats) -> str:
     return (
-        f"  {mode:<4} c={c:<3} rep {rep + 1} {side:<7}: {s.tps:9.1f} txn/s  "
+        f"  {mode:<8} c={c:<3} rep {rep + 1} {side:<7}: {s.tps:9.1f} txn/s  "
         f"p50 {s.p50_ms or 0:8.2f} ms  p99 {s.p99_ms or 0:8.2f} ms  errors {s.errors_total}"
     )
 
@@ -168,49 +175,42 @@ async def run_bench(
     dsns = [lg.dsn for lg in target.ledgers]
     clients = max(config.concurrency)
     machine = await machine_info(target)
-    say(f"floor: preparing {floor.SCHEMA} tables, seeding {config.history} history rows")
-    await floor.setup(dsns, target.log_dsn, clients, config.history)
-    floor_before = await floor.log_rows(target.log_dsn)
-    product_before = await floor.log_rows(target.log_dsn, "public")
     async with http_session(4) as session:
         await ensure_accounts(session, [lg.url for lg in target.ledgers], clients)
+    meter = Meter(target.log_dsn, dsns, [floor.SCHEMA, minimal_floor.SCHEMA])
+    for module in (floor, minimal_floor):
+        say(f"preparing {module.SCHEMA} tables, seeding {config.history} history rows")
+        await module.setup(dsns, target.log_dsn, clients, config.history)
 
-    def prefix(side: str, mode: str) -> str:
-        return f"b{run_id}-{side[0]}-{mode}-"
-
+    gid_prefix = {side: f"b{run_id}-{side[0]}-" for side in SIDES}
     window = (config.warmup_s, config.duration_s)
-    results: list[dict[str, Any]] = []
-    floor_first = True
+
+    def runner(side: str, mode: str, c: int, gids: str) -> Callable[[], Awaitable[RunStats]]:
+        if side == "product":
+            return lambda: run_product(target.coordinator_url, names, mode, c, *window, gids)
+        run_floor = floor.run_floor if side == "design" else minimal_floor.run_minimal
+        return lambda: run_floor(dsns, names, target.log_dsn, mode, c, *window, gids)
+
+    runs: dict[tuple[str, int], dict[str, Runs]] = {}
+    turn = 0
     for mode in config.modes:
         for c in config.concurrency:
-            runs: dict[str, list[RunStats]] = {"product": [], "floor": []}
+            runs[mode, c] = {side: [] for side in SIDES}
             for rep in range(config.repeat):
-                order = ("floor", "product") if floor_first else ("product", "floor")
-                floor_first = not floor_first
+                order = SIDES[turn % 3 :] + SIDES[: turn % 3]
+                turn += 1
                 for side in order:
-                    gids = f"{prefix(side, mode)}c{c}-r{rep}"
-                    if side == "floor":
-                        stats = await floor.run_floor(
-                            dsns, names, target.log_dsn, mode, c, *window, gids
-                        )
-                    else:
-                        stats = await run_product(
-                            target.coordinator_url, names, mode, c, *window, gids
-                        )
-                    runs[side].append(stats)
+                    gids = f"{gid_prefix[side]}{mode}-c{c}-r{rep}"
+                    stats, work = await meter.measure(SCHEMAS[side], runner(side, mode, c, gids))
+                    runs[mode, c][side].append((stats, work))
                     say(_line(mode, c, rep, side, stats))
-            results.append(figure(mode, c, runs["product"], runs["floor"]))
+    say("reading the product's last counters")
+    await meter.finish()
 
-    log_writes = {
-        mode: {
-            "product": await log_writes_per_txn(target.log_dsn, "public", prefix("product", mode)),
-            "floor": await log_writes_per_txn(target.log_dsn, floor.SCHEMA, prefix("floor", mode)),
-            "floor_by_design": floor.log_writes(mode, len(names)),
-            "product_gid_prefix": prefix("product", mode),
-            "floor_gid_prefix": prefix("floor", mode),
-        }
-        for mode in config.modes
-    }
+    def pooled(mode: str, side: str) -> Work:
+        works = [w for (m, _), by_side in runs.items() if m == mode for _, w in by_side[side]]
+        return reduce(Work.__add__, works, Work())
+
     report = {
         "run_id": run_id,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -222,13 +222,11 @@ async def run_bench(
             "ledgers": names,
         },
         "machine": machine,
-        "log_writes": log_writes,
-        "floor_log_rows": {"before": floor_before, "after": await floor.log_rows(target.log_dsn)},
-        "product_log_rows": {
-            "before": product_before,
-            "after": await floor.log_rows(target.log_dsn, "public"),
+        "gid_prefix": gid_prefix,
+        "results": [figure(mode, c, by_side) for (mode, c), by_side in runs.items()],
+        "work": {
+            mode: {side: pooled(mode, side).as_dict() for side in SIDES} for mode in config.modes
         },
-        "results": results,
     }
     if config.out is not None:
         config.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -239,62 +237,99 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
-def format_table(report: dict[str, Any]) -> str:
-    head = (
-        "mode",
-        "conc",
-        "product tps",
-        "floor tps",
-        "ratio",
-        "prod p50",
-        "prod p99",
-        "floor p50",
-        "floor p99",
-        "p50 ratio",
-        "errors",
-    )
-    rows = [head]
-    for r in report["results"]:
-        p, f = r["product"]["median"], r["floor"]["median"]
-        rows.append(
-            (
-                r["mode"],
-                str(r["concurrency"]),
-                _fmt(p["tps"], ".1f"),
-                _fmt(f["tps"], ".1f"),
-                _fmt(r["ratio"], ".2f"),
-                _fmt(p["p50_ms"], ".2f", " ms"),
-                _fmt(p["p99_ms"], ".2f", " ms"),
-                _fmt(f["p50_ms"], ".2f", " ms"),
-                _fmt(f["p99_ms"], ".2f", " ms"),
-                _fmt(r["p50_ratio"], ".2f", "x"),
-                str(r["errors"]),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+def _grid(rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
+    """Columns aligned: the first ``left`` to the left, the others to the right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w)
+            cell.ljust(w) if i < left else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         )
         for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    m = report["machine"]
-    writes = ", ".join(
-        f"{mode}: product {w['product']['writes_per_txn']} / floor {w['floor']['writes_per_txn']}"
-        for mode, w in report["log_writes"].items()
-    )
-    lines += [
-        "",
-        f"ratio = product tps / floor tps; p50 ratio = product p50 / floor p50; medians of "
-        f"{report['config']['repeat']} repetition(s) of {report['config']['duration_s']:g} s "
-        f"after {report['config']['warmup_s']:g} s warm-up",
-        f"log writes per transaction ({writes})",
-        f"{m['cpu_count']} CPUs, Python {m['python']} ({m['event_loop']}), "
-        f"PostgreSQL {m['postgres_version']}, fsync {m['fsync']}",
+    return lines
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = [
+        (
+            "mode",
+            "conc",
+            "product tps",
+            "design tps",
+            "minimal tps",
+            "÷minimal",
+            "÷design",
+            "prod p50",
+            "design p50",
+            "min p50",
+            "p50 ÷min",
+            "p50 ÷design",
+            "prod p99",
+            "errors",
+        )
     ]
-    return "\n".join(lines)
+    for r in report["results"]:
+        p, d, m = (r[side]["median"] for side in SIDES)
+        rows.append(
+            (
+                r["mode"],
+                str(r["concurrency"]),
+                _fmt(p["tps"], ".1f"),
+                _fmt(d["tps"], ".1f"),
+                _fmt(m["tps"], ".1f"),
+                _fmt(r["ratio_minimal"], ".2f"),
+                _fmt(r["ratio_design"], ".2f"),
+                _fmt(p["p50_ms"], ".2f", " ms"),
+                _fmt(d["p50_ms"], ".2f", " ms"),
+                _fmt(m["p50_ms"], ".2f", " ms"),
+                _fmt(r["p50_ratio_minimal"], ".2f", "x"),
+                _fmt(r["p50_ratio_design"], ".2f", "x"),
+                _fmt(p["p99_ms"], ".2f", " ms"),
+                str(r["errors"]),
+            )
+        )
+    work = [
+        ("mode", "side", "txns", "log rows", "log HOT", "log WAL B", "ledger rows", "ledger WAL B")
+    ]
+    for mode, by_side in report["work"].items():
+        for side, w in by_side.items():
+            t = w["per_txn"]
+            work.append(
+                (
+                    mode,
+                    side,
+                    str(w["transactions"]),
+                    _fmt(t["log_rows"], ".2f"),
+                    _fmt(t["log_hot_updates"], ".2f"),
+                    _fmt(t["log_wal_bytes"], ".0f"),
+                    _fmt(t["ledger_rows"], ".2f"),
+                    _fmt(t["ledger_wal_bytes"], ".0f"),
+                )
+            )
+    m = report["machine"]
+    config = report["config"]
+    return "\n".join(
+        [
+            *_grid(rows),
+            "",
+            "÷minimal, ÷design: product tps / that floor's tps (1.00: as fast as the floor); "
+            "p50 ÷min, p50 ÷design: product p50 / that floor's p50",
+            "design floor: the product's own SQL, no HTTP; minimal floor: the least durable work "
+            "a correct coordinator needs",
+            f"medians of {config['repeat']} repetition(s) of {config['duration_s']:g} s after "
+            f"{config['warmup_s']:g} s warm-up, the three sides in rotating order",
+            "",
+            "database work per committed transaction (measured; all concurrencies and repetitions)",
+            *_grid(work, left=2),
+            "",
+            "rows: inserted + updated + deleted (HOT: updates that wrote no index), from "
+            "pg_stat_user_tables; WAL: bytes by WAL position; ledgers summed",
+            f"{m['cpu_count']} CPUs, Python {m['python']} ({m['event_loop']}), "
+            f"PostgreSQL {m['postgres_version']}, fsync {m['fsync']}",
+        ]
+    )
 
 
 def run(target: Target, config: BenchConfig) -> dict[str, Any]:

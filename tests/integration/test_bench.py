@@ -1,6 +1,7 @@
-"""``txn bench`` in miniature on the session's stack: both modes, two concurrencies, one short
-repetition each; the figures are there, nothing failed, and the floor really did its work
-(PREPARE TRANSACTION and COMMIT PREPARED on every ledger, the product's log writes)."""
+"""``txn bench`` in miniature on the session's stack: every mode, two concurrencies, one short
+repetition of each side; the figures are there, nothing failed, the minimal floor really did its
+work (every transaction logged and committed, no prepared transaction left, the balances whole),
+and the measured database work per transaction is what each floor's design says."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bench import floor
-from bench.txn_bench import BenchConfig, Target, format_table, run_bench
+from bench import floor, minimal_floor
+from bench.load import ACCOUNT_BALANCE, MODES, account
+from bench.txn_bench import SIDES, BenchConfig, Target, format_table, run_bench
 from devstack.stack import Stack
 
 
@@ -24,7 +26,7 @@ async def _fetchval(dsn: str, query: str, *args: object) -> int:
         await conn.close()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 async def test_bench_smoke(stack: Stack, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     config = BenchConfig(
@@ -34,47 +36,72 @@ async def test_bench_smoke(stack: Stack, tmp_path: Path) -> None:
     report = await run_bench(target, config)
 
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
-    assert {r["mode"] for r in report["results"]} == {"2pc", "saga"}
-    assert [r["concurrency"] for r in report["results"]] == [1, 4, 1, 4]
+    assert [(r["mode"], r["concurrency"]) for r in report["results"]] == [
+        (mode, c) for mode in MODES for c in (1, 4)
+    ]
     for r in report["results"]:
         where = f"{r['mode']} c={r['concurrency']}"
-        assert r["product"]["median"]["tps"] > 0, where
-        assert r["floor"]["median"]["tps"] > 0, where
-        assert r["ratio"] is not None and r["ratio"] > 0, where
-        assert r["p50_ratio"] is not None, where
-        assert r["errors"] == 0, (where, r["product"]["runs"], r["floor"]["runs"])
-        assert len(r["product"]["runs"]) == len(r["floor"]["runs"]) == 1
+        for side in SIDES:
+            assert r[side]["median"]["tps"] > 0, (where, side)
+            assert len(r[side]["runs"]) == 1, (where, side)
+        for ratio in ("ratio_minimal", "ratio_design", "p50_ratio_minimal", "p50_ratio_design"):
+            assert r[ratio] is not None and r[ratio] > 0, (where, ratio)
+        assert r["errors"] == 0, (where, [r[side]["runs"] for side in SIDES])
     assert {"cpu_count", "python", "postgres_version", "fsync"} <= set(report["machine"])
-    assert "product tps" in format_table(report)
+    table = format_table(report)
+    assert "÷minimal" in table and "÷design" in table and "log WAL B" in table
 
-    # The floor makes the product's log writes: 3 per 2PC transaction, 2 + one per step for
-    # a saga; the product's own log shows the same counts.
-    writes = report["log_writes"]
-    assert writes["2pc"]["product"]["writes_per_txn"] == writes["2pc"]["floor"]["writes_per_txn"]
-    assert writes["2pc"]["floor"]["writes_per_txn"] == 3
-    assert writes["saga"]["product"]["writes_per_txn"] == writes["saga"]["floor"]["writes_per_txn"]
-    assert writes["saga"]["floor"]["writes_per_txn"] == 2 + len(target.ledgers)
-    grown = report["floor_log_rows"]["after"] - report["floor_log_rows"]["before"]
-    floor_txns = writes["2pc"]["floor"]["transactions"] + writes["saga"]["floor"]["transactions"]
-    assert grown == floor_txns > 0
-
-    # Every floor 2PC transaction was prepared and then committed on every ledger: its barrier
-    # row is inside the prepared transaction, visible only after COMMIT PREPARED; none is left.
-    prefix = writes["2pc"]["floor_gid_prefix"]
+    # The minimal floor logged every transaction it counted, once, and finished each; nothing it
+    # prepared is left; and the balances are whole (every transaction's deltas sum to zero).
+    minimal_runs = [run for r in report["results"] for run in r["minimal"]["runs"]]
+    committed = sum(run["committed_total"] for run in minimal_runs)
+    assert committed > 0
+    log = minimal_floor.SCHEMA + ".log"
+    prefix = report["gid_prefix"]["minimal"]
+    mine = f"FROM {log} WHERE gid LIKE $1 || '%'"
+    assert await _fetchval(target.log_dsn, f"SELECT count(*) {mine}", prefix) == committed
+    statuses = await _fetchval(target.log_dsn, f"SELECT array_agg(DISTINCT status) {mine}", prefix)
+    assert statuses == ["committed"]
     for ledger in target.ledgers:
-        committed = await _fetchval(
-            ledger.dsn,
-            f"SELECT count(*) FROM {floor.SCHEMA}.txn_barrier "
-            "WHERE gid LIKE $1 || '%' AND op = '2pc' AND outcome = 'prepared'",
-            prefix,
-        )
-        assert committed == writes["2pc"]["floor"]["transactions"], ledger.name
         left = await _fetchval(
             ledger.dsn,
             "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE $1 || '%'",
-            floor.XID_PREFIX,
+            minimal_floor.XID_PREFIX,
         )
         assert left == 0, ledger.name
+    for c in range(max(config.concurrency)):
+        total = 0
+        for ledger in target.ledgers:
+            total += await _fetchval(
+                ledger.dsn,
+                f"SELECT balance FROM {minimal_floor.SCHEMA}.accounts WHERE id = $1",
+                account(c),
+            )
+        assert total == len(target.ledgers) * ACCOUNT_BALANCE, account(c)
+
+    # Database work per transaction, measured: the minimal floor's three log writes per 2PC
+    # transaction and two per saga, one ledger row per ledger; the design floor (the product's
+    # SQL) writes more log rows; everything wrote WAL.
+    work = {
+        mode: {side: w["per_txn"] for side, w in by.items()} for mode, by in report["work"].items()
+    }
+    n = len(target.ledgers)
+    assert 2.5 <= work["2pc"]["minimal"]["log_rows"] <= 4
+    assert n - 0.5 <= work["2pc"]["minimal"]["ledger_rows"] <= n + 1
+    for saga in ("saga", "saga-seq"):
+        assert 1.5 <= work[saga]["minimal"]["log_rows"] <= 3, saga
+    for mode in MODES:
+        assert work[mode]["design"]["log_rows"] > work[mode]["minimal"]["log_rows"], mode
+        for side in SIDES:
+            assert work[mode][side]["log_rows"] > 0, (mode, side)
+            assert work[mode][side]["log_wal_bytes"] > 0, (mode, side)
+            assert work[mode][side]["ledger_wal_bytes"] > 0, (mode, side)
+    assert report["work"]["2pc"]["minimal"]["transactions"] == sum(
+        run["committed_total"]
+        for r in report["results"]
+        if r["mode"] == "2pc"
+        for run in r["minimal"]["runs"]
+    )
 
 
 @pytest.mark.timeout(120)
