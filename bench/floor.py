@@ -5,7 +5,7 @@ product's throughput and latency can be read against what its own SQL alone allo
 
 Per 2PC transaction, as the product does it (docs/protocol.md):
 
-1. the log's ``INSERT_TXN`` (transaction, branches, first event: one statement);
+1. the log's ``INSERT_TXN`` (one row: the transaction, its branches, its first event);
 2. on every participant database, in parallel: ``BEGIN`` with the SDK's barrier row (the SDK's
    own text, one round trip); the ledger's ``UPDATE`` of the account; ``PREPARE TRANSACTION``;
 3. ``WRITE_STATUS`` committing (the commit point);
@@ -52,6 +52,7 @@ from bench.load import (
 from coordinator import queries
 from coordinator.db import server_settings
 from coordinator.pglog import Raw
+from coordinator.schema import FILLFACTOR
 from participants.sdk.saga import begin_and_take
 from participants.sdk.twopc import begin_and_claim
 from sagas.policy import RetryPolicy
@@ -80,40 +81,35 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.txn_barrier (LIKE public.txn_barrier INCLUDI
 """
 _LOG_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {SCHEMA};
-CREATE TABLE IF NOT EXISTS {SCHEMA}.transactions (LIKE public.transactions INCLUDING ALL);
-CREATE TABLE IF NOT EXISTS {SCHEMA}.branches (LIKE public.branches INCLUDING ALL);
-CREATE TABLE IF NOT EXISTS {SCHEMA}.events (LIKE public.events INCLUDING ALL);
-CREATE SEQUENCE IF NOT EXISTS {SCHEMA}.events_id_seq OWNED BY {SCHEMA}.events.id;
-ALTER TABLE {SCHEMA}.events ALTER COLUMN id SET DEFAULT nextval('{SCHEMA}.events_id_seq');
+DROP TABLE IF EXISTS {SCHEMA}.events, {SCHEMA}.branches;
 DO $$ BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'branches_gid_fkey'
-                   AND connamespace = '{SCHEMA}'::regnamespace) THEN
-        ALTER TABLE {SCHEMA}.branches ADD CONSTRAINT branches_gid_fkey FOREIGN KEY (gid)
-            REFERENCES {SCHEMA}.transactions (gid) ON DELETE CASCADE;
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = '{SCHEMA}'
+                   AND table_name = 'transactions' AND column_name = 'timeline') THEN
+        DROP TABLE IF EXISTS {SCHEMA}.transactions;  -- the log's shape before migration 0002
     END IF;
 END $$;
+CREATE TABLE IF NOT EXISTS {SCHEMA}.transactions (LIKE public.transactions INCLUDING ALL)
+    WITH (fillfactor = {FILLFACTOR});
 """
 # History: committed transactions of both modes, three branches and three events each.
 _SEED = f"""
-WITH t AS (
-    INSERT INTO {SCHEMA}.transactions (gid, mode, status, request, request_hash, created_at,
-        updated_at, deadline_at, next_attempt_at, attempts, owner, lease_until, epoch)
-    SELECT 'hist-' || g, CASE WHEN g % 2 = 0 THEN '2pc' ELSE 'saga' END, 'committed',
-           CAST($2 AS jsonb), md5(CAST(g AS text)), at, at, now(), now(), 0, '{OWNER}', now(), 1
-    FROM generate_series(1, CAST($1 AS int)) AS g,
-         LATERAL (SELECT now() - make_interval(secs => CAST($1 - g AS float8)) AS at) AS ts
-    ON CONFLICT (gid) DO NOTHING
-    RETURNING gid
-), b AS (
-    INSERT INTO {SCHEMA}.branches (gid, idx, participant, action, payload, status, attempts)
-    SELECT t.gid, i, 'ledger' || (i + 1), '/accounts/adjust',
-           CAST('{{"account": "hist", "delta": 1}}' AS jsonb), 'committed', 2
-    FROM t, generate_series(0, 2) AS i
-    RETURNING 1
-)
-INSERT INTO {SCHEMA}.events (gid, kind, detail)
-SELECT t.gid, k, CAST('{{"status": "committed"}}' AS jsonb)
-FROM t, unnest(ARRAY['submitted', 'decided', 'finished']) AS k
+INSERT INTO {SCHEMA}.transactions (gid, mode, status, request, request_hash, created_at,
+    updated_at, deadline_at, next_attempt_at, attempts, owner, lease_until, epoch, branches,
+    timeline)
+SELECT 'hist-' || g, CASE WHEN g % 2 = 0 THEN '2pc' ELSE 'saga' END, 'committed',
+       CAST($2 AS jsonb), md5(CAST(g AS text)), at, at, now(), now(), 0, '{OWNER}', now(), 1,
+       (SELECT jsonb_agg(jsonb_build_object(
+            'participant', 'ledger' || (i + 1), 'action', '/accounts/adjust',
+            'compensation', NULL, 'payload', jsonb_build_object('account', 'hist', 'delta', 1),
+            'status', 'committed', 'attempts', 2, 'last_error', NULL, 'updated_at', at))
+        FROM generate_series(0, 2) AS i),
+       (SELECT jsonb_agg(jsonb_build_object(
+            'id', n, 'at', at, 'kind', k, 'branch', NULL,
+            'detail', jsonb_build_object('status', 'committed')))
+        FROM unnest(ARRAY['submitted', 'decided', 'finished']) WITH ORDINALITY AS e(k, n))
+FROM generate_series(1, CAST($1 AS int)) AS g,
+     LATERAL (SELECT now() - make_interval(secs => CAST($1 - g AS float8)) AS at) AS ts
+ON CONFLICT (gid) DO NOTHING
 """
 
 
@@ -165,8 +161,7 @@ async def setup(ledger_dsns: list[str], log_dsn: str, accounts: int, history: in
         if history > 0:
             request = orjson.dumps({"mode": "2pc", "branches": []}).decode()
             await conn.execute(_SEED, history, request)
-        for table in ("transactions", "branches", "events"):
-            await conn.execute(f"ANALYZE {SCHEMA}.{table}")
+        await conn.execute(f"ANALYZE {SCHEMA}.transactions")
         await flush_stats(conn)
     finally:
         await conn.close()
@@ -279,7 +274,7 @@ class FloorRun:
             "battempts": [att] * n,
             "berror": [None] * n,
         }
-        if await log.fetchval(WRITE_STATUS.sql, *WRITE_STATUS.args(params)) != 1:
+        if await log.fetchval(WRITE_STATUS.sql, *WRITE_STATUS.args(params)) is None:
             raise TxnFailed(f"{gid}: status write fenced out")
 
     async def _progress(self, conns: _Conns, gid: str, idx: int) -> None:

@@ -1,11 +1,11 @@
 """Recovery at scale: N transactions left in flight by a killed coordinator, driven to a terminal
 status by the restarted one, against the time the same N take when nothing fails.
 
-    .venv/bin/python bench/recovery_at_scale.py [--n 1000] [--concurrency 32]
+    .venv/bin/python bench/recovery_at_scale.py [--n 1000] [--concurrency 32] [--modes 2pc,saga]
 
-Scenario, on one embedded stack: (1) baseline: submit N 2PC transfers across the three ledgers
-and time until all are terminal; (2) freeze the ledgers (SIGSTOP), submit N more (logged, their
-prepares hanging), SIGKILL the coordinator, thaw the ledgers, restart the coordinator and time
+Scenario, on one embedded stack, per mode: (1) baseline: submit N transfers across the three
+ledgers and time until all are terminal; (2) freeze the ledgers (SIGSTOP), submit N more
+(logged, their first calls hanging), SIGKILL the coordinator, thaw the ledgers, restart the coordinator and time
 until all N are terminal. Claims come in batches (TXN_CLAIM_BATCH); the script reports how many
 claim statements recovery needed.
 """
@@ -34,7 +34,7 @@ TERMINAL = ("committed", "aborted")
 
 
 async def _submit_all(
-    base: str, token: str, gids: list[str], concurrency: int, wait_s: float
+    base: str, token: str, gids: list[str], concurrency: int, wait_s: float, mode: str = "2pc"
 ) -> None:
     """Submit with ``concurrency`` clients; with ``wait_s`` each waits for the outcome, so at most
     ``concurrency`` transactions are in flight (a client-paced load, as in production)."""
@@ -46,18 +46,18 @@ async def _submit_all(
         async def worker(account: str) -> None:
             while not queue.empty():
                 gid = queue.get_nowait()
-                body = {
-                    "gid": gid,
-                    "mode": "2pc",
-                    "branches": [
-                        {
-                            "participant": f"ledger{i}",
-                            "action": "/accounts/adjust",
-                            "payload": {"account": account, "delta": 1},
-                        }
-                        for i in (1, 2, 3)
-                    ],
-                }
+                branches: list[dict[str, Any]] = [
+                    {
+                        "participant": f"ledger{i}",
+                        "action": "/accounts/adjust",
+                        "payload": {"account": account, "delta": 1},
+                    }
+                    for i in (1, 2, 3)
+                ]
+                if mode == "saga":
+                    for b in branches:
+                        b["compensation"] = "/accounts/adjust/undo"
+                body = {"gid": gid, "mode": mode, "branches": branches}
                 url = f"{base}/v1/transactions?wait={wait_s}"
                 async with session.post(url, json=body) as reply:
                     if reply.status != 201:
@@ -107,8 +107,10 @@ async def _open_accounts(stack: Stack, n: int) -> None:
                         raise RuntimeError(await reply.text())
 
 
-def run(stack: Stack, n: int, concurrency: int, timeout_s: float = 600) -> dict[str, Any]:
-    """The two phases on a running stack; returns the measured figures."""
+def run(
+    stack: Stack, n: int, concurrency: int, timeout_s: float = 600, mode: str = "2pc"
+) -> dict[str, Any]:
+    """The two phases on a running stack, in one mode; returns the measured figures."""
     coord = stack.coordinators[0]
     tag = f"{os.getpid()}-{time.monotonic_ns()}"
     asyncio.run(_open_accounts(stack, concurrency))
@@ -117,7 +119,12 @@ def run(stack: Stack, n: int, concurrency: int, timeout_s: float = 600) -> dict[
     started = time.monotonic()
     asyncio.run(
         _submit_all(
-            coord.url, stack.api_token, [f"{base_prefix}{i}" for i in range(n)], concurrency, 60
+            coord.url,
+            stack.api_token,
+            [f"{base_prefix}{i}" for i in range(n)],
+            concurrency,
+            60,
+            mode,
         )
     )
     baseline = asyncio.run(_wait_terminal(stack.log_dsn, base_prefix, n, timeout_s)) - started
@@ -129,7 +136,12 @@ def run(stack: Stack, n: int, concurrency: int, timeout_s: float = 600) -> dict[
         # No waiting here: every submission is logged and left hanging on a frozen ledger.
         asyncio.run(
             _submit_all(
-                coord.url, stack.api_token, [f"{crash_prefix}{i}" for i in range(n)], concurrency, 0
+                coord.url,
+                stack.api_token,
+                [f"{crash_prefix}{i}" for i in range(n)],
+                concurrency,
+                0,
+                mode,
             )
         )
         coord.restart = False
@@ -147,11 +159,13 @@ def run(stack: Stack, n: int, concurrency: int, timeout_s: float = 600) -> dict[
     recovered = asyncio.run(_metric(coord.url, stack.api_token, "txn_recovered_total"))
     batches = asyncio.run(_metric(coord.url, stack.api_token, "txn_claim_batches_total"))
     return {
+        "mode": mode,
         "n": n,
         "concurrency": concurrency,
         "baseline_s": round(baseline, 2),
         "recovery_s": round(recovery, 2),
         "ratio": round(recovery / baseline, 2),
+        "throughput_ratio": round(baseline / recovery, 2),
         "recovered": int(recovered),
         "claim_statements": int(batches),
     }
@@ -161,11 +175,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--modes", default="2pc,saga", help="comma-separated: 2pc, saga")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="txn-bench-") as tmp:
         Path(tmp).chmod(0o755)  # the Postgres servers run as an unprivileged user under root
         with Stack(StackConfig(state_dir=Path(tmp))) as stack:
-            print(json.dumps(run(stack, args.n, args.concurrency), indent=2))
+            for mode in args.modes.split(","):
+                figures = run(stack, args.n, args.concurrency, mode=mode.strip())
+                print(json.dumps(figures, indent=2), flush=True)
 
 
 if __name__ == "__main__":

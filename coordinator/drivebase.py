@@ -142,7 +142,7 @@ class Run(Generic[E]):
         await self.d.store.write_status(
             self.gid, self.epoch, status, reason, self.progress(statuses), "decided"
         )
-        log.debug("decided %s", status, extra=self.extra)  # the events table has it too
+        log.debug("decided %s", status, extra=self.extra)  # the timeline has it too
 
     async def finish(self, status: str, reason: str | None, statuses: Sequence[object]) -> None:
         """Rule 3: the outcome is logged before anyone is told."""
@@ -157,7 +157,7 @@ class Run(Generic[E]):
             redoable=self.redoable_outcome,
         )
         # DEBUG: a line per transaction would sit between the outcome and the answer (the
-        # events table and txn_finished_total have it).
+        # row's timeline and txn_finished_total have it).
         log.debug("finished %s", status, extra=self.extra)
         self.d.metrics.inc("txn_finished_total", status=status)
         # Waiters get the record as it now stands in the log, so they need not read it back.

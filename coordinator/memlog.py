@@ -27,7 +27,7 @@ from coordinator.records import (
     Page,
     TxnRecord,
 )
-from coordinator.schema import NEXT_STATUS, TERMINAL
+from coordinator.schema import NEXT_STATUS, TERMINAL, TIMELINE_HEAD, TIMELINE_MAX
 
 
 def _utcnow() -> datetime:
@@ -67,7 +67,6 @@ class MemLog:
         self._rng = rng or random.Random()
         self._txns: dict[str, _Row] = {}
         self._events: dict[str, list[EventRecord]] = {}
-        self._next_event_id = 1
 
     def now(self) -> datetime:
         return self._clock() + self._offset
@@ -106,9 +105,14 @@ class MemLog:
     def _append_event(
         self, gid: str, at: datetime, kind: str, branch: int | None, detail: Any
     ) -> None:
-        event = EventRecord(self._next_event_id, gid, at, kind, branch, detail)
-        self._next_event_id += 1
-        self._events.setdefault(gid, []).append(event)
+        # As the Postgres store keeps a row's timeline (coordinator/queries.py, ``capped``):
+        # ids count per transaction; a long one keeps its first and latest events.
+        events = self._events.setdefault(gid, [])
+        if len(events) > TIMELINE_MAX:
+            events[:] = events[:TIMELINE_HEAD] + events[TIMELINE_HEAD - TIMELINE_MAX :]
+        events.append(
+            EventRecord(events[-1].id + 1 if events else 1, gid, at, kind, branch, detail)
+        )
 
     def _fenced(self, gid: str, epoch: int) -> _Row:
         row = self._txns.get(gid)

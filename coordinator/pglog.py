@@ -37,7 +37,7 @@ from coordinator.records import (
     Page,
     TxnRecord,
 )
-from coordinator.schema import branches, events, transactions
+from coordinator.schema import transactions
 from participants.sdk.wire import GID_PATTERN
 
 _ARRAYS: dict[str, Any] = {
@@ -123,10 +123,14 @@ async def _no_reset(_conn: asyncpg.Connection) -> None:
     reset, and asyncpg's default reset costs a round trip per release."""
 
 
+def _json(value: Any) -> Any:
+    """A jsonb value: parsed by SQLAlchemy's JSONB type, or text from asyncpg and text()."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
 def _txn(row: Any) -> TxnRecord:
-    """From a SQLAlchemy row or an asyncpg record (whose jsonb arrives as text)."""
+    """From a SQLAlchemy row or an asyncpg record, with its branches (the row holds them)."""
     m = row._mapping if hasattr(row, "_mapping") else row
-    request = m["request"]
     return TxnRecord(
         gid=m["gid"],
         mode=m["mode"],
@@ -139,21 +143,22 @@ def _txn(row: Any) -> TxnRecord:
         owner=m["owner"],
         epoch=m["epoch"],
         request_hash=m["request_hash"],
-        request=orjson.loads(request) if isinstance(request, str) else request,
+        request=_json(m["request"]),
+        branches=[_branch(i, b) for i, b in enumerate(_json(m["branches"]))],
     )
 
 
-def _branch(row: Any) -> BranchRecord:
+def _branch(idx: int, b: dict[str, Any]) -> BranchRecord:
     return BranchRecord(
-        idx=row.idx,
-        participant=row.participant,
-        action=row.action,
-        compensation=row.compensation,
-        payload=row.payload,
-        status=row.status,
-        attempts=row.attempts,
-        last_error=row.last_error,
-        updated_at=row.updated_at,
+        idx=idx,
+        participant=b["participant"],
+        action=b["action"],
+        compensation=b["compensation"],
+        payload=b["payload"],
+        status=b["status"],
+        attempts=b["attempts"],
+        last_error=b["last_error"],
+        updated_at=datetime.fromisoformat(b["updated_at"]),
     )
 
 
@@ -296,24 +301,7 @@ class PgLog:
         async with hot.acquire() as conn:
             row = await conn.fetchrow(RAW_INSERT.sql, *RAW_INSERT.args(params))
             if row is not None:
-                record = _txn(row)
-                # The branches are what was just inserted, stamped with the same now() as the
-                # transaction row: no need to read them back.
-                record.branches = [
-                    BranchRecord(
-                        i,
-                        b.participant,
-                        b.action,
-                        b.compensation,
-                        b.payload,
-                        "pending",
-                        0,
-                        None,
-                        row["created_at"],
-                    )
-                    for i, b in enumerate(new.branches)
-                ]
-                return Inserted.CREATED, Claim(record, row["db_now"])
+                return Inserted.CREATED, Claim(_txn(row), row["db_now"])
             existing = await self._get(conn, new.gid)
             now = await conn.fetchval("SELECT now()")
         if existing is None:  # deleted between the two statements: vanishingly rare
@@ -321,35 +309,9 @@ class PgLog:
         same = existing.request_hash == new.request_hash
         return (Inserted.EXISTING if same else Inserted.CONFLICT), Claim(existing, now)
 
-    async def _attach_branches(self, conn: Any, records: Sequence[TxnRecord]) -> None:
-        if not records:
-            return
-        by_gid = {r.gid: r for r in records}
-        query = select(branches).where(branches.c.gid.in_(list(by_gid))).order_by(branches.c.idx)
-        for row in await conn.execute(query):
-            by_gid[row.gid].branches.append(_branch(row))
-
     async def _get(self, conn: asyncpg.Connection, gid: str) -> TxnRecord | None:
         row = await conn.fetchrow(RAW_GET.sql, gid)
-        if row is None:
-            return None
-        record = _txn(row)
-        raw = row["branch_rows"]
-        for b in orjson.loads(raw) if isinstance(raw, str | bytes) else raw:
-            record.branches.append(
-                BranchRecord(
-                    b["idx"],
-                    b["participant"],
-                    b["action"],
-                    b["compensation"],
-                    b["payload"],
-                    b["status"],
-                    b["attempts"],
-                    b["last_error"],
-                    datetime.fromisoformat(b["updated_at"]),
-                )
-            )
-        return record
+        return None if row is None else _txn(row)
 
     async def get(self, gid: str) -> TxnRecord | None:
         hot, _ = await self._pools()
@@ -358,10 +320,14 @@ class PgLog:
 
     async def events(self, gid: str) -> list[EventRecord]:
         async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(events).where(events.c.gid == gid).order_by(events.c.id)
+            query = select(transactions.c.timeline).where(transactions.c.gid == gid)
+            timeline = (await conn.execute(query)).scalar_one_or_none() or []
+        return [
+            EventRecord(
+                e["id"], gid, datetime.fromisoformat(e["at"]), e["kind"], e["branch"], e["detail"]
             )
-            return [EventRecord(r.id, r.gid, r.at, r.kind, r.branch, r.detail) for r in rows]
+            for e in timeline
+        ]
 
     async def page(
         self, status: str | None, mode: str | None, limit: int, cursor: str | None
@@ -378,7 +344,6 @@ class PgLog:
         async with self.engine.connect() as conn:
             rows = list(await conn.execute(query))
             items = [_txn(r) for r in rows[:limit]]
-            await self._attach_branches(conn, items)
         more = len(rows) > limit
         next_cursor = encode_cursor(items[-1].created_at, items[-1].gid) if more else None
         return Page(items, next_cursor)
@@ -445,7 +410,7 @@ class PgLog:
         hot, _ = await self._pools()
         async with hot.acquire() as conn:
             found = await conn.fetchrow(RAW_WRITE_STATUS.sql, *RAW_WRITE_STATUS.args(params))
-        return {gid: found["at"]} if found is not None and found["n"] else {}
+        return {gid: found["at"]} if found is not None else {}
 
     async def _write_status_rows(self, rows: Sequence[tuple[Any, ...]]) -> dict[str, datetime]:
         params: dict[str, list[Any]] = {
@@ -509,8 +474,8 @@ class PgLog:
             **_progress_params(branches),
         }
         async with self.engine.connect() as conn:
-            row = (await conn.execute(_RESCHEDULE, params)).one()
-        if row.n == 0:
+            row = (await conn.execute(_RESCHEDULE, params)).first()
+        if row is None:
             raise OwnershipLost(f"transaction {gid}: epoch {epoch} is no longer current")
         return float(row.delay)
 
@@ -528,7 +493,6 @@ class PgLog:
             if not rows:
                 return []
             records = [_txn(r) for r in rows]
-            await self._attach_branches(conn, records)
         return [Claim(rec, row.db_now) for rec, row in zip(records, rows, strict=True)]
 
     async def abort_orphan(self, gid: str, owner: str, lease_s: float, reason: str) -> Claim | None:
@@ -537,9 +501,7 @@ class PgLog:
             row = (await conn.execute(_ABORT_ORPHAN, params)).first()
             if row is None:
                 return None
-            record = _txn(row)
-            await self._attach_branches(conn, [record])
-        return Claim(record, row.db_now)
+        return Claim(_txn(row), row.db_now)
 
     async def renew(self, owner: str, held: Mapping[str, int], lease_s: float) -> set[str]:
         if not held:

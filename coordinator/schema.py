@@ -1,17 +1,17 @@
-"""The durable log's tables (SQLAlchemy Core). Alembic migrations create them; a test checks
-that the migrated database matches this metadata."""
+"""The durable log's table (SQLAlchemy Core). Alembic migrations create it; a test checks that
+the migrated database matches this metadata."""
 
 from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
+    Computed,
     DateTime,
-    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
-    PrimaryKeyConstraint,
     Table,
     Text,
     func,
@@ -22,6 +22,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 metadata = MetaData()
 
 TERMINAL = ("committed", "aborted")
+LIVE_SQL = "status NOT IN ('committed', 'aborted')"
+FILLFACTOR = 70
 # Where a status write may go from a decided or terminal status: a decision is never undone, an
 # outcome never changed. A write of anything else is refused like a fenced one (the driver
 # stops). Statuses not listed (preparing, running) are not restricted.
@@ -33,6 +35,17 @@ NEXT_STATUS: dict[str, frozenset[str]] = {
     "compensating": frozenset({"compensating", "aborted"}),
 }
 
+# The timeline a row keeps (coordinator/queries.py, ``capped``): the first TIMELINE_HEAD events
+# and the latest ones, TIMELINE_MAX in all.
+TIMELINE_HEAD = 16
+TIMELINE_MAX = 64
+
+# One row per transaction: its status, its branches' specs and progress (``branches``: a jsonb
+# array, one object per branch in index order) and its timeline (``timeline``: a jsonb array of
+# events), so each log write is one row updated. ``live`` (generated from the status) is what
+# the partial index tests, not the status itself: a status change between two live statuses (a
+# decision) then touches no indexed column, and Postgres makes it a HOT update that writes no
+# index entry. fillfactor leaves each page room for those updates.
 transactions = Table(
     "transactions",
     metadata,
@@ -50,48 +63,11 @@ transactions = Table(
     Column("owner", Text),
     Column("lease_until", DateTime(timezone=True)),
     Column("epoch", BigInteger, nullable=False, server_default=text("0")),
+    Column("branches", JSONB, nullable=False),
+    Column("timeline", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("live", Boolean, Computed(LIVE_SQL, persisted=True), nullable=False),
     # Claims scan only live rows: the partial index keeps them cheap however long the history.
-    Index(
-        "transactions_due",
-        "next_attempt_at",
-        postgresql_where=text("status NOT IN ('committed', 'aborted')"),
-    ),
-    Index(
-        "transactions_owner_live",
-        "owner",
-        postgresql_where=text("status NOT IN ('committed', 'aborted')"),
-    ),
+    Index("transactions_due", "next_attempt_at", postgresql_where=text("live")),
     Index("transactions_created", "created_at", "gid"),
-    Index("transactions_status_created", "status", "created_at", "gid"),
-)
-
-branches = Table(
-    "branches",
-    metadata,
-    Column("gid", Text, nullable=False),
-    Column("idx", Integer, nullable=False),
-    Column("participant", Text, nullable=False),
-    Column("action", Text, nullable=False),
-    Column("compensation", Text),
-    Column("payload", JSONB, nullable=False),
-    Column("status", Text, nullable=False),
-    Column("attempts", Integer, nullable=False, server_default=text("0")),
-    Column("last_error", Text),
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    PrimaryKeyConstraint("gid", "idx", name="branches_pkey"),
-    ForeignKeyConstraint(
-        ["gid"], ["transactions.gid"], name="branches_gid_fkey", ondelete="CASCADE"
-    ),
-)
-
-events = Table(
-    "events",
-    metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column("gid", Text, nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Column("kind", Text, nullable=False),
-    Column("branch", Integer),
-    Column("detail", JSONB),
-    Index("events_gid", "gid", "id"),
+    postgresql_with={"fillfactor": FILLFACTOR},
 )

@@ -79,6 +79,23 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
+# The log's events and branches as the rows they were before they moved into the transaction's
+# row (migration 0002): for tests that read the log with SQL.
+LOG_EVENTS = (
+    "(SELECT t.gid, CAST(e.value ->> 'id' AS bigint) AS id, "
+    "CAST(e.value ->> 'at' AS timestamptz) AS at, e.value ->> 'kind' AS kind, "
+    "CAST(e.value ->> 'branch' AS int) AS branch, e.value -> 'detail' AS detail "
+    "FROM transactions AS t, jsonb_array_elements(t.timeline) AS e(value)) AS events"
+)
+LOG_BRANCHES = (
+    "(SELECT t.gid, CAST(b.ord - 1 AS int) AS idx, b.value ->> 'status' AS status, "
+    "CAST(b.value ->> 'attempts' AS int) AS attempts, b.value ->> 'last_error' AS last_error, "
+    "CAST(b.value ->> 'updated_at' AS timestamptz) AS updated_at "
+    "FROM transactions AS t, jsonb_array_elements(t.branches) WITH ORDINALITY AS b(value, ord))"
+    " AS branches"
+)
+
+
 async def fetch(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(dsn)
     try:

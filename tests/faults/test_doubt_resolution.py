@@ -18,6 +18,7 @@ from coordinator.crash import CRASH_EXIT_CODE
 from devstack.stack import Stack, StackConfig
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import (
+    LOG_EVENTS,
     TEST_API_TOKEN,
     api_client,
     balances,
@@ -157,7 +158,7 @@ async def test_b_preparing_orphan_is_aborted_by_the_question(
     assert await log_status(stack, gid) in ("aborting", "aborted")
     rows = await fetch(
         stack.log_dsn,
-        "SELECT detail FROM events WHERE gid = $1 AND kind = 'decided' ORDER BY id",
+        f"SELECT detail FROM {LOG_EVENTS} WHERE gid = $1 AND kind = 'decided' ORDER BY id",
         gid,
     )
     details = [r["detail"] for r in rows]

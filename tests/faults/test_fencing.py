@@ -27,6 +27,8 @@ from devstack.stack import Stack, StackConfig
 from participants.sdk import wire
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import (
+    LOG_BRANCHES,
+    LOG_EVENTS,
     TEST_API_TOKEN,
     api_client,
     balances,
@@ -95,7 +97,7 @@ async def txn_row(log_dsn: str, gid: str) -> dict[str, Any]:
 async def branch_rows(log_dsn: str, gid: str) -> list[dict[str, Any]]:
     rows = await fetch(
         log_dsn,
-        "SELECT idx, status, attempts, last_error, updated_at FROM branches"
+        f"SELECT idx, status, attempts, last_error, updated_at FROM {LOG_BRANCHES}"
         " WHERE gid = $1 ORDER BY idx",
         gid,
     )
@@ -104,7 +106,9 @@ async def branch_rows(log_dsn: str, gid: str) -> list[dict[str, Any]]:
 
 async def txn_events(log_dsn: str, gid: str) -> list[dict[str, Any]]:
     rows = await fetch(
-        log_dsn, "SELECT id, kind, branch, detail FROM events WHERE gid = $1 ORDER BY id", gid
+        log_dsn,
+        f"SELECT id, kind, branch, detail FROM {LOG_EVENTS} WHERE gid = $1 ORDER BY id",
+        gid,
     )
     out = []
     for r in rows:

@@ -30,6 +30,7 @@ import pytest
 from coordinator.settings import Settings
 from devstack.stack import Stack, StackConfig
 from tests.helpers import (
+    LOG_EVENTS,
     TERMINAL,
     TEST_API_TOKEN,
     adjust_body,
@@ -226,7 +227,8 @@ async def run_scenario(
             outcome.orphans,
         )
         picked = await conn.fetch(
-            "SELECT gid, min(at) AS at FROM events WHERE gid = ANY($1) AND at > $2 GROUP BY gid",
+            f"SELECT gid, min(at) AS at FROM {LOG_EVENTS} "
+            "WHERE gid = ANY($1) AND at > $2 GROUP BY gid",
             outcome.orphans,
             outcome.kill_at,
         )
@@ -321,8 +323,8 @@ async def check_invariants(stack: Stack, outcome: Outcome) -> None:
     decided: dict[str, set[str]] = defaultdict(set)
     for r in await _fetch(
         stack.log_dsn,
-        "SELECT gid, kind, detail->>'status' AS status FROM events "
-        "WHERE gid = ANY($1) AND kind IN ('decided', 'finished') ORDER BY id",
+        f"SELECT gid, kind, detail->>'status' AS status FROM {LOG_EVENTS} "
+        "WHERE gid = ANY($1) AND kind IN ('decided', 'finished') ORDER BY gid, id",
         gids,
     ):
         if r["kind"] == "finished":

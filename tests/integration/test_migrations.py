@@ -60,7 +60,7 @@ def _upgrade_in_thread(dsn: str, target: str, revision: str = "head") -> None:
 @pytest.mark.parametrize(
     ("target", "metadata", "tables"),
     [
-        ("coordinator", log_metadata, {"transactions", "branches", "events"}),
+        ("coordinator", log_metadata, {"transactions"}),
         ("ledger", ledger_metadata, {"accounts", "txn_barrier"}),
         ("inventory", inventory_metadata, {"stock", "reservations", "txn_barrier"}),
         ("payments", payments_metadata, {"wallets", "payments", "txn_barrier"}),
@@ -83,6 +83,71 @@ def _downgrade_in_thread(dsn: str, target: str, revision: str) -> None:
     worker = threading.Thread(target=lambda: command.downgrade(config(dsn, target), revision))
     worker.start()
     worker.join()
+
+
+async def test_a_log_from_before_0002_keeps_its_branches_and_events_in_one_row(
+    pg: Cluster,
+) -> None:
+    """0002 moves each transaction's branches and events into its row, in order, and back down
+    again; the store reads the moved row as it read the three tables."""
+    from coordinator.pglog import PgLog
+
+    dsn = await create_db(pg, None)
+    _upgrade_in_thread(dsn, "coordinator", "0001_log")
+    await fetch(
+        dsn,
+        "INSERT INTO transactions (gid, mode, status, request, request_hash, deadline_at, epoch) "
+        "VALUES ('old-1', 'saga', 'running', '{}', 'h', now() + interval '1 hour', 3), "
+        "('old-2', '2pc', 'committed', '{}', 'h', now(), 1)",
+    )
+    await fetch(
+        dsn,
+        "INSERT INTO branches (gid, idx, participant, action, compensation, payload, status, "
+        "attempts, last_error) VALUES "
+        "('old-1', 1, 'p2', '/b', '/b/undo', '{\"n\": 2}', 'failed', 2, 'no'), "
+        "('old-1', 0, 'p1', '/a', '/a/undo', '{\"n\": 1}', 'succeeded', 1, NULL)",
+    )
+    await fetch(
+        dsn,
+        "INSERT INTO events (gid, kind, branch, detail) VALUES "
+        "('old-1', 'submitted', NULL, '{\"owner\": \"c1\"}'), "
+        "('old-2', 'submitted', NULL, NULL), ('old-1', 'action:failed', 1, NULL)",
+    )
+    _upgrade_in_thread(dsn, "coordinator", "head")
+    assert await _diff(dsn, log_metadata) == []
+    store = PgLog.connect(dsn, pool_size=2)
+    try:
+        record = await store.get("old-1")
+        assert record is not None and record.epoch == 3
+        assert [
+            (b.idx, b.participant, b.payload, b.status, b.attempts, b.last_error)
+            for b in record.branches
+        ] == [
+            (0, "p1", {"n": 1}, "succeeded", 1, None),
+            (1, "p2", {"n": 2}, "failed", 2, "no"),
+        ]
+        events = await store.events("old-1")
+        assert [(e.id, e.kind, e.branch, e.detail) for e in events] == [
+            (1, "submitted", None, {"owner": "c1"}),
+            (2, "action:failed", 1, None),
+        ]
+        assert [e.kind for e in await store.events("old-2")] == ["submitted"]
+        live = await fetch(dsn, "SELECT gid FROM transactions WHERE live ORDER BY gid")
+        assert [r["gid"] for r in live] == ["old-1"]
+    finally:
+        await store.close()
+    _downgrade_in_thread(dsn, "coordinator", "0001_log")
+    rows = await fetch(dsn, "SELECT gid, idx, participant, status FROM branches ORDER BY gid, idx")
+    assert [tuple(r) for r in rows] == [
+        ("old-1", 0, "p1", "succeeded"),
+        ("old-1", 1, "p2", "failed"),
+    ]
+    kinds = await fetch(dsn, "SELECT gid, kind FROM events ORDER BY id")
+    assert sorted(tuple(r) for r in kinds) == [
+        ("old-1", "action:failed"),
+        ("old-1", "submitted"),
+        ("old-2", "submitted"),
+    ]
 
 
 async def test_shop_rows_from_before_0002_get_an_owner_no_branch_has(pg: Cluster) -> None:
@@ -157,5 +222,5 @@ async def test_concurrent_upgrades_are_safe(pg: Cluster) -> None:
     outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 120)
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
     versions = await fetch(dsn, "SELECT version_num FROM alembic_version")
-    assert [r["version_num"] for r in versions] == ["0001_log"]
+    assert [r["version_num"] for r in versions] == ["0002_one_row"]
     assert await _diff(dsn, log_metadata) == []

@@ -33,6 +33,7 @@ from participants.orders.app import txn_path
 from participants.sdk import wire
 from tests.helpers import (
     AUTH,
+    LOG_EVENTS,
     api_client,
     fetch,
     open_accounts,
@@ -51,7 +52,7 @@ async def logged(log_dsn: str, gid: str) -> int:
     rows = await fetch(
         log_dsn,
         "SELECT (SELECT count(*) FROM transactions WHERE gid = $1)"
-        " + (SELECT count(*) FROM events WHERE gid = $1) AS n",
+        f" + (SELECT count(*) FROM {LOG_EVENTS} WHERE gid = $1) AS n",
         gid,
     )
     return int(rows[0]["n"])
