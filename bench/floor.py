@@ -52,6 +52,7 @@ from bench.load import (
 from coordinator import queries
 from coordinator.db import server_settings
 from coordinator.pglog import Raw
+from coordinator.records import stored_request
 from coordinator.schema import FILLFACTOR
 from participants.sdk.saga import begin_and_take
 from participants.sdk.twopc import begin_and_claim
@@ -233,7 +234,8 @@ class FloorRun:
 
     async def _insert(self, log: asyncpg.Connection, gid: str, seq: int, client: int) -> None:
         n = len(self.ledgers)
-        # What the product stores: the body as sent, plus the saga's plan (deps, retry policy).
+        # What the product stores: the body as sent, plus the saga's plan (deps, retry policy),
+        # its branches in their own column.
         bs = branches(self.mode, self.ledgers, client, seq, self.parallel)
         request: dict[str, Any] = {"mode": self.mode, "branches": bs}
         if self.mode == "saga":
@@ -244,7 +246,7 @@ class FloorRun:
             "gid": gid,
             "mode": self.mode,
             "status": "preparing" if self.mode == "2pc" else "running",
-            "request": raw.decode(),
+            "request": orjson.dumps(stored_request(request)).decode(),
             "request_hash": hashlib.sha256(raw).hexdigest(),
             "timeout_s": TIMEOUT_S,
             "lease_s": LEASE_S,

@@ -5,9 +5,9 @@ status by the restarted one, against the time the same N take when nothing fails
 
 Scenario, on one embedded stack, per mode: (1) baseline: submit N transfers across the three
 ledgers and time until all are terminal; (2) freeze the ledgers (SIGSTOP), submit N more
-(logged, their first calls hanging), SIGKILL the coordinator, thaw the ledgers, restart the coordinator and time
-until all N are terminal. Claims come in batches (TXN_CLAIM_BATCH); the script reports how many
-claim statements recovery needed.
+(logged, their first calls hanging), SIGKILL the coordinator, thaw the ledgers, restart the
+coordinator and time until all N are terminal. Claims come in batches (TXN_CLAIM_BATCH); the
+script reports how many claim statements recovery needed.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from coordinator.records import (
     NewTxn,
     Page,
     TxnRecord,
+    stored_request,
 )
 from coordinator.schema import NEXT_STATUS, TERMINAL, TIMELINE_HEAD, TIMELINE_MAX
 
@@ -149,7 +150,7 @@ class MemLog:
             owner=owner,
             epoch=1,
             request_hash=new.request_hash,
-            request=_json(new.request),
+            request=_json(stored_request(new.request)),
             branches=[
                 BranchRecord(
                     idx=i,
@@ -165,7 +166,7 @@ class MemLog:
                 for i, b in enumerate(new.branches)
             ],
         )
-        self._txns[new.gid] = _Row(rec, _json(new.request), lease_until, lease_until)
+        self._txns[new.gid] = _Row(rec, rec.request, lease_until, lease_until)
         self._event(new.gid, now, "submitted", {"owner": owner})
         return Inserted.CREATED, Claim(copy.deepcopy(rec), now)
 

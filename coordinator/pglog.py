@@ -36,6 +36,7 @@ from coordinator.records import (
     NewTxn,
     Page,
     TxnRecord,
+    stored_request,
 )
 from coordinator.schema import transactions
 from participants.sdk.wire import GID_PATTERN
@@ -286,7 +287,7 @@ class PgLog:
             "gid": new.gid,
             "mode": new.mode,
             "status": "preparing" if new.mode == "2pc" else "running",
-            "request": orjson.dumps(new.request).decode(),
+            "request": orjson.dumps(stored_request(new.request)).decode(),
             "request_hash": new.request_hash,
             "timeout_s": float(new.timeout_s),
             "lease_s": float(lease_s),
@@ -324,7 +325,12 @@ class PgLog:
             timeline = (await conn.execute(query)).scalar_one_or_none() or []
         return [
             EventRecord(
-                e["id"], gid, datetime.fromisoformat(e["at"]), e["kind"], e["branch"], e["detail"]
+                e["id"],
+                gid,
+                datetime.fromisoformat(e["at"]),
+                e["kind"],
+                e.get("branch"),
+                e.get("detail"),
             )
             for e in timeline
         ]

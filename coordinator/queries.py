@@ -35,10 +35,14 @@ def capped(timeline: str) -> str:
 
 
 def event(timeline: str, kind: str, branch: str, detail: str, nth: str = "1") -> str:
-    """SQL: the ``nth`` event appended to ``timeline`` now; its id follows the last one's."""
+    """SQL: the ``nth`` event appended to ``timeline`` now; its id follows the last one's. An
+    absent branch or detail is left out (the row is rewritten at every write: small is cheap)."""
     return (
-        f"jsonb_build_object('id', coalesce(CAST({timeline} -> -1 ->> 'id' AS bigint), 0) "
-        f"+ {nth}, 'at', now(), 'kind', {kind}, 'branch', {branch}, 'detail', {detail})"
+        f"(jsonb_build_object('id', coalesce(CAST({timeline} -> -1 ->> 'id' AS bigint), 0) "
+        f"+ {nth}, 'at', now(), 'kind', {kind}) "
+        f"|| jsonb_strip_nulls(jsonb_build_object('branch', {branch})) "
+        f"|| CASE WHEN {detail} IS NULL THEN '{{}}'::jsonb "
+        f"ELSE jsonb_build_object('detail', {detail}) END)"
     )
 
 
@@ -81,7 +85,7 @@ SELECT :gid, :mode, :status, CAST(:request AS jsonb), :request_hash,
                     CAST(:compensation AS text[]), CAST(:payload AS text[]))
              WITH ORDINALITY AS u(participant, action, compensation, payload, ord)),
        jsonb_build_array(jsonb_build_object('id', 1, 'at', now(), 'kind', 'submitted',
-                                            'branch', NULL, 'detail',
+                                            'detail',
                                             jsonb_build_object('owner', CAST(:owner AS text)))),
        now() + make_interval(secs => :timeout_s),
        now() + make_interval(secs => :lease_s),

@@ -53,8 +53,15 @@ class TxnRecord:
     epoch: int
     request_hash: str
     branches: list[BranchRecord] = field(default_factory=list)
-    # The normalized request (saga dependencies and retry policy live here).
+    # The normalized request but its branches (the record's ``branches`` carry them): the saga's
+    # dependencies and retry policy live here.
     request: dict[str, Any] = field(default_factory=dict)
+
+
+def stored_request(request: dict[str, Any]) -> dict[str, Any]:
+    """What a log store keeps of a normalized request: all but the branches, which it keeps as
+    the transaction's branches (once is enough: the row is rewritten at every write)."""
+    return {k: v for k, v in request.items() if k != "branches"}
 
 
 @dataclass(frozen=True)

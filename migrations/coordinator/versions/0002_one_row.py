@@ -1,10 +1,10 @@
 """One row per transaction: branches and timeline move into the transactions row.
 
 The branches table becomes the ``branches`` jsonb array and the events table the ``timeline``
-jsonb array of their transaction's row; the partial indexes test the generated ``live`` column,
-not the status, so a decision is a HOT update; the two indexes no statement needs (the owner's
-live rows, status with creation time) go. Rewrites the table: on a long history, run it in a
-quiet hour (docs/operations.md).
+jsonb array of their transaction's row (the request keeps all but its branches); the partial
+indexes test the generated ``live`` column, not the status, so a decision is a HOT update; the
+two indexes no statement needs (the owner's live rows, status with creation time) go. Rewrites
+the table: on a long history, run it in a quiet hour (docs/operations.md).
 
 Revision ID: 0002_one_row
 Revises: 0001_log
@@ -35,6 +35,7 @@ def upgrade() -> None:
     op.execute(
         """
         UPDATE transactions AS t SET
+            request = t.request - 'branches',
             branches = coalesce((
                 SELECT jsonb_agg(jsonb_build_object(
                     'participant', b.participant, 'action', b.action,
