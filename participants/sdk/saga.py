@@ -142,7 +142,7 @@ class SagaBarrier(_Core):
         business = business_text(one_shot, payload)
         if business is None:
             return None
-        text = action_text(gid, branch, self._lock_wait_ms(), business[0])
+        text = action_text(gid, branch, business[0])
         return business[1] if await self._in_one_round_trip(text) else None
 
     async def _record_failure(self, key: dict[str, Any], reason: str) -> None:

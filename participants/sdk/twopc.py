@@ -149,7 +149,7 @@ class TwoPhase(_Core):
         business = business_text(one_shot, payload)
         if business is None:
             return None
-        text = prepare_text(gid, branch, xid, self._lock_wait_ms(), business[0])
+        text = prepare_text(gid, branch, xid, business[0])
         return business[1] if await self._in_one_round_trip(text) else None
 
     async def _answer_existing_prepare(

@@ -5,6 +5,7 @@ compensated first) falls back to the ordinary path and answers exactly as it doe
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -211,3 +212,28 @@ def test_a_statement_builder_that_cannot_read_the_payload_means_the_ordinary_pat
         "UPDATE accounts SET balance = balance + 2 WHERE id = 'a' AND balance + 2 >= 0 RETURNING 1",
         {"account": "a", "delta": 2},
     )
+
+
+async def test_a_locked_row_is_waited_for_once_then_the_vote_is_no(
+    sdk: Participant, ledger_dsn: str
+) -> None:
+    """The one text gives up on a held lock at once (oneshot.LOCK_WAIT_MS) and the ordinary path
+    waits the participant's lock timeout (300 ms here): one wait, not two."""
+    a, handler = await account(ledger_dsn, 10), Counting(adjust)
+    holder = await asyncpg.connect(ledger_dsn)
+    try:
+        locked = holder.transaction()
+        await locked.start()
+        await holder.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", a)
+        started = time.monotonic()
+        status, answer = await sdk.prepare(
+            gid(), 0, {"account": a, "delta": 1}, handler, adjust_statement
+        )
+        waited = time.monotonic() - started
+        await locked.rollback()
+    finally:
+        await holder.close()
+    assert status == 409 and "contention" in answer["reason"], answer
+    assert handler.calls == 1
+    assert 0.3 <= waited < 0.55, waited  # 300 ms + 50 ms, not 600 ms
+    assert await prepared_here(ledger_dsn) == [] and await balance(ledger_dsn, a) == 10
