@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from participants.sdk.base import begin, literal
+from participants.sdk.base import _Core, begin, literal
 from participants.sdk.schema import BARRIER
 
 # How long the one text waits for a lock before it gives up and leaves the call to the
@@ -80,6 +80,22 @@ def business_text(one_shot: OneShot, payload: dict[str, Any]) -> tuple[str, dict
     if statement is None or text is None:
         return None
     return text, statement.result or {}
+
+
+async def attempt(
+    core: _Core,
+    one_shot: OneShot | None,
+    payload: dict[str, Any],
+    text_of: Callable[[str], str],
+) -> dict[str, Any] | None:
+    """Done in one round trip (the whole text, ``text_of`` the business statement): the answer's
+    result. None: nothing was done, take the ordinary path."""
+    if one_shot is None or not core._one_shot_allowed():
+        return None
+    business = business_text(one_shot, payload)
+    if business is None:
+        return None
+    return business[1] if await core._in_one_round_trip(text_of(business[0])) else None
 
 
 def _exactly_one(dml: str) -> str:

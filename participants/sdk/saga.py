@@ -32,7 +32,7 @@ from participants.sdk.base import (
     run_once,
     sqlstate,
 )
-from participants.sdk.oneshot import OneShot, action_text, business_text
+from participants.sdk.oneshot import OneShot, action_text, attempt
 from participants.sdk.schema import BARRIER
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class SagaBarrier(_Core):
         ``one_shot`` (participants/sdk/oneshot.py), the happy case is one round trip."""
         key = {"gid": gid, "branch": branch}
         try:
-            done = await self._action_in_one_shot(one_shot, payload, gid, branch)
+            done = await attempt(self, one_shot, payload, lambda sql: action_text(gid, branch, sql))
             if done is not None:
                 log.info("saga action done", extra={"gid": gid, "branch": branch})
                 return 200, {"done": True, "result": done}
@@ -131,19 +131,6 @@ class SagaBarrier(_Core):
             raise _Transient(f"action {gid}/{branch} failed: {sqlstate(e) or e}") from e
         log.info("saga action done", extra={"gid": gid, "branch": branch})
         return 200, {"done": True, "result": result or {}}
-
-    async def _action_in_one_shot(
-        self, one_shot: OneShot | None, payload: dict[str, Any], gid: str, branch: int
-    ) -> dict[str, Any] | None:
-        """Done and committed in one round trip: the answer's result. None: nothing was done,
-        take the ordinary path."""
-        if one_shot is None or not self._one_shot_allowed():
-            return None
-        business = business_text(one_shot, payload)
-        if business is None:
-            return None
-        text = action_text(gid, branch, business[0])
-        return business[1] if await self._in_one_round_trip(text) else None
 
     async def _record_failure(self, key: dict[str, Any], reason: str) -> None:
         # Autonomous, after the rollback: a duplicate answers the same 409 without running the

@@ -25,7 +25,7 @@ from participants.sdk.base import (
     run_once,
     sqlstate,
 )
-from participants.sdk.oneshot import OneShot, business_text, prepare_text
+from participants.sdk.oneshot import OneShot, attempt, prepare_text
 from participants.sdk.schema import BARRIER
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,9 @@ class TwoPhase(_Core):
         xid = wire.xid(gid, branch)
         key = {"gid": gid, "branch": branch}
         try:
-            done = await self._one_shot(one_shot, payload, gid, branch, xid)
+            done = await attempt(
+                self, one_shot, payload, lambda sql: prepare_text(gid, branch, xid, sql)
+            )
             if done is not None:
                 log.info("prepared", extra={"gid": gid, "branch": branch})
                 return 200, {"vote": "yes", "prepared": xid, "result": done}
@@ -138,19 +140,6 @@ class TwoPhase(_Core):
         # The prepared transaction's name: the coordinator counts a yes vote only with it (any
         # other 2xx, say from an endpoint that is not a 2PC branch, is a failed prepare).
         return 200, {"vote": "yes", "prepared": xid, "result": result or {}}
-
-    async def _one_shot(
-        self, one_shot: OneShot | None, payload: dict[str, Any], gid: str, branch: int, xid: str
-    ) -> dict[str, Any] | None:
-        """Prepared in one round trip: the answer's result. None: nothing was done, take the
-        ordinary path."""
-        if one_shot is None or not self._one_shot_allowed():
-            return None
-        business = business_text(one_shot, payload)
-        if business is None:
-            return None
-        text = prepare_text(gid, branch, xid, business[0])
-        return business[1] if await self._in_one_round_trip(text) else None
 
     async def _answer_existing_prepare(
         self, conn: AsyncConnection, key: dict[str, Any], xid: str
