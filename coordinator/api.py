@@ -15,15 +15,18 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from coordinator import access
 from coordinator.db import LOG_APPLICATION_NAME
 from coordinator.fastpath import SubmitFastPath
+from coordinator.intervention import Act, Refusal, check_note
 from coordinator.logstore import LogStore
 from coordinator.models import (
     STATUSES,
     EventOut,
+    NoteIn,
     PageOut,
     TxnIn,
     TxnOut,
 )
 from coordinator.pglog import PgLog
+from coordinator.records import ListFilter
 from coordinator.service import Coordinator
 from coordinator.settings import Settings, get_settings
 from coordinator.submission import (
@@ -178,13 +181,7 @@ def create_app(
         response.status_code = status
         return answer
 
-    @app.get("/v1/transactions/{gid}", response_model=TxnOut, tags=["transactions"])
-    async def get_one(
-        request: Request,
-        gid: Annotated[str, Path(pattern=GID_PATTERN.pattern)],
-        events: Annotated[bool, Query(description="Include the event timeline.")] = True,
-    ) -> TxnOut:
-        c = coord(request)
+    async def read_out(c: Coordinator, gid: str, events: bool = True) -> TxnOut:
         record = await c.store.get(gid)
         if record is None:
             raise HTTPException(404, detail=f"no transaction with gid {gid}")
@@ -196,21 +193,107 @@ def create_app(
             ]
         return to_out(record, timeline)
 
+    @app.get("/v1/transactions/{gid}", response_model=TxnOut, tags=["transactions"])
+    async def get_one(
+        request: Request,
+        gid: Annotated[str, Path(pattern=GID_PATTERN.pattern)],
+        events: Annotated[bool, Query(description="Include the event timeline.")] = True,
+    ) -> TxnOut:
+        return await read_out(coord(request), gid, events)
+
     @app.get("/v1/transactions", response_model=PageOut, tags=["transactions"])
     async def list_page(
         request: Request,
         status: Annotated[str | None, Query(description=f"One of {', '.join(STATUSES)}.")] = None,
         mode: Annotated[str | None, Query(pattern="^(2pc|saga)$")] = None,
+        participant: Annotated[
+            str | None, Query(max_length=64, description="Only those with a branch on it.")
+        ] = None,
+        gid_prefix: Annotated[
+            str | None, Query(max_length=128, description="Only gids that start with it.")
+        ] = None,
+        older_than_s: Annotated[
+            float | None, Query(ge=0, le=10**9, description="Created at least this long ago.")
+        ] = None,
+        newer_than_s: Annotated[
+            float | None, Query(ge=0, le=10**9, description="Created at most this long ago.")
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, Query(max_length=512)] = None,
     ) -> PageOut:
         if status is not None and status not in STATUSES:
             raise invalid(("query", "status"), f"status must be one of {', '.join(STATUSES)}")
+        where = ListFilter(status, mode, participant, gid_prefix, older_than_s, newer_than_s)
         try:
-            page = await coord(request).store.page(status, mode, limit, cursor)
+            page = await coord(request).store.page(where, limit, cursor)
         except ValueError as e:
             raise invalid(("query", "cursor"), str(e)) from e
         return PageOut(items=[to_out(r) for r in page.items], next_cursor=page.next_cursor)
+
+    async def intervene(
+        request: Request, gid: str, act: Act, body: NoteIn, branch: int | None = None
+    ) -> TxnOut:
+        c = coord(request)
+        by = getattr(request.state, "token", None) or "anonymous (TXN_INSECURE_NO_AUTH)"
+        try:
+            note = check_note(body.note)
+        except ValueError as e:
+            raise invalid(("body", "note"), str(e)) from e
+        try:
+            await c.intervene(gid, act, by, note, branch)
+        except Refusal as e:
+            raise HTTPException(e.status, detail=e.detail) from e
+        return await read_out(c, gid)
+
+    refusals: dict[int | str, dict[str, Any]] = {
+        404: {"description": "No such transaction (or branch)."},
+        409: {"description": "Not allowed in the transaction's state; the detail says why."},
+    }
+
+    @app.post(
+        "/v1/transactions/{gid}/retry",
+        response_model=TxnOut,
+        responses=refusals,
+        tags=["operator"],
+        summary="Drive a live transaction again now, its backoff cleared (admin)",
+    )
+    async def retry(
+        request: Request, gid: Annotated[str, Path(pattern=GID_PATTERN.pattern)], body: NoteIn
+    ) -> TxnOut:
+        """Refused (409) on a finished transaction, or while a driver holds it."""
+        return await intervene(request, gid, Act.RETRY, body)
+
+    @app.post(
+        "/v1/transactions/{gid}/abort",
+        response_model=TxnOut,
+        responses=refusals,
+        tags=["operator"],
+        summary="Abort a 2PC before its commit decision, or compensate a running saga (admin)",
+    )
+    async def abort(
+        request: Request, gid: Annotated[str, Path(pattern=GID_PATTERN.pattern)], body: NoteIn
+    ) -> TxnOut:
+        """Refused (409) after a commit decision, while already aborting or compensating, and
+        on a finished transaction."""
+        return await intervene(request, gid, Act.ABORT, body)
+
+    @app.post(
+        "/v1/transactions/{gid}/branches/{idx}/resolve",
+        response_model=TxnOut,
+        responses=refusals,
+        tags=["operator"],
+        summary="Declare a saga branch compensated by hand (admin)",
+    )
+    async def resolve_branch(
+        request: Request,
+        gid: Annotated[str, Path(pattern=GID_PATTERN.pattern)],
+        idx: Annotated[int, Path(ge=0, lt=wire.MAX_BRANCHES)],
+        body: NoteIn,
+    ) -> TxnOut:
+        """For a compensating saga whose branch's compensation keeps failing (its last error
+        says why): the saga stops compensating it and finishes aborted, marked resolved by
+        hand. Refused (409) while a driver holds it, and for 2PC transactions."""
+        return await intervene(request, gid, Act.RESOLVE, body, idx)
 
     @app.post(
         wire.RESOLVE_PATH,

@@ -1,4 +1,5 @@
-"""The ``txn`` command: ``txn dev``, ``txn demo``, ``txn migrate``, ``txn token``, ``txn serve``."""
+"""The ``txn`` command: ``txn dev``, ``txn demo``, ``txn migrate``, ``txn token``, ``txn serve``,
+``txn tx``."""
 
 from __future__ import annotations
 
@@ -230,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     from bench.cli import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+
+    from coordinator.txcli import add_parser as add_tx_parser
+
+    add_tx_parser(sub)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -12,6 +12,8 @@ from coordinator.records import (
     Claim,
     EventRecord,
     Inserted,
+    Intervention,
+    ListFilter,
     LiveSummary,
     NewTxn,
     Page,
@@ -33,9 +35,9 @@ class LogStore(Protocol):
 
     async def events(self, gid: str) -> list[EventRecord]: ...
 
-    async def page(
-        self, status: str | None, mode: str | None, limit: int, cursor: str | None
-    ) -> Page: ...
+    async def page(self, where: ListFilter, limit: int, cursor: str | None) -> Page:
+        """Newest first, keyset-paged by (created_at, gid); ``cursor`` from a previous page."""
+        ...
 
     async def write_status(
         self,
@@ -91,6 +93,15 @@ class LogStore(Protocol):
     async def abort_orphan(self, gid: str, owner: str, lease_s: float, reason: str) -> Claim | None:
         """If ``gid`` is a 2PC transaction still ``preparing`` whose lease has run out, decide
         abort (presumed abort), bump the epoch and hand it to ``owner``; else None."""
+        ...
+
+    async def intervene(
+        self, gid: str, act: Intervention, owner: str, lease_s: float
+    ) -> Claim | None:
+        """An operator's action: if the transaction is still at ``act.epoch`` and
+        ``act.status`` (its branch at ``act.branch_status``; with ``act.unleased``, no live
+        lease), write it, bump the epoch and hand the transaction to ``owner``, due now, with
+        an ``operator:<kind>`` event naming ``act.by`` and the note; else None."""
         ...
 
     async def renew(self, owner: str, held: Mapping[str, int], lease_s: float) -> set[str]:

@@ -22,6 +22,8 @@ from coordinator.records import (
     Claim,
     EventRecord,
     Inserted,
+    Intervention,
+    ListFilter,
     LiveSummary,
     NewTxn,
     Page,
@@ -45,6 +47,21 @@ def _refused(gid: str, epoch: int, status: str) -> str:
 def _json(value: Any) -> Any:
     """What Postgres would hand back for ``value`` stored as jsonb (and a deep copy)."""
     return orjson.loads(orjson.dumps(value))
+
+
+def _matches(rec: TxnRecord, where: ListFilter, now: datetime) -> bool:
+    age = (now - rec.created_at).total_seconds()
+    return (
+        (where.status is None or rec.status == where.status)
+        and (where.mode is None or rec.mode == where.mode)
+        and (
+            where.participant is None
+            or any(b.participant == where.participant for b in rec.branches)
+        )
+        and (not where.gid_prefix or rec.gid.startswith(where.gid_prefix))
+        and (where.older_than_s is None or age >= where.older_than_s)
+        and (where.newer_than_s is None or age <= where.newer_than_s)
+    )
 
 
 @dataclass
@@ -177,14 +194,9 @@ class MemLog:
     async def events(self, gid: str) -> list[EventRecord]:
         return copy.deepcopy(self._events.get(gid, []))
 
-    async def page(
-        self, status: str | None, mode: str | None, limit: int, cursor: str | None
-    ) -> Page:
-        recs = [
-            r.rec
-            for r in self._txns.values()
-            if (status is None or r.rec.status == status) and (mode is None or r.rec.mode == mode)
-        ]
+    async def page(self, where: ListFilter, limit: int, cursor: str | None) -> Page:
+        now = self.now()
+        recs = [r.rec for r in self._txns.values() if _matches(r.rec, where, now)]
         if cursor is not None:
             at, gid = decode_cursor(cursor)
             at = at.astimezone(UTC)  # as asyncpg sends it: a naive time is local time
@@ -295,6 +307,33 @@ class MemLog:
         row.next_attempt_at = now
         detail = {"status": "aborting", "reason": reason, "epoch": rec.epoch, "owner": owner}
         self._event(gid, now, "decided", detail)
+        return Claim(copy.deepcopy(rec), now)
+
+    async def intervene(
+        self, gid: str, act: Intervention, owner: str, lease_s: float
+    ) -> Claim | None:
+        now = self.now()
+        row = self._txns.get(gid)
+        if row is None or row.rec.epoch != act.epoch or row.rec.status != act.status:
+            return None
+        if act.unleased and row.lease_until is not None and not row.lease_until < now:
+            return None
+        rec = row.rec
+        branch = rec.branches[act.branch] if act.branch is not None else None
+        if branch is not None and branch.status != act.branch_status:
+            return None
+        rec.status, rec.epoch, rec.owner, rec.updated_at = act.new_status, rec.epoch + 1, owner, now
+        if act.reason is not None:
+            rec.reason = act.reason
+        if act.reset_attempts:
+            rec.attempts = 0
+        if branch is not None and act.branch_new_status is not None:
+            branch.status, branch.resolved_by = act.branch_new_status, act.by
+            branch.updated_at = now
+        row.lease_until = now + timedelta(seconds=lease_s)
+        row.next_attempt_at = now
+        detail = {"by": act.by, "note": act.note, "status": act.new_status, "epoch": rec.epoch}
+        self._append_event(gid, now, f"operator:{act.kind}", act.branch, _json(detail))
         return Claim(copy.deepcopy(rec), now)
 
     async def renew(self, owner: str, held: Mapping[str, int], lease_s: float) -> set[str]:

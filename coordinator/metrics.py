@@ -14,6 +14,7 @@ _HELP = {
     "txn_rescheduled_total": ("counter", "Phase-two bursts that gave up and were rescheduled."),
     "txn_recovered_total": ("counter", "Transactions claimed by recovery."),
     "txn_claim_batches_total": ("counter", "Claim statements that returned work."),
+    "txn_interventions_total": ("counter", "Operators' manual actions taken, by action."),
     "txn_live": ("gauge", "Live (non-terminal) transactions in the log, by status."),
     "txn_stuck": ("gauge", "Live transactions rescheduled at least TXN_STUCK_ATTEMPTS times."),
     "txn_oldest_live_seconds": ("gauge", "Age of the oldest live transaction, by status."),

@@ -87,6 +87,9 @@ class BranchOut(BaseModel):
     status: str
     attempts: int
     last_error: str | None
+    resolved_by: str | None = Field(
+        None, description="The operator who declared this branch compensated by hand."
+    )
 
 
 class EventOut(BaseModel):
@@ -105,6 +108,16 @@ class TxnOut(BaseModel):
     updated_at: datetime
     branches: list[BranchOut]
     events: list[EventOut] | None = None
+
+
+class NoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str = Field(
+        min_length=1,
+        max_length=1000,
+        description="Why: kept in the transaction's timeline with the token's name.",
+    )
 
 
 class PageOut(BaseModel):

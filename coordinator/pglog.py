@@ -14,12 +14,23 @@ import base64
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import ARRAY, BigInteger, Integer, Text, and_, bindparam, or_, select, text
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Integer,
+    Text,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import queries
@@ -32,6 +43,8 @@ from coordinator.records import (
     Claim,
     EventRecord,
     Inserted,
+    Intervention,
+    ListFilter,
     LiveSummary,
     NewTxn,
     Page,
@@ -62,6 +75,7 @@ _CLAIM = _stmt(queries.CLAIM)
 _RENEW = _stmt(queries.RENEW)
 _LIVE_SUMMARY = _stmt(queries.LIVE_SUMMARY)
 _ABORT_ORPHAN = _stmt(queries.ABORT_ORPHAN)
+_INTERVENE = _stmt(queries.INTERVENE)
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
@@ -160,6 +174,7 @@ def _branch(idx: int, b: dict[str, Any]) -> BranchRecord:
         attempts=b["attempts"],
         last_error=b["last_error"],
         updated_at=datetime.fromisoformat(b["updated_at"]),
+        resolved_by=b.get("resolved_by"),
     )
 
 
@@ -335,15 +350,21 @@ class PgLog:
             for e in timeline
         ]
 
-    async def page(
-        self, status: str | None, mode: str | None, limit: int, cursor: str | None
-    ) -> Page:
+    async def page(self, where: ListFilter, limit: int, cursor: str | None) -> Page:
         t = transactions.c
         query = select(transactions).order_by(t.created_at.desc(), t.gid.desc()).limit(limit + 1)
-        if status is not None:
-            query = query.where(t.status == status)
-        if mode is not None:
-            query = query.where(t.mode == mode)
+        if where.status is not None:
+            query = query.where(t.status == where.status)
+        if where.mode is not None:
+            query = query.where(t.mode == where.mode)
+        if where.participant is not None:
+            query = query.where(t.branches.contains([{"participant": where.participant}]))
+        if where.gid_prefix:
+            query = query.where(t.gid.startswith(where.gid_prefix, autoescape=True))
+        if where.older_than_s is not None:
+            query = query.where(t.created_at <= func.now() - timedelta(seconds=where.older_than_s))
+        if where.newer_than_s is not None:
+            query = query.where(t.created_at >= func.now() - timedelta(seconds=where.newer_than_s))
         if cursor is not None:
             at, gid = decode_cursor(cursor)
             query = query.where(or_(t.created_at < at, and_(t.created_at == at, t.gid < gid)))
@@ -505,6 +526,32 @@ class PgLog:
         params = {"gid": gid, "owner": owner, "lease_s": float(lease_s), "reason": reason}
         async with self.engine.connect() as conn:
             row = (await conn.execute(_ABORT_ORPHAN, params)).first()
+            if row is None:
+                return None
+        return Claim(_txn(row), row.db_now)
+
+    async def intervene(
+        self, gid: str, act: Intervention, owner: str, lease_s: float
+    ) -> Claim | None:
+        params = {
+            "gid": gid,
+            "epoch": act.epoch,
+            "status": act.status,
+            "new_status": act.new_status,
+            "reason": act.reason,
+            "owner": owner,
+            "lease_s": float(lease_s),
+            "reset": act.reset_attempts,
+            "unleased": act.unleased,
+            "branch": act.branch,
+            "branch_status": act.branch_status,
+            "branch_new_status": act.branch_new_status,
+            "by": act.by,
+            "note": act.note,
+            "event": f"operator:{act.kind}",
+        }
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_INTERVENE, params)).first()
             if row is None:
                 return None
         return Claim(_txn(row), row.db_now)

@@ -342,3 +342,36 @@ RETURNING *, now() AS db_now
 
 # One transaction, its branches and timeline in its row (the API's reads and waits).
 GET_TXN = "SELECT * FROM transactions WHERE gid = :gid"
+
+# An operator's action (coordinator/intervention.py): fenced on the epoch, the status and the
+# branch's status it was planned from, and (retry, resolve) on no live lease, so it and a
+# driver's write cannot both succeed. Like a claim it moves the epoch on and hands the
+# transaction to the acting instance, due now; the event names the operator and the note.
+INTERVENE = """
+UPDATE transactions
+SET status = :new_status, reason = coalesce(CAST(:reason AS text), reason),
+    epoch = epoch + 1, owner = :owner, updated_at = now(),
+    lease_until = now() + make_interval(secs => :lease_s), next_attempt_at = now(),
+    attempts = CASE WHEN CAST(:reset AS boolean) THEN 0 ELSE attempts END,
+    branches = CASE WHEN CAST(:branch AS int) IS NULL THEN branches
+               ELSE jsonb_set(branches, ARRAY[CAST(CAST(:branch AS int) AS text)],
+                              (branches -> CAST(:branch AS int)) || jsonb_build_object(
+                                  'status', CAST(:branch_new_status AS text),
+                                  'resolved_by', CAST(:by AS text), 'updated_at', now()))
+               END,
+    timeline = {append}
+WHERE gid = :gid AND epoch = :epoch AND status = :status
+  AND (NOT CAST(:unleased AS boolean) OR lease_until IS NULL OR lease_until < now())
+  AND (CAST(:branch AS int) IS NULL
+       OR branches -> CAST(:branch AS int) ->> 'status' = CAST(:branch_status AS text))
+RETURNING *, now() AS db_now
+""".replace(
+    "{append}",
+    append(
+        "timeline",
+        "CAST(:event AS text)",
+        "CAST(:branch AS int)",
+        "jsonb_build_object('by', CAST(:by AS text), 'note', CAST(:note AS text), "
+        "'status', CAST(:new_status AS text), 'epoch', epoch + 1)",
+    ),
+)

@@ -37,6 +37,8 @@ class BranchRecord:
     attempts: int
     last_error: str | None
     updated_at: datetime
+    # The operator who declared this branch finished by hand (coordinator/intervention.py).
+    resolved_by: str | None = None
 
 
 @dataclass
@@ -99,6 +101,38 @@ class BranchProgress:
     status: str
     attempts: int
     last_error: str | None
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    """What a listing keeps: every given field must match (None: any)."""
+
+    status: str | None = None
+    mode: str | None = None
+    participant: str | None = None  # a branch of the transaction calls it
+    gid_prefix: str | None = None
+    older_than_s: float | None = None  # created at least this long ago (the log's clock)
+    newer_than_s: float | None = None  # created at most this long ago
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """An operator's action as the log writes it: fenced on the ``epoch`` and ``status`` (and
+    ``branch_status``) it was planned from, so a driver's write in between makes it fail. It
+    takes the transaction over like a claim (the epoch moves on) for the acting instance."""
+
+    kind: str  # retry, abort, resolve: the event is "operator:<kind>"
+    epoch: int
+    status: str
+    new_status: str
+    reason: str | None  # None: the logged reason stays
+    by: str
+    note: str
+    unleased: bool  # only while no driver holds a live lease
+    reset_attempts: bool = False
+    branch: int | None = None
+    branch_status: str | None = None  # the branch's status it was planned from
+    branch_new_status: str | None = None
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from coordinator.declared import Declared
 from coordinator.drivebase import Deps
 from coordinator.driver import TwoPCDriver
 from coordinator.errors import OwnershipLost
+from coordinator.intervention import Act, Refusal, lease_refusal, plan
 from coordinator.logstore import LogStore
 from coordinator.metrics import Metrics
 from coordinator.records import Claim, Inserted, NewTxn, TxnRecord
@@ -133,6 +134,33 @@ class Coordinator:
         log.warning("in doubt and orphaned: decided abort", extra={"gid": record.gid})
         self._drive(claim, fresh=False)
         return claim.record
+
+    async def intervene(
+        self, gid: str, act: Act, by: str, note: str, branch: int | None = None
+    ) -> TxnRecord:
+        """An operator's action (coordinator/intervention.py), written fenced on what it was
+        planned from; this instance then drives the transaction. Raises Refusal."""
+        for _ in range(3):
+            record = await self.store.get(gid)
+            if record is None:
+                raise Refusal(404, f"no transaction with gid {gid}")
+            write = plan(record, act, by, note, branch)
+            claim = await self.store.intervene(
+                gid, write, self.settings.instance_id, self.settings.lease_s
+            )
+            if claim is not None:
+                log.warning("operator %s: %s (%s)", by, act, note, extra={"gid": gid})
+                self.metrics.inc("txn_interventions_total", action=str(act))
+                self._drive(claim, fresh=False)
+                return claim.record
+            now = await self.store.get(gid)
+            unchanged = now is not None and (now.epoch, now.status) == (record.epoch, record.status)
+            if unchanged and write.branch is not None and now is not None:
+                unchanged = now.branches[write.branch].status == write.branch_status
+            if unchanged and write.unleased:
+                raise lease_refusal(record, act)
+            # A driver wrote in between: plan again from what the log holds now.
+        raise Refusal(409, f"transaction {gid} kept changing; try again")
 
     # -- waiting for outcomes ------------------------------------------------------------
 

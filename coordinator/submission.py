@@ -47,6 +47,7 @@ def to_out(record: TxnRecord, events: list[EventOut] | None = None) -> TxnOut:
                 status=b.status,
                 attempts=b.attempts,
                 last_error=b.last_error,
+                resolved_by=b.resolved_by,
             )
             for b in record.branches
         ],

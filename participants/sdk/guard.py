@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from participants.sdk.tokens import Token, authorize, bearer
+from participants.sdk.tokens import Token, authorize, bearer, token_hash
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 _JSON = (b"content-type", b"application/json")
@@ -87,12 +87,16 @@ class Guard:
         method: str = scope["method"]
         rule = self.policy(method, scope["path"])
         if rule.scope is not None:
-            refused = authorize(self.tokens(), bearer(scope["headers"]), rule.scope)
+            presented = bearer(scope["headers"])
+            refused = authorize(self.tokens(), presented, rule.scope)
             if refused is not None:
                 status, detail = refused
                 extra = {"WWW-Authenticate": "Bearer"} if status == 401 else None
                 await refuse(send, status, detail, extra)
                 return
+            if rule.scope == "admin" and presented:
+                # Who acts: an admin route records the token's name (request.state.token).
+                scope.setdefault("state", {})["token"] = self.tokens()[token_hash(presented)].name
         if method in ("GET", "HEAD", "OPTIONS", "DELETE") and _header(scope, b"content-length") in (
             None,
             b"0",

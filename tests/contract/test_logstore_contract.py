@@ -17,7 +17,15 @@ from coordinator.errors import OwnershipLost
 from coordinator.logstore import LogStore
 from coordinator.memlog import MemLog
 from coordinator.pglog import PgLog, encode_cursor
-from coordinator.records import BranchProgress, BranchSpec, Claim, Inserted, NewTxn, TxnRecord
+from coordinator.records import (
+    BranchProgress,
+    BranchSpec,
+    Claim,
+    Inserted,
+    ListFilter,
+    NewTxn,
+    TxnRecord,
+)
 
 SHORT = 0.2  # a lease or delay that expires within a test
 LONG = 60.0  # one that does not
@@ -363,7 +371,7 @@ async def walk(store: LogStore, status: str | None, mode: str | None, limit: int
     seen: list[str] = []
     cursor: str | None = None
     for _ in range(20):
-        page = await store.page(status, mode, limit, cursor)
+        page = await store.page(ListFilter(status, mode), limit, cursor)
         assert len(page.items) <= limit
         assert all(len(r.branches) == 2 for r in page.items)
         seen += [r.gid for r in page.items]
@@ -375,14 +383,14 @@ async def walk(store: LogStore, status: str | None, mode: str | None, limit: int
 
 async def test_page_is_newest_first_and_the_cursor_walks_everything(store: LogStore) -> None:
     expected = await seed_page(store)
-    first = await store.page(None, None, 3, None)
+    first = await store.page(ListFilter(), 3, None)
     assert first.items == expected[:3]
     assert first.next_cursor is not None
     for limit in (1, 2, 3, 7, 50):
         gids_seen = await walk(store, None, None, limit)
         assert gids_seen == [r.gid for r in expected]
         assert len(set(gids_seen)) == 7
-    assert (await store.page(None, None, 7, None)).next_cursor is None
+    assert (await store.page(ListFilter(), 7, None)).next_cursor is None
 
 
 async def test_page_filters(store: LogStore) -> None:
@@ -399,7 +407,7 @@ async def test_page_filters(store: LogStore) -> None:
 async def test_page_cursor_from_a_record_resumes_after_it(store: LogStore) -> None:
     expected = await seed_page(store)
     middle = expected[3]
-    page = await store.page(None, None, 50, encode_cursor(middle.created_at, middle.gid))
+    page = await store.page(ListFilter(), 50, encode_cursor(middle.created_at, middle.gid))
     assert [r.gid for r in page.items] == [r.gid for r in expected[4:]]
     assert page.next_cursor is None
 
@@ -408,7 +416,7 @@ async def test_page_cursor_from_a_record_resumes_after_it(store: LogStore) -> No
 async def test_page_bad_cursor_raises_value_error(store: LogStore, cursor: str) -> None:
     await store.insert(new_txn("g1"), "a", LONG)
     with pytest.raises(ValueError):
-        await store.page(None, None, 10, cursor)
+        await store.page(ListFilter(), 10, cursor)
 
 
 # --- live summary (metrics) -------------------------------------------------------------

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from coordinator.api import create_app
 from coordinator.memlog import MemLog
+from coordinator.records import ListFilter
 from coordinator.settings import Settings
 from coordinator.transport import Kind, Reply
 from participants.sdk import wire
@@ -63,10 +64,12 @@ def routes(app: FastAPI) -> list[tuple[str, str, str]]:
     out = []
     for path, operations in app.openapi()["paths"].items():
         for method in operations:
-            concrete = path.replace("{gid}", "g1")
+            concrete = path.replace("{gid}", "g1").replace("{idx}", "0")
             scope = {"get": "read", "post": "submit"}[method]
             if path in ("/readyz", "/metrics"):
                 scope = "metrics"
+            if path.endswith(("/retry", "/abort", "/resolve")):
+                scope = "admin"  # an operator's action
             out.append((method.upper(), concrete, scope))
     return out
 
@@ -81,10 +84,15 @@ async def test_every_route_refuses_a_missing_or_wrong_token_and_a_wrong_scope() 
             "/metrics",
             "/v1/transactions",
             "/v1/transactions/g1",
+            "/v1/transactions/g1/retry",
+            "/v1/transactions/g1/abort",
+            "/v1/transactions/g1/branches/0/resolve",
             wire.RESOLVE_PATH,
         }
         for method, path, scope in found:
             body: dict[str, Any] = {"json": VALID} if method == "POST" else {}
+            if scope == "admin":
+                body = {"json": {"note": "checking the guard"}}
             bare = await client.request(method, path, **body)
             if path == "/healthz":
                 assert bare.status_code == 200
@@ -122,7 +130,7 @@ async def test_both_submission_paths_are_guarded_and_a_reader_cannot_submit() ->
             for headers in ({}, {"Authorization": "Bearer nope"}, bearer("read")):
                 refused = await client.post("/v1/transactions", json=body, headers=headers)
                 assert refused.status_code in (401, 403), refused.text
-        assert (await store.page(None, None, 10, None)).items == []
+        assert (await store.page(ListFilter(), 10, None)).items == []
         ok = await client.post("/v1/transactions", json=VALID, headers=bearer("submit"))
         assert ok.status_code == 201, ok.text
         bad = await client.post("/v1/transactions", json=INVALID, headers=bearer("submit"))
@@ -200,7 +208,7 @@ async def test_bodies_are_limited_while_read_and_writes_must_be_json() -> None:
             headers={**bearer("submit"), "content-type": "application/json; charset=utf-8"},
         )
         assert charset.status_code == 201, charset.text
-    assert len((await store.page(None, None, 10, None)).items) == 1
+    assert len((await store.page(ListFilter(), 10, None)).items) == 1
 
 
 class HeldTransport(YesTransport):
@@ -227,7 +235,7 @@ async def test_a_flood_beyond_max_in_flight_is_refused_with_retry_after_and_not_
         for refused in (r for r in replies if r.status_code == 429):
             assert refused.headers["retry-after"] == "1"
             assert "TXN_MAX_IN_FLIGHT" in refused.json()["detail"]
-        logged = {t.gid for t in (await store.page(None, None, 50, None)).items}
+        logged = {t.gid for t in (await store.page(ListFilter(), 50, None)).items}
         accepted = {b["gid"] for b, r in zip(bodies, replies, strict=True) if r.status_code == 201}
         assert logged == accepted and len(logged) == 3
         transport.release.set()
