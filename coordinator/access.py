@@ -19,6 +19,7 @@ SUBMIT_PATH = "/v1/transactions"
 DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 OPS_PATHS = frozenset({"/readyz", "/metrics"})
 SCHEME = "bearerAuth"
+CONSOLE = "/console"
 
 
 def policy(settings: Settings) -> Policy:
@@ -27,6 +28,9 @@ def policy(settings: Settings) -> Policy:
 
     def rule(method: str, path: str) -> Rule:
         if path == "/healthz":
+            return OPEN
+        if path == CONSOLE or path.startswith(CONSOLE + "/"):
+            # Signed in by its own session cookie and CSRF token (coordinator/console).
             return OPEN
         if path == wire.RESOLVE_PATH:
             # Authenticated by the participant's signature, checked by the route.

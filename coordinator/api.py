@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from coordinator import access
+from coordinator.console import pages as console
 from coordinator.db import LOG_APPLICATION_NAME
 from coordinator.fastpath import SubmitFastPath
 from coordinator.intervention import Act, Refusal, check_note
@@ -133,6 +134,9 @@ def create_app(
 
     for error in LOG_ERRORS:
         app.add_exception_handler(error, log_unavailable)
+
+    if settings.console:
+        console.mount(app, coord)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

@@ -53,6 +53,11 @@ def _dev(args: argparse.Namespace) -> int:
         )
         for c in stack.coordinators:
             print(f"  coordinator {c.name}: {c.url}  (OpenAPI: {c.url}/docs)", flush=True)
+        print(
+            f"  console: {stack.coordinators[0].url}/console  (sign in with the api_token "
+            "of stack.json)",
+            flush=True,
+        )
         for p in stack.participants:
             print(f"  participant {p.name}: {p.url}", flush=True)
         print(f"  fault tools: {control.url}/faults  (`txn fault --help`)", flush=True)

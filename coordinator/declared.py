@@ -86,6 +86,14 @@ class Declared:
         """Whether each participant's catalogue has been read (``/readyz`` shows it)."""
         return {name: name in self._cache for name in self.participants}
 
+    async def probe(self, participant: str) -> tuple[list[tuple[str, str]], str | None]:
+        """Read ``participant``'s catalogue now: (its operations as (kind, path), sorted; None,
+        or why it could not be read and verified). Falls back on the cached operations."""
+        fresh = await self._read(participant)
+        entry = fresh if isinstance(fresh, _Entry) else self._cache.get(participant)
+        ops = sorted((kind, path) for path, kind in entry.operations) if entry else []
+        return ops, (fresh if isinstance(fresh, str) else None)
+
     async def close(self) -> None:
         for task in self._refreshing.values():
             task.cancel()

@@ -103,6 +103,22 @@ class Settings(BaseSettings):
         "", description="If set, crash only while this file does not exist, then create it."
     )
     recovery: bool = Field(True, description="Run the recovery loop.")
+    console: bool = Field(
+        True, description="Serve the operator console at /console (sign-in with an API token)."
+    )
+    console_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Key that signs console session cookies; empty: a random one per process "
+        "(sessions then do not carry across instances or restarts). Never printed.",
+    )
+    console_session_s: float = Field(
+        8 * 3600.0, gt=0, description="How long a console sign-in lasts."
+    )
+    attention_age_s: float = Field(
+        60.0,
+        gt=0,
+        description="The console lists a live transaction older than this as needing attention.",
+    )
 
     @field_validator("participants")
     @classmethod

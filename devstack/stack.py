@@ -68,6 +68,8 @@ class StackConfig:
     extra_secrets: dict[str, str] = field(default_factory=dict)
     # The admin API token every service of the stack accepts; generated when empty.
     api_token: str = ""
+    # More token entries ({"name", "sha256", "scopes"}) the coordinators accept.
+    extra_tokens: list[dict[str, Any]] = field(default_factory=list)
     # One cluster per participant (default), so one participant's database can crash alone.
     cluster_per_participant: bool = True
     fsync: bool = True
@@ -309,7 +311,9 @@ class Stack:
                     "TXN_PARTICIPANT_SECRETS": json.dumps(
                         {**self.participant_secrets, **self.config.extra_secrets}
                     ),
-                    "TXN_API_TOKENS": tokens,
+                    "TXN_API_TOKENS": json.dumps(
+                        [*json.loads(tokens), *self.config.extra_tokens]
+                    ),
                     # The dev stack's OpenAPI page loads in a browser without a token.
                     "TXN_OPEN_DOCS": "true",
                     "TXN_INSTANCE_ID": name,

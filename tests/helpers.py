@@ -26,6 +26,8 @@ TERMINAL = ("committed", "aborted")
 # The admin token of every stack the tests boot (StackConfig(api_token=...)).
 TEST_API_TOKEN = "txn_test-admin-token-0123456789abcdefghijklmnopqrstuv"
 AUTH = {"Authorization": f"Bearer {TEST_API_TOKEN}"}
+# A token that may only look (scope read), accepted by the fault stack's coordinators.
+VIEWER_TOKEN = "txn_test-viewer-token-0123456789abcdefghijklmnopqrstu"
 
 
 def api_client(**kwargs: Any) -> httpx.AsyncClient:

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from devstack.stack import Stack, StackConfig
+from participants.sdk.tokens import token_entry
 from tests.conftest import TEST_COORDINATOR_ENV
-from tests.helpers import TEST_API_TOKEN
+from tests.helpers import TEST_API_TOKEN, VIEWER_TOKEN
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +19,7 @@ def fault_stack(state_root: Path) -> Iterator[Stack]:
     s = Stack(
         StackConfig(
             api_token=TEST_API_TOKEN,
+            extra_tokens=[token_entry("viewer", VIEWER_TOKEN, ["read"])],
             state_dir=state_root / "faults",
             fsync=False,
             coordinator_env=dict(TEST_COORDINATOR_ENV),
