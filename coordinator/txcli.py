@@ -18,6 +18,7 @@ exit codes:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -46,7 +47,6 @@ GID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 REASON_WIDTH, ERROR_WIDTH = 60, 80
 # list's filters: query parameters of GET /v1/transactions (older_than: older_than_s).
 LIST_QUERY = ("status", "mode", "participant", "gid_prefix", "older_than", "newer_than")
-
 ONE_COMMANDS = (
     ("show", "one transaction, its branches, its timeline"),
     ("retry", "drive a live transaction again now, its backoff cleared (admin)"),
@@ -119,12 +119,10 @@ class Client:
 
     def call(self, path: str, body: dict[str, Any] | None = None) -> Any:
         """GET ``path``, or POST ``body`` to it; the answer's JSON, or raise TxError."""
-        data = None if body is None else json.dumps(body).encode()
         headers = {"Accept": "application/json", "User-Agent": "txn-tx"}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        headers |= {"Content-Type": "application/json"} if body is not None else {}
+        headers |= {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        data = None if body is None else json.dumps(body).encode()
         request = Request(self.base_url.rstrip("/") + path, data, headers)
         opener = urllib.request.build_opener(_SameOriginRedirects)
         try:
@@ -256,11 +254,9 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
 def cmd_one(client: Client, args: argparse.Namespace) -> int:
     """show: GET the transaction; retry, abort, resolve: POST the action with the note."""
     verb, path = args.tx_command, "/v1/transactions/" + urllib.parse.quote(args.gid, safe="")
-    if verb == "show":
-        txn = client.get(path)
-    else:
-        action = f"branches/{args.idx}/resolve" if verb == "resolve" else verb
-        txn = client.call(f"{path}/{action}", {"note": args.note})
+    action = f"/branches/{args.idx}/resolve" if verb == "resolve" else f"/{verb}"
+    note = None if verb == "show" else {"note": args.note}
+    txn = client.call(path if note is None else path + action, note)
     if args.json:
         print(json.dumps(txn, indent=2))
     elif verb == "show":
@@ -293,18 +289,21 @@ def target(args: argparse.Namespace) -> tuple[str, str | None]:
             raise TxError(EXIT_USAGE, f"--stack {args.stack}: {why}") from None
     url = url or os.environ.get("TXN_URL") or DEFAULT_URL
     token = token or os.environ.get("TXN_TOKEN") or None
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # the port is not a number, or out of range
+        valid = False
+    if not valid:
         raise TxError(EXIT_USAGE, f"the coordinator URL must be http(s)://host[:port], not {url}")
     return url, token
 
 
 def run(args: argparse.Namespace) -> int:
     """``txn tx``: the subcommand, its errors as one line and an exit code."""
-    command: Callable[[Client, argparse.Namespace], int] = args.tx_func
     try:
         url, token = target(args)
-        return command(Client(url, token), args)
+        return int(args.tx_func(Client(url, token), args))
     except TxError as e:
         code, message = e.args
         print(f"txn tx: {message}", file=sys.stderr)
@@ -318,13 +317,10 @@ def _checked(check: Callable[[str], Any], why: str) -> Callable[[str], Any]:
     """An argparse type: ``check(value)``, a usage error saying ``why`` when it is None."""
 
     def parse(value: str) -> Any:
-        try:
-            out = check(value)
-        except ValueError:
-            out = None
-        if out is None:
-            raise argparse.ArgumentTypeError(why)
-        return out
+        with contextlib.suppress(ValueError):
+            if (out := check(value)) is not None:
+                return out
+        raise argparse.ArgumentTypeError(why)
 
     return parse
 
@@ -376,7 +372,12 @@ def add_parser(sub: Any) -> None:
     )
     tx.add_argument("--url", default="", help=f"coordinator URL ($TXN_URL, else {DEFAULT_URL})")
     tx.add_argument("--token", default="", help="bearer token (better: $TXN_TOKEN)")
-    tx.add_argument("--stack", default="", help="stack.json of a `txn dev`: its URL and token")
+    tx.add_argument(
+        "--stack",
+        default="",
+        metavar="STACK_JSON",
+        help="stack.json of a `txn dev`: its URL and token",
+    )
     tx.set_defaults(func=run)
     commands = tx.add_subparsers(dest="tx_command", required=True, metavar="COMMAND")
 

@@ -311,9 +311,7 @@ class Stack:
                     "TXN_PARTICIPANT_SECRETS": json.dumps(
                         {**self.participant_secrets, **self.config.extra_secrets}
                     ),
-                    "TXN_API_TOKENS": json.dumps(
-                        [*json.loads(tokens), *self.config.extra_tokens]
-                    ),
+                    "TXN_API_TOKENS": json.dumps([*json.loads(tokens), *self.config.extra_tokens]),
                     # The dev stack's OpenAPI page loads in a browser without a token.
                     "TXN_OPEN_DOCS": "true",
                     "TXN_INSTANCE_ID": name,
