@@ -63,6 +63,17 @@ def _growth(args: argparse.Namespace) -> int:
                     args.warmup,
                     print,
                 )
+            if args.console:
+                from bench import console_pages
+
+                report["console"] = await console_pages.pages(
+                    target.coordinator_url,
+                    state["api_token"],
+                    target.log_dsn,
+                    ledgers[0],
+                    args.console,
+                    print,
+                )
             if args.cpu:
                 report["cpu"] = await _cpu(state, target, args.modes, c, args.duration)
             if args.rss:
@@ -112,7 +123,7 @@ async def _cpu(
 def _bench(args: argparse.Namespace) -> int:
     from bench.txn_bench import BenchConfig, main
 
-    if args.growth or args.rss or args.cpu:
+    if args.growth or args.rss or args.cpu or args.console:
         return _growth(args)
 
     config = BenchConfig(
@@ -177,6 +188,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=float,
         default=0.0,
         help="instead: the coordinator's memory over a run of this many seconds",
+    )
+    bench.add_argument(
+        "--console",
+        type=int,
+        default=0,
+        help="instead: the console's pages before and with this many finished transactions",
     )
     bench.add_argument(
         "--cpu",

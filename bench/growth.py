@@ -53,13 +53,13 @@ async def _execute(dsn: str, sql: str, *args: Any) -> None:
         await conn.close()
 
 
-async def fill(log_dsn: str, rows: int) -> None:
-    await _execute(log_dsn, _FILL, HISTORY_PREFIX, rows)
+async def fill(log_dsn: str, rows: int, prefix: str = HISTORY_PREFIX) -> None:
+    await _execute(log_dsn, _FILL, prefix, rows)
     await _execute(log_dsn, "ANALYZE transactions")
 
 
-async def unfill(log_dsn: str) -> None:
-    like = HISTORY_PREFIX + "%"
+async def unfill(log_dsn: str, prefix: str = HISTORY_PREFIX) -> None:
+    like = prefix + "%"
     await _execute(log_dsn, "DELETE FROM transactions WHERE gid LIKE $1", like)
     await _execute(log_dsn, "VACUUM ANALYZE transactions")
 

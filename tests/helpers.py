@@ -14,6 +14,7 @@ import orjson
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from devstack.stack import Stack
 from participants.ledger.app import create_app as create_ledger_app
 from participants.sdk import Handler, ParticipantSettings, wire
 from participants.sdk.asgi import BranchCalls
@@ -257,3 +258,13 @@ async def branch_call(
     body = b"" if payload is None else orjson.dumps(payload)
     headers = branch_headers(TEST_SECRET, participant, path, gid, branch, op, body)
     return await client.post(path, content=body, headers=headers)
+
+
+def participant_urls(stack: Stack) -> dict[str, str]:
+    """Each participant service's base URL, by name."""
+    return {p.name: p.url for p in stack.participants}
+
+
+def participant_dsns(stack: Stack) -> dict[str, str]:
+    """Each participant's own database, by name (those that have one)."""
+    return {p.name: p.dsn for p in stack.participants if p.dsn}

@@ -31,6 +31,7 @@ from tests.helpers import (
     balances,
     fetch,
     open_accounts,
+    participant_dsns,
     prepared_xacts,
     twopc_transfer,
     unique,
@@ -38,10 +39,6 @@ from tests.helpers import (
 )
 
 OPENING = 100
-
-
-def urls(stack: Stack) -> dict[str, str]:
-    return {p.name: p.url for p in stack.participants}
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +103,7 @@ async def test_an_operator_aborts_a_stuck_transaction_in_the_browser(
 ) -> None:
     base = fault_stack.coordinators[0].url
     ledger3 = fault_stack.service("ledger3")
-    dsns = {p.name: p.dsn for p in fault_stack.participants if p.dsn}
+    dsns = participant_dsns(fault_stack)
     account, prefix = unique("console"), unique("stuck")
     gid = f"{prefix}-1"
     async with api_client(timeout=15) as client:

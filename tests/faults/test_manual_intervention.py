@@ -17,6 +17,8 @@ from tests.helpers import (
     api_client,
     balances,
     open_accounts,
+    participant_dsns,
+    participant_urls,
     prepared_xacts,
     saga_branch,
     twopc_transfer,
@@ -25,14 +27,6 @@ from tests.helpers import (
 )
 
 OPENING = 100
-
-
-def urls(stack: Stack) -> dict[str, str]:
-    return {p.name: p.url for p in stack.participants}
-
-
-def dsns(stack: Stack) -> dict[str, str]:
-    return {p.name: p.dsn for p in stack.participants if p.dsn}
 
 
 async def race_one(
@@ -63,7 +57,7 @@ async def test_an_abort_racing_the_driver_and_the_driver_never_both_win(stack: S
     account = unique("race")
     moves = {"ledger1": -1, "ledger2": 1, "ledger3": 0}
     async with api_client(timeout=30) as client:
-        await open_accounts(client, urls(stack), account, OPENING)
+        await open_accounts(client, participant_urls(stack), account, OPENING)
         results = []
         for i in range(12):
             body = twopc_transfer(unique(f"race{i}"), account, moves)
@@ -82,8 +76,8 @@ async def test_an_abort_racing_the_driver_and_the_driver_never_both_win(stack: S
     # Both sides won some: the delays spread the abort over the prepare phase and beyond.
     assert 0 < committed < len(results), results
     expected = {n: OPENING + committed * d for n, d in moves.items()}
-    assert await balances(dsns(stack), account) == expected, results
-    for dsn in dsns(stack).values():
+    assert await balances(participant_dsns(stack), account) == expected, results
+    for dsn in participant_dsns(stack).values():
         assert await prepared_xacts(dsn) == []
 
 
@@ -99,7 +93,7 @@ async def test_a_spent_credit_compensating_for_ever_is_resolved_by_hand(
     account = unique("spent")
     gid = unique("spent")
     async with api_client(timeout=15) as client:
-        await open_accounts(client, urls(fault_stack), account, 0)
+        await open_accounts(client, participant_urls(fault_stack), account, 0)
         ledger2.signal(signal.SIGSTOP)
         try:
             body = {
@@ -149,7 +143,7 @@ async def test_a_spent_credit_compensating_for_ever_is_resolved_by_hand(
             assert asyncio.get_running_loop().time() < deadline, txn
             await asyncio.sleep(0.2)
         assert stuck["status"] == "compensating" and stuck["last_error"], stuck
-        assert await balances(dsns(fault_stack), account) == {
+        assert await balances(participant_dsns(fault_stack), account) == {
             "ledger1": 0,
             "ledger2": 0,
             "ledger3": 0,
@@ -173,4 +167,8 @@ async def test_a_spent_credit_compensating_for_ever_is_resolved_by_hand(
     assert event["branch"] == 0 and event["detail"]["by"] == "dev-admin"
     assert "ticket 7" in event["detail"]["note"]
     # Nothing moved by the resolution itself: the ledgers say what the business did.
-    assert await balances(dsns(fault_stack), account) == {"ledger1": 0, "ledger2": 0, "ledger3": 0}
+    assert await balances(participant_dsns(fault_stack), account) == {
+        "ledger1": 0,
+        "ledger2": 0,
+        "ledger3": 0,
+    }

@@ -15,6 +15,7 @@ from bench import floor, minimal_floor
 from bench.load import ACCOUNT_BALANCE, MODES, account
 from bench.txn_bench import SIDES, BenchConfig, Target, format_table, run_bench
 from devstack.stack import Stack
+from tests.helpers import fetch
 
 
 async def _fetchval(dsn: str, query: str, *args: object) -> int:
@@ -136,3 +137,31 @@ async def test_cpu_split_smoke(stack: Stack) -> None:
         assert side["by_process"]["postgres log"]["ms_per_txn"] > 0
         assert side["machine_busy"]["ms_per_txn"] > 0
     assert "whole machine" in cpushare.table("2pc", 2, product, floor_)
+
+
+@pytest.mark.timeout(120)
+async def test_console_pages_smoke(stack: Stack) -> None:
+    """``txn bench --console``: every page answers before and with the history, and the
+    history is gone again afterwards."""
+    from bench import console_pages, growth
+
+    state = stack.state()
+    target = Target.from_state(state, "session stack")
+    said: list[str] = []
+    results = await console_pages.pages(
+        target.coordinator_url,
+        state["api_token"],
+        target.log_dsn,
+        target.ledgers[0].name,
+        2000,
+        said.append,
+    )
+    assert [r["page"] for r in results] == [name for name, _ in console_pages.PAGES]
+    assert all(r["before_ms"] > 0 and r["with_history_ms"] > 0 for r in results)
+    assert any("overview" in line for line in said)
+    rows = await fetch(
+        target.log_dsn,
+        "SELECT count(*) AS n FROM transactions WHERE gid LIKE $1",
+        growth.HISTORY_PREFIX + "%",
+    )
+    assert rows[0]["n"] == 0
