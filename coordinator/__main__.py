@@ -46,8 +46,10 @@ def main() -> None:
         port=settings.port,
         log_level="warning",
         access_log=False,
-        # No proxy in front of the services we run; uvicorn would parse headers for one anyway.
-        proxy_headers=False,
+        # X-Forwarded-Proto/-For only from the proxies named: behind a TLS-terminating proxy
+        # the console then sees https (its cookie is Secure, its origin check matches).
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
     )
 
 

@@ -56,6 +56,14 @@ def plan(
     if record.status in TERMINAL:
         raise Refusal(409, f"transaction {record.gid} is {record.status}: it is finished")
     if act is Act.RETRY:
+        if record.mode == "2pc" and record.status == "preparing":
+            # Driven again, a 2PC without its commit decision is aborted (presumed abort):
+            # that is an abort, and is asked for as one.
+            raise Refusal(
+                409,
+                f"transaction {record.gid} is preparing: driven again it would be aborted "
+                "(presumed abort); abort it, or let its driver wait for the votes",
+            )
         return Intervention(
             "retry",
             record.epoch,
@@ -120,8 +128,14 @@ def _resolve(record: TxnRecord, idx: int, by: str, note: str) -> Intervention:
     status = record.branches[idx].status
     if status == "compensated":
         raise Refusal(409, f"branch {idx} is compensated already")
-    if status == "pending":
-        raise Refusal(409, f"branch {idx} was never sent: it has nothing to compensate")
+    if status != "compensating":
+        # Only a compensation that was tried and failed (logged `compensating`, owed again):
+        # a branch still waiting for its turn (reverse order) or never sent is left alone.
+        raise Refusal(
+            409,
+            f"branch {idx} is {status}: its compensation has not failed; resolve a branch "
+            "whose compensation keeps failing (status compensating)",
+        )
     reason = f"{record.reason or 'compensating'}; branch {idx} compensated by hand by {by}"
     return Intervention(
         "resolve",

@@ -124,10 +124,13 @@ class MemLog:
         self, gid: str, at: datetime, kind: str, branch: int | None, detail: Any
     ) -> None:
         # As the Postgres store keeps a row's timeline (coordinator/queries.py, ``capped``):
-        # ids count per transaction; a long one keeps its first and latest events.
+        # ids count per transaction; a long one keeps its first and latest events, and every
+        # operator's action.
         events = self._events.setdefault(gid, [])
         if len(events) > TIMELINE_MAX:
-            events[:] = events[:TIMELINE_HEAD] + events[TIMELINE_HEAD - TIMELINE_MAX :]
+            tail = TIMELINE_MAX - TIMELINE_HEAD
+            kept = [e for e in events[TIMELINE_HEAD:-tail] if e.kind.startswith("operator:")]
+            events[:] = events[:TIMELINE_HEAD] + kept + events[-tail:]
         events.append(
             EventRecord(events[-1].id + 1 if events else 1, gid, at, kind, branch, detail)
         )

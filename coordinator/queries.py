@@ -23,13 +23,16 @@ def may_follow(current: str, new: str) -> str:
 
 
 def capped(timeline: str) -> str:
-    """SQL: ``timeline`` kept to TIMELINE_MAX events: the first TIMELINE_HEAD (how it began)
-    and the latest (how it goes now), before a write appends its own. A transaction retried
-    for a day stays one small row. (``timeline`` is a column: it is repeated here.)"""
+    """SQL: ``timeline`` kept to TIMELINE_MAX events: the first TIMELINE_HEAD (how it began),
+    every operator's action (an audit record is never dropped) and the latest (how it goes
+    now), before a write appends its own. A transaction retried for a day stays one small row.
+    (``timeline`` is a column: it is repeated here.)"""
     tail = TIMELINE_MAX - TIMELINE_HEAD
+    operators = '? (@.kind starts with "operator:")'
     return (
         f"CASE WHEN jsonb_array_length({timeline}) <= {TIMELINE_MAX} THEN {timeline} "
         f"ELSE jsonb_path_query_array({timeline}, '$[0 to {TIMELINE_HEAD - 1}]') "
+        f"|| jsonb_path_query_array({timeline}, '$[{TIMELINE_HEAD} to last - {tail}] {operators}') "
         f"|| jsonb_path_query_array({timeline}, '$[last - {tail - 1} to last]') END"
     )
 

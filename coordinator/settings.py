@@ -111,6 +111,11 @@ class Settings(BaseSettings):
         description="Key that signs console session cookies; empty: a random one per process "
         "(sessions then do not carry across instances or restarts). Never printed.",
     )
+    forwarded_allow_ips: str = Field(
+        "",
+        description="Addresses of the reverse proxies whose X-Forwarded-Proto and "
+        "X-Forwarded-For are trusted (comma-separated); empty: none.",
+    )
     console_session_s: float = Field(
         8 * 3600.0, gt=0, description="How long a console sign-in lasts."
     )

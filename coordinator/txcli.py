@@ -5,11 +5,14 @@
 The coordinator: --url, else the first coordinator of --stack (the stack.json of a `txn dev`),
 else $TXN_URL, else http://127.0.0.1:8000. The bearer token: --token, else the stack.json's
 api_token, else $TXN_TOKEN (better than --token, which the process list shows). The token is
-never printed. Errors are one line on stderr, starting with "txn tx:".
+never printed, nor the user:password@ of a URL. Errors are one line on stderr, starting with
+"txn tx:". A token sent over plain http to a host other than this one (127.0.0.0/8, ::1,
+localhost) gets a warning first. Output cut short by its reader (`txn tx list | head`) is no error.
 
 exit codes:
   0  done
-  1  refused by the coordinator: 404 (no such transaction or branch), 409 (not allowed now)
+  1  refused by the coordinator: 404 (no such transaction or branch), 409 (not allowed now),
+     any other 4xx not listed below
   2  usage error, or input the coordinator rejects (400, 413, 415, 422)
   3  authentication or authorization failure (401, 403)
   4  coordinator unreachable, busy (429) or failing (5xx), or an answer not understood
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -44,6 +48,8 @@ MAX_PAGES = 100  # list --all stops there
 MAX_NOTE = 1000  # coordinator.models.NoteIn
 # participants.sdk.wire.GID_PATTERN (not imported: that package is slow to import).
 GID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# participants.sdk.wire.MAX_BRANCHES (not imported, as above): branch indexes are 0..63.
+MAX_BRANCHES = 64
 REASON_WIDTH, ERROR_WIDTH = 60, 80
 # list's filters: query parameters of GET /v1/transactions (older_than: older_than_s).
 LIST_QUERY = ("status", "mode", "participant", "gid_prefix", "older_than", "newer_than")
@@ -85,6 +91,30 @@ def _problem(item: Any) -> str:
 def clean(text: str) -> str:
     """``text`` without control characters: a participant's error must not drive the terminal."""
     return "".join(c if c.isprintable() else " " for c in text)
+
+
+def shown_url(url: str) -> str:
+    """``url`` fit to print: without the ``user:password@`` of its authority, if any (the
+    authority: after ``//``, else from the start, up to the first ``/``, ``?`` or ``#``)."""
+    head, sep, rest = url.partition("//")
+    if not sep:
+        head, rest = "", url
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    userinfo, at, _host = authority.rpartition("@")
+    return clean(head + sep + rest[len(userinfo + at) :])
+
+
+def plain_http_warning(url: str, token: str | None) -> str | None:
+    """The warning when ``token`` would cross the network unencrypted: over plain http to a
+    host that is not a loopback one (127.0.0.0/8, ::1, localhost)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if not token or parts.scheme != "http" or host == "localhost":
+        return None
+    with contextlib.suppress(ValueError):  # a name, not an address
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    return f"warning: sending the token over plain http to {clean(host)}; use https"
 
 
 class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
@@ -136,14 +166,21 @@ class Client:
             raise TxError(exit_code(e.code), f"{e.code}: {text}") from None
         except (urllib.error.URLError, OSError, HTTPException) as e:
             why = self.redact(clean(str(getattr(e, "reason", None) or e)))
-            raise TxError(EXIT_UNAVAILABLE, f"cannot reach {self.base_url}: {why}") from None
+            where = shown_url(self.base_url)
+            raise TxError(EXIT_UNAVAILABLE, f"cannot reach {where}: {why}") from None
         try:
             return json.loads(answer)
         except ValueError:
             raise TxError(EXIT_UNAVAILABLE, "the coordinator's answer is not JSON") from None
 
     def redact(self, text: str) -> str:
-        return text.replace(self.token, "<token>") if self.token else text
+        """``text`` without the token, nor the URL's password (an error may quote the host part:
+        urllib takes ``user:password@host`` for the host)."""
+        text = text.replace(self.token, "<token>") if self.token else text
+        with contextlib.suppress(ValueError):
+            if password := urllib.parse.urlsplit(self.base_url).password:
+                text = text.replace(password, "<password>")
+        return text
 
 
 def format_age(seconds: float) -> str:
@@ -295,7 +332,8 @@ def target(args: argparse.Namespace) -> tuple[str, str | None]:
     except ValueError:  # the port is not a number, or out of range
         valid = False
     if not valid:
-        raise TxError(EXIT_USAGE, f"the coordinator URL must be http(s)://host[:port], not {url}")
+        why = f"the coordinator URL must be http(s)://host[:port], not {shown_url(url)}"
+        raise TxError(EXIT_USAGE, why)
     return url, token
 
 
@@ -303,7 +341,18 @@ def run(args: argparse.Namespace) -> int:
     """``txn tx``: the subcommand, its errors as one line and an exit code."""
     try:
         url, token = target(args)
-        return int(args.tx_func(Client(url, token), args))
+        if warning := plain_http_warning(url, token):
+            print(f"txn tx: {warning}", file=sys.stderr)
+        code = int(args.tx_func(Client(url, token), args))
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # The reader of the output stopped early (`txn tx list | head`). The command did its
+        # work (an action was done, a list was fetched) and the reader has all it wanted: exit
+        # 0, quietly, like the shell tools do in a pipeline. The HTTP calls catch their own
+        # OSErrors, so this one is from writing the output.
+        _stdout_to_devnull()
+        return EXIT_OK
     except TxError as e:
         code, message = e.args
         print(f"txn tx: {message}", file=sys.stderr)
@@ -311,6 +360,21 @@ def run(args: argparse.Namespace) -> int:
     except (KeyError, TypeError, AttributeError, IndexError) as e:
         print(f"txn tx: an answer not understood ({type(e).__name__}: {e})", file=sys.stderr)
         return EXIT_UNAVAILABLE
+
+
+def _stdout_to_devnull() -> None:
+    """Point the stdout file descriptor at devnull, as Python's docs advise for SIGPIPE: what is
+    written or left buffered after, flushed at the interpreter's exit at the latest, would meet
+    the closed pipe again (another BrokenPipeError, "Exception ignored ...", exit code 120)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (captured, replaced)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def _checked(check: Callable[[str], Any], why: str) -> Callable[[str], Any]:
@@ -339,7 +403,10 @@ _note = _checked(
 )
 _seconds = _checked(_in_range(float, 0, 10**9), "seconds, between 0 and 1e9")
 _limit = _checked(_in_range(int, 1, 500), "an integer between 1 and 500")
-_index = _checked(_in_range(int, 0, 10**6), "a branch index: an integer, 0 or more")
+_index = _checked(
+    _in_range(int, 0, MAX_BRANCHES - 1),
+    f"a branch index: an integer from 0 to {MAX_BRANCHES - 1}",
+)
 
 
 def _subcommand(commands: Any, name: str, help_text: str) -> argparse.ArgumentParser:

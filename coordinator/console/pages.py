@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -202,6 +203,7 @@ def mount(app: FastAPI, coord: Callable[[Request], Coordinator]) -> None:
         if record is None:
             return page(request, "error.html", session, 404, error=f"no transaction {gid}")
         events = await c.store.events(gid)
+        done = request.query_params.get("done", "")
         marks = charts.timeline(
             [
                 (e.at, e.kind, e.branch, orjson.dumps(e.detail).decode() if e.detail else "")
@@ -216,7 +218,7 @@ def mount(app: FastAPI, coord: Callable[[Request], Coordinator]) -> None:
             txn=record,
             marks=marks,
             request_json=orjson.dumps(record.request, option=orjson.OPT_INDENT_2).decode(),
-            done=request.query_params.get("done", ""),
+            done=done if done in ACTIONS else "",
             deps=record.request.get("deps"),
             may_act=session.may("admin"),
         )
@@ -257,7 +259,7 @@ def mount(app: FastAPI, coord: Callable[[Request], Coordinator]) -> None:
         if action not in ACTIONS or not GID_PATTERN.match(gid):
             return page(request, "error.html", session, 404, error="no such action")
         branch_raw = fields.get("branch", "")
-        branch = int(branch_raw) if branch_raw.isdigit() else None
+        branch = int(branch_raw) if re.fullmatch(r"[0-9]{1,2}", branch_raw) else None
         record = await coord(request).store.get(gid)
         try:
             note = check_note(fields.get("note", ""))
@@ -334,8 +336,8 @@ def _filter_problems(chosen: dict[str, str], registry: dict[str, str]) -> list[s
         problems.append(f"no participant {chosen['participant']!r} in the registry")
     if chosen["age"] not in AGES:
         problems.append(f"age must be one of {', '.join(a for a in AGES if a)}")
-    if len(chosen["gid"]) > 128:
-        problems.append("a gid prefix is at most 128 characters")
+    if len(chosen["gid"]) > 128 or not chosen["gid"].isprintable():
+        problems.append("a gid prefix is at most 128 printable characters")
     return problems
 
 

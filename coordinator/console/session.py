@@ -91,4 +91,4 @@ def csrf_ok(session: Session, request: Request, posted: str | None) -> bool:
         own = f"{request.url.scheme}://{request.url.netloc}"
         if origin != own:
             return False
-    return posted is not None and hmac.compare_digest(posted, session.csrf)
+    return posted is not None and hmac.compare_digest(posted.encode(), session.csrf.encode())

@@ -96,7 +96,13 @@ class Guard:
                 return
             if rule.scope == "admin" and presented:
                 # Who acts: an admin route records the token's name (request.state.token).
-                scope.setdefault("state", {})["token"] = self.tokens()[token_hash(presented)].name
+                token = self.tokens().get(token_hash(presented))
+                if token is None:  # revoked between the two reads
+                    await refuse(
+                        send, 401, "unknown or revoked token", {"WWW-Authenticate": "Bearer"}
+                    )
+                    return
+                scope.setdefault("state", {})["token"] = token.name
         if method in ("GET", "HEAD", "OPTIONS", "DELETE") and _header(scope, b"content-length") in (
             None,
             b"0",

@@ -13,6 +13,7 @@ from coordinator.intervention import Act, plan
 from coordinator.logstore import LogStore
 from coordinator.memlog import MemLog
 from coordinator.records import Inserted, ListFilter
+from coordinator.schema import TIMELINE_HEAD, TIMELINE_MAX
 from tests.contract.test_logstore_contract import LONG, must_get, new_txn, progress, tick
 
 
@@ -142,3 +143,32 @@ async def test_listing_filters_by_participant_prefix_and_age(store: LogStore) ->
     if isinstance(store, MemLog):
         store.advance(7200)
         assert await listed(ListFilter(older_than_s=3600)) == ["cd-1", "ab-2", "ab-1"]
+
+
+async def test_a_long_timeline_keeps_its_head_its_tail_and_every_operator_action(
+    store: LogStore,
+) -> None:
+    await store.insert(new_txn("g1"), "driver", LONG)
+    await store.reschedule(
+        "g1", 1, progress(("running", 1, "down"), ("pending", 0, None)), 0.01, 0.01
+    )
+    for i in range(20):
+        await store.write_progress("g1", 1, 0, progress(("running", i, "x"))[0], f"early{i}", None)
+    await tick(store)
+    write = plan(await must_get(store, "g1"), Act.RETRY, "alice", "participant is back")
+    claim = await store.intervene("g1", write, "ops", LONG)
+    assert claim is not None
+    for i in range(100):
+        await store.write_progress("g1", 2, 0, progress(("running", i, "x"))[0], f"late{i}", None)
+    kinds = [e.kind for e in await store.events("g1")]
+    head = TIMELINE_HEAD
+    tail = TIMELINE_MAX - TIMELINE_HEAD
+    assert kinds[:2] == ["submitted", "rescheduled"] and kinds[2:head] == [
+        f"early{i}" for i in range(head - 2)
+    ]
+    assert kinds[head] == "operator:retry"  # kept from the middle, dropped otherwise
+    assert kinds[-tail:] == [f"late{i}" for i in range(100 - tail, 100)]
+    # The head, the operator's action, the capped tail, and the write that followed the cap.
+    assert len(kinds) == TIMELINE_MAX + 2
+    ids = [e.id for e in await store.events("g1")]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)

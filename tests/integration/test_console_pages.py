@@ -176,3 +176,23 @@ async def test_participants_page_and_the_console_switch(console: Any, log_dsn: s
         httpx.AsyncClient(transport=httpx.ASGITransport(app=off), base_url="http://c") as c,
     ):
         assert (await c.get("/console")).status_code in (401, 404)
+
+
+async def test_odd_input_gets_an_answer_not_a_crash(console: Any) -> None:
+    client, store, _ = console
+    await store.insert(new("odd-1"), "elsewhere", LONG)
+    csrf = await sign_in(client, "admin")
+    resolve = "/console/transactions/odd-1/resolve"
+    for branch in ("²", "9" * 5000, "-1", ""):
+        reply = await client.post(resolve, data={"csrf": csrf, "note": "n", "branch": branch})
+        assert reply.status_code == 422 and "branch index" in reply.text, branch
+    forged = await client.post(resolve, data={"csrf": "é", "note": "n", "branch": "0"})
+    assert forged.status_code == 403
+    out = await client.post("/console/logout", data={"csrf": "é"})
+    assert out.status_code == 403
+    spoof = await client.get("/console/transactions/odd-1?done=Your+account+is+closed")
+    assert spoof.status_code == 200 and "Your account is closed" not in spoof.text
+    nul = await client.get("/console/transactions?gid=a%00b")
+    assert nul.status_code == 400 and "printable" in nul.text
+    record = await store.get("odd-1")
+    assert record is not None and record.epoch == 1  # nothing was done to it

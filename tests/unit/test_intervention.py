@@ -64,10 +64,15 @@ def test_abort_refused_after_a_decision(mode: str, status: str, says: str) -> No
     assert refused.value.status == 409 and says in refused.value.detail
 
 
+def test_retry_of_a_preparing_2pc_is_an_abort_and_is_refused() -> None:
+    with pytest.raises(Refusal) as refused:
+        plan(record("2pc", "preparing"), Act.RETRY, "bob", "n")
+    assert refused.value.status == 409 and "abort it" in refused.value.detail
+
+
 @pytest.mark.parametrize(
     ("mode", "status"),
     [
-        ("2pc", "preparing"),
         ("2pc", "committing"),
         ("2pc", "aborting"),
         ("saga", "running"),
@@ -87,13 +92,12 @@ def test_retry_refused_when_finished(status: str) -> None:
     assert refused.value.status == 409
 
 
-@pytest.mark.parametrize("branch_status", ["compensating", "succeeded", "failed", "maybe"])
-def test_resolve_a_branch_still_owed_a_compensation(branch_status: str) -> None:
-    rec = record("saga", "compensating", ("compensated", branch_status))
+def test_resolve_a_branch_whose_compensation_failed() -> None:
+    rec = record("saga", "compensating", ("compensated", "compensating"))
     write = plan(rec, Act.RESOLVE, "carol", "refunded by bank transfer", 1)
     assert (write.branch, write.branch_status, write.branch_new_status) == (
         1,
-        branch_status,
+        "compensating",
         "compensated",
     )
     assert write.new_status == "compensating" and write.unleased
@@ -104,9 +108,13 @@ def test_resolve_a_branch_still_owed_a_compensation(branch_status: str) -> None:
     ("mode", "status", "branches", "idx", "code", "says"),
     [
         ("saga", "compensating", ("compensated",), 0, 409, "compensated already"),
-        ("saga", "compensating", ("pending",), 0, 409, "never sent"),
-        ("saga", "compensating", ("succeeded",), 1, 404, "no branch 1"),
-        ("saga", "running", ("succeeded",), 0, 409, "abort it first"),
+        ("saga", "compensating", ("pending",), 0, 409, "has not failed"),
+        # Still waiting for its turn (reverse order), or its outcome unknown: not failed.
+        ("saga", "compensating", ("succeeded",), 0, 409, "has not failed"),
+        ("saga", "compensating", ("failed",), 0, 409, "has not failed"),
+        ("saga", "compensating", ("maybe",), 0, 409, "has not failed"),
+        ("saga", "compensating", ("compensating",), 1, 404, "no branch 1"),
+        ("saga", "running", ("compensating",), 0, 409, "abort it first"),
         ("2pc", "committing", ("prepared",), 0, 409, "saga branches"),
         ("saga", "aborted", ("compensated",), 0, 409, "finished"),
     ],

@@ -157,8 +157,12 @@ async def test_refusals_change_nothing() -> None:
             "/v1/transactions/t1/abort", json={"note": "x"}, headers=bearer("read")
         )
         assert reader.status_code == 403
-        # Its driver holds it (waiting for votes): a retry would race it; an abort may not.
-        busy = await act(client, "t1", "retry")
+        # Driven again, a 2PC without its decision would be aborted: ask for an abort.
+        preparing = await act(client, "t1", "retry")
+        assert preparing.status_code == 409 and "abort it" in preparing.json()["detail"]
+        # A saga whose driver holds it (its step in flight): a retry would race that driver.
+        await submit(client, "s1", "saga", n=1)
+        busy = await act(client, "s1", "retry")
         assert busy.status_code == 409 and "driving" in busy.json()["detail"]
         twopc = await client.post(
             "/v1/transactions/t1/branches/0/resolve", json={"note": "x"}, headers=ADMIN
@@ -167,6 +171,7 @@ async def test_refusals_change_nothing() -> None:
         assert (await client.get("/v1/transactions/t1", headers=ADMIN)).json() == before
         transport.go.set()
         await until(client, "t1", "committed")
+        await until(client, "s1", "committed")
 
 
 async def test_retry_drives_a_waiting_saga_again_at_once() -> None:

@@ -4,7 +4,10 @@ token sent and never printed, redirects to another host not followed)."""
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -149,7 +152,8 @@ def test_detail_text() -> None:
 @pytest.mark.parametrize(
     ("status", "code"),
     [
-        *[(404, 1), (409, 1), (405, 1), (400, 2), (413, 2), (415, 2), (422, 2)],
+        *[(404, 1), (409, 1), (405, 1), (408, 1), (410, 1), (451, 1)],
+        *[(400, 2), (413, 2), (415, 2), (422, 2)],
         *[(401, 3), (403, 3), (429, 4), (500, 4), (502, 4), (503, 4), (307, 4)],
     ],
 )
@@ -164,8 +168,71 @@ def test_exit_codes_are_documented() -> None:
         assert line in txcli.__doc__
 
 
+def test_every_other_4xx_is_documented_as_refused() -> None:
+    refused = (
+        "1 refused by the coordinator: 404 (no such transaction or branch), "
+        "409 (not allowed now), any other 4xx not listed below"
+    )
+    assert txcli.__doc__ is not None
+    assert refused in " ".join(txcli.__doc__.split())
+    assert refused in " ".join(txcli.EXIT_CODES.split())
+    # "below": the statuses given the other codes are all listed after it.
+    below = txcli.EXIT_CODES.partition("not listed below")[2]
+    for status in (400, 401, 403, 413, 415, 422, 429):
+        assert txcli.exit_code(status) != txcli.EXIT_REFUSED and str(status) in below
+
+
 def test_gid_pattern_is_the_wire_one() -> None:
     assert txcli.GID_PATTERN.pattern == wire.GID_PATTERN.pattern
+
+
+def test_branch_indexes_are_the_wire_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    assert txcli.MAX_BRANCHES == wire.MAX_BRANCHES
+    assert txcli._index("0") == 0 and txcli._index("63") == 63
+    for bad in ("64", "1000000", "-1", "1.5"):
+        with pytest.raises(SystemExit) as exited:
+            main(["tx", "resolve", "g-1", bad, "--note", "x"])
+        assert exited.value.code == 2
+        assert "a branch index: an integer from 0 to 63" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://ops:s3cret@h:8000/x", "http://h:8000/x"),
+        ("https://ops@h", "https://h"),
+        ("http://a@b:c@h:1?q=x@y", "http://h:1?q=x@y"),  # the last @ of the authority
+        ("http://h:8000/a@b", "http://h:8000/a@b"),  # an @ in the path is no user info
+        ("ops:s3cret@h:8000", "h:8000"),
+        ("http://[::1]:8000", "http://[::1]:8000"),
+        ("http://h\x1b[2J", "http://h [2J"),
+    ],
+)
+def test_urls_are_shown_without_user_info(url: str, shown: str) -> None:
+    assert txcli.shown_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "token", "warned"),
+    [
+        ("http://coordinator.example:8000", TOKEN, "coordinator.example"),
+        ("http://10.0.0.7:8000", TOKEN, "10.0.0.7"),
+        ("http://[2001:db8::1]:8000", TOKEN, "2001:db8::1"),
+        ("http://ops:pw@db.example", TOKEN, "db.example"),
+        ("https://coordinator.example", TOKEN, None),
+        ("http://coordinator.example", None, None),
+        ("http://127.0.0.1:8000", TOKEN, None),
+        ("http://127.3.2.1:8000", TOKEN, None),
+        ("http://[::1]:8000", TOKEN, None),
+        ("http://localhost:8000", TOKEN, None),
+        ("http://LocalHost", TOKEN, None),
+    ],
+)
+def test_a_token_over_plain_http_off_this_host_is_warned_about(
+    url: str, token: str | None, warned: str | None
+) -> None:
+    expected = f"warning: sending the token over plain http to {warned}; use https"
+    assert txcli.plain_http_warning(url, token) == (expected if warned else None)
 
 
 # -- arguments -----------------------------------------------------------------------------
@@ -210,6 +277,12 @@ def test_help_shows_the_exit_codes_and_never_a_token(
         out = capsys.readouterr().out
         assert "exit codes:" in out and "3  authentication" in out
         assert TOKEN not in out
+
+
+def test_a_bad_url_is_shown_without_user_info(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tx", "--url", "ftp://ops:s3cret@h", "--token", TOKEN, "list"]) == 2
+    err = capsys.readouterr().err
+    assert err == "txn tx: the coordinator URL must be http(s)://host[:port], not ftp://h\n"
 
 
 def test_client_repr_hides_the_token() -> None:
@@ -422,6 +495,75 @@ def test_unreachable_exits_4(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["tx", "--url", f"http://127.0.0.1:{port}", "--token", TOKEN, "list"]) == 4
     err = capsys.readouterr().err
     assert err.startswith(f"txn tx: cannot reach http://127.0.0.1:{port}: ") and TOKEN not in err
+
+
+@pytest.mark.parametrize("port", [":1", ""])
+def test_unreachable_shows_no_user_info(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # urllib takes "ops:s3cret@127.0.0.1" for the host; without a port, its error quotes it.
+    url = f"http://ops:s3cret@127.0.0.1{port}"
+    assert main(["tx", "--url", url, "--token", TOKEN, "list"]) == 4
+    err = capsys.readouterr().err
+    assert err.startswith(f"txn tx: cannot reach http://127.0.0.1{port}: "), err
+    assert "s3cret" not in err and "ops" not in err and TOKEN not in err
+
+
+def test_the_plain_http_warning_is_one_line_and_the_command_goes_on(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+
+    def call(self: txcli.Client, path: str, body: dict[str, Any] | None = None) -> Any:
+        seen.append(self.base_url + path)
+        return {"items": [], "next_cursor": None}
+
+    monkeypatch.setattr(txcli.Client, "call", call)
+    assert main(["tx", "--url", "http://ops:pw@coordinator.example", "--token", TOKEN, "list"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "no transactions\n"
+    assert err == (
+        "txn tx: warning: sending the token over plain http to coordinator.example; use https\n"
+    )
+    assert seen == ["http://ops:pw@coordinator.example/v1/transactions?limit=50"]
+    assert main(["tx", "--url", "http://coordinator.example", "list"]) == 0  # no token
+    assert capsys.readouterr().err == ""
+
+
+class _ClosedPipe(io.StringIO):
+    """A stdout whose reader is gone: writing and flushing raise, like on a closed pipe."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_output_cut_by_its_reader_exits_0_quietly(
+    served: Canned, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served.answer("/v1/transactions/g-1/abort", 200, txn(status="aborting"))
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert tx(served, "abort", "g-1", "--note", "x") == 0  # the abort was done
+    assert capsys.readouterr().err == ""
+    assert len(served.seen) == 1
+
+
+def test_list_into_a_pipe_closed_early_has_no_traceback(served: Canned) -> None:
+    """``txn tx list | head -1``, for real: the rest of the table meets a closed pipe."""
+    items = [txn(f"g-{n}") for n in range(2000)]  # more than a pipe holds
+    served.answer("/v1/transactions?limit=50", 200, {"items": items, "next_cursor": None})
+    run = "import sys; from coordinator.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = [sys.executable, "-c", run, "tx", "--url", served.url, "--token", TOKEN, "list"]
+    root = Path(__file__).resolve().parents[2]
+    with subprocess.Popen(
+        argv, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as child:
+        assert child.stdout is not None and child.stderr is not None
+        assert child.stdout.readline().split()[0] == "GID"
+        child.stdout.close()
+        err = child.stderr.read()
+        assert child.wait(timeout=60) == 0, err
+    assert err == ""
 
 
 def test_redirect_to_another_host_is_not_followed(
