@@ -90,9 +90,13 @@ class Declared:
         """Read ``participant``'s catalogue now: (its operations as (kind, path), sorted; None,
         or why it could not be read and verified). Falls back on the cached operations."""
         fresh = await self._read(participant)
-        entry = fresh if isinstance(fresh, _Entry) else self._cache.get(participant)
-        ops = sorted((kind, path) for path, kind in entry.operations) if entry else []
+        ops = self.cached(participant)
         return ops, (fresh if isinstance(fresh, str) else None)
+
+    def cached(self, participant: str) -> list[tuple[str, str]]:
+        """The operations last verified for ``participant``, as (kind, path), sorted."""
+        entry = self._cache.get(participant)
+        return sorted((kind, path) for path, kind in entry.operations) if entry else []
 
     async def close(self) -> None:
         for task in self._refreshing.values():

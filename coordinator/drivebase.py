@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -70,6 +71,8 @@ class Run(Generic[E]):
         self.deadline = asyncio.get_running_loop().time() + claim.seconds_to_deadline
         self.past_deadline = claim.seconds_to_deadline <= 0
         self.extra = {"gid": self.gid, "epoch": self.epoch}
+        # (branch, operation) sent in this drive: a second send is a retry.
+        self.sent: set[tuple[int, str]] = set()
         self.main = asyncio.current_task()
 
     def progress(self, statuses: Sequence[object]) -> list[BranchProgress]:
@@ -115,10 +118,14 @@ class Run(Generic[E]):
         # Counted when sent, so an attempt cut off by a deadline still shows.
         self.attempts[idx] += 1
         branch = self.record.branches[idx]
+        m = self.d.metrics
+        if (idx, op) in self.sent:
+            m.retries.labels(branch.participant, op).inc()
+        self.sent.add((idx, op))
+        started = time.perf_counter()
         reply = await self.d.transport.call(branch.participant, path, op, self.gid, idx, payload)
-        self.d.metrics.inc(
-            "txn_participant_calls_total", participant=branch.participant, op=op, result=reply.kind
-        )
+        m.call_seconds.labels(branch.participant, op).observe(time.perf_counter() - started)
+        m.calls.labels(branch.participant, op, str(reply.kind)).inc()
         if reply.kind is not Kind.OK:
             self.errors[idx] = reply.reason
         return reply
@@ -139,40 +146,47 @@ class Run(Generic[E]):
 
     async def decide(self, status: str, reason: str | None, statuses: Sequence[object]) -> None:
         """Rule 2: the decision is durable before anything listed after it is sent."""
-        await self.d.store.write_status(
-            self.gid, self.epoch, status, reason, self.progress(statuses), "decided"
-        )
+        with self.d.metrics.log_write("decide"):
+            await self.d.store.write_status(
+                self.gid, self.epoch, status, reason, self.progress(statuses), "decided"
+            )
         log.debug("decided %s", status, extra=self.extra)  # the timeline has it too
 
     async def finish(self, status: str, reason: str | None, statuses: Sequence[object]) -> None:
         """Rule 3: the outcome is logged before anyone is told."""
         progress = self.progress(statuses)
-        at = await self.d.store.write_status(
-            self.gid,
-            self.epoch,
-            status,
-            reason,
-            progress,
-            "finished",
-            redoable=self.redoable_outcome,
-        )
+        m = self.d.metrics
+        with m.log_write("finish"):
+            at = await self.d.store.write_status(
+                self.gid,
+                self.epoch,
+                status,
+                reason,
+                progress,
+                "finished",
+                redoable=self.redoable_outcome,
+            )
         # DEBUG: a line per transaction would sit between the outcome and the answer (the
         # row's timeline and txn_finished_total have it).
         log.debug("finished %s", status, extra=self.extra)
-        self.d.metrics.inc("txn_finished_total", status=status)
+        m.finished.labels(self.record.mode, status).inc()
+        m.outcome_seconds.labels(self.record.mode).observe(
+            (at - self.record.created_at).total_seconds()
+        )
         # Waiters get the record as it now stands in the log, so they need not read it back.
         self.d.notify(self.gid, logged(self.record, status, reason, progress, at))
 
     async def reschedule(self, statuses: Sequence[object]) -> None:
         """Calls are still owed: record progress, release the lease, retry when due."""
         s = self.d.settings
-        delay = await self.d.store.reschedule(
-            self.gid,
-            self.epoch,
-            self.progress(statuses),
-            s.reschedule_initial_s,
-            s.reschedule_max_s,
-        )
+        with self.d.metrics.log_write("reschedule"):
+            delay = await self.d.store.reschedule(
+                self.gid,
+                self.epoch,
+                self.progress(statuses),
+                s.reschedule_initial_s,
+                s.reschedule_max_s,
+            )
         log.warning("rescheduled in %.2fs", delay, extra=self.extra)
-        self.d.metrics.inc("txn_rescheduled_total")
+        self.d.metrics.rescheduled.inc()
         self.d.notify(self.gid, None)

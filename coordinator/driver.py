@@ -134,5 +134,6 @@ class TwoPCDriver:
         try:
             return await run.run(state_of(claim.record), first)
         except OwnershipLost as e:
+            self.deps.metrics.fenced.inc()
             log.warning("stopping: %s", e, extra=run.extra)
             return None

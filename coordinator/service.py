@@ -35,6 +35,7 @@ class Coordinator:
         self.transport = transport
         self.crash = CrashPoints(settings.crash_at, settings.crash_marker, COORDINATOR_POINTS)
         self.metrics = Metrics()
+        self.metrics.driving_now(lambda: len(self._tasks))
         self.declared = Declared(transport, list(settings.participants))
         deps = Deps(store, transport, settings, self.crash, self.notify, self.metrics)
         self.driver = TwoPCDriver(deps)
@@ -60,6 +61,7 @@ class Coordinator:
             log.warning("log unreachable at start: own work is recovered as its leases run out")
         self._loops.append(asyncio.create_task(self._renew_loop(), name="lease-renewal"))
         self._loops.append(asyncio.create_task(self.declared.warm(), name="catalogues"))
+        self._loops.append(asyncio.create_task(self._sample_loop(), name="metrics-sampler"))
         if self.settings.recovery:
             self._loops.append(asyncio.create_task(self._recovery_loop(), name="recovery"))
 
@@ -79,11 +81,12 @@ class Coordinator:
     # -- submission and driving ----------------------------------------------------------
 
     async def submit(self, new: NewTxn) -> tuple[Inserted, TxnRecord]:
-        outcome, claim = await self.store.insert(
-            new, self.settings.instance_id, self.settings.lease_s
-        )
+        with self.metrics.log_write("insert"):
+            outcome, claim = await self.store.insert(
+                new, self.settings.instance_id, self.settings.lease_s
+            )
         if outcome is Inserted.CREATED:
-            self.metrics.inc("txn_submitted_total", mode=new.mode)
+            self.metrics.submitted.labels(new.mode).inc()
             self.crash.hit("after_log_insert")
             self._drive(claim, fresh=True)
         return outcome, claim.record
@@ -150,7 +153,7 @@ class Coordinator:
             )
             if claim is not None:
                 log.warning("operator %s: %s (%s)", by, act, note, extra={"gid": gid})
-                self.metrics.inc("txn_interventions_total", action=str(act))
+                self.metrics.interventions.labels(str(act)).inc()
                 self._drive(claim, fresh=False)
                 return claim.record
             now = await self.store.get(gid)
@@ -216,16 +219,17 @@ class Coordinator:
         limit = min(self.settings.claim_batch, room)
         if limit <= 0:
             return 0
-        claims = await self.store.claim(
-            self.settings.instance_id,
-            limit,
-            self.settings.lease_s,
-            own_before=self.started_at if own else None,
-        )
+        with self.metrics.log_write("claim"):
+            claims = await self.store.claim(
+                self.settings.instance_id,
+                limit,
+                self.settings.lease_s,
+                own_before=self.started_at if own else None,
+            )
         if claims:
-            self.metrics.inc("txn_claim_batches_total")
+            self.metrics.claim_batches.inc()
         for claim in claims:
-            self.metrics.inc("txn_recovered_total")
+            self.metrics.recovered.inc()
             log.info(
                 "recovering from %s",
                 claim.record.status,
@@ -248,6 +252,21 @@ class Coordinator:
                 log.exception("recovery claim failed; retrying")
             await asyncio.sleep(self.settings.claim_interval_s)
 
+    async def sample_log(self) -> None:
+        """Read the log-wide gauges once (metrics): a scrape only reads what this left."""
+        self.metrics.sampled(await self.store.live_summary(self.settings.stuck_attempts))
+
+    async def _sample_loop(self) -> None:
+        while True:
+            try:
+                await self.sample_log()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                # The gauges keep their last values; their timestamp shows they are stale.
+                log.warning("metrics: the log could not be sampled (%s)", type(e).__name__)
+            await asyncio.sleep(self.settings.metrics_interval_s)
+
     async def _renew_loop(self) -> None:
         interval = self.settings.renew_interval_s
         while True:
@@ -256,9 +275,10 @@ class Coordinator:
             if not held:
                 continue
             try:
-                renewed = await self.store.renew(
-                    self.settings.instance_id, held, self.settings.lease_s
-                )
+                with self.metrics.log_write("renew"):
+                    renewed = await self.store.renew(
+                        self.settings.instance_id, held, self.settings.lease_s
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -268,6 +288,7 @@ class Coordinator:
                 # Taken over (or finished meanwhile): a running driver will be fenced out.
                 task = self._tasks.get(gid)
                 if task is not None and self.active.get(gid) == held[gid]:
+                    self.metrics.leases_lost.inc()
                     log.warning("lease lost", extra={"gid": gid, "epoch": held[gid]})
                     task.cancel()
 

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         "", description="If set, crash only while this file does not exist, then create it."
     )
     recovery: bool = Field(True, description="Run the recovery loop.")
+    metrics_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often the log-wide gauges of /metrics are read from the log.",
+    )
     console: bool = Field(
         True, description="Serve the operator console at /console (sign-in with an API token)."
     )

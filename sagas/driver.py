@@ -87,14 +87,15 @@ class _SagaRun(Run[m.Event]):
 
     async def _record(self, idx: int, status: m.Step) -> None:
         failed = status in (m.Step.FAILED, m.Step.COMPENSATING)
-        await self.d.store.write_progress(
-            self.gid,
-            self.epoch,
-            idx,
-            BranchProgress(str(status), self.attempts[idx], self.errors[idx]),
-            _EVENT_OF[status],
-            {"error": self.errors[idx]} if failed and self.errors[idx] else None,
-        )
+        with self.d.metrics.log_write("progress"):
+            await self.d.store.write_progress(
+                self.gid,
+                self.epoch,
+                idx,
+                BranchProgress(str(status), self.attempts[idx], self.errors[idx]),
+                _EVENT_OF[status],
+                {"error": self.errors[idx]} if failed and self.errors[idx] else None,
+            )
 
     async def _action(self, idx: int) -> None:
         branch = self.record.branches[idx]
@@ -133,5 +134,6 @@ class SagaDriver:
         try:
             return await run.run(state_of(claim.record), first)
         except OwnershipLost as e:
+            self.deps.metrics.fenced.inc()
             log.warning("stopping: %s", e, extra=run.extra)
             return None

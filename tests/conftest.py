@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -54,15 +56,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def state_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("stack")
+def state_root(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Where the session's embedded stacks keep their data: a folder of its own, not under
+    pytest's basetemp (a second pytest session resets that to mode 0700, which would lock the
+    unprivileged Postgres of this one out of its data). Kept when a test failed, for its logs."""
+    root = Path(tempfile.mkdtemp(prefix="txn-tests-"))
     # Postgres runs as an unprivileged user when the tests run as root: let it in.
-    for folder in [root, *root.parents]:
+    root.chmod(0o711)
+    for folder in root.parents:
         if folder == Path("/") or folder.stat().st_mode & 0o001:
             break
         if os.geteuid() == 0:
             folder.chmod(folder.stat().st_mode | 0o011)
-    return root
+    yield root
+    if request.session.testsfailed:
+        print(f"\nthe embedded stacks' data and logs are kept in {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,6 +37,8 @@ from participants.sdk.base import (
     sqlstate,
 )
 from participants.sdk.guard import OPEN, Rule
+from participants.sdk.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from participants.sdk.metrics import ParticipantMetrics
 from participants.sdk.oneshot import OneShot
 from participants.sdk.resolver import DoubtResolver
 from participants.sdk.saga import SagaBarrier
@@ -49,6 +52,7 @@ __all__ = ["BarrierHook", "BusinessError", "Handler", "Participant", "_Transient
 PREPARE, ACTION, COMPENSATE = "prepare", "action", "compensate"
 # A request without Txn-Op is a prepare: the op this SDK served before sagas existed.
 DEFAULT_OP = PREPARE
+METRICS_PATH = "/metrics"
 _LABELS = {PREPARE: "2PC prepare", ACTION: "saga action", COMPENSATE: "saga compensation"}
 _CRASH_AFTER = {
     PREPARE: "after_prepare_before_reply",
@@ -107,6 +111,11 @@ class Participant(TwoPhase, SagaBarrier):
         self.router.add_api_route(wire.COMMIT_PATH, self._commit_endpoint, methods=["POST"])
         self.router.add_api_route(wire.ROLLBACK_PATH, self._rollback_endpoint, methods=["POST"])
         self.router.add_api_route(wire.CATALOGUE_PATH, self._catalogue_endpoint, methods=["POST"])
+        self.metrics = ParticipantMetrics()
+        self.router.add_api_route(METRICS_PATH, self._metrics_endpoint, methods=["GET"])
+
+    async def _metrics_endpoint(self) -> Response:
+        return Response(self.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def _commit_endpoint(self, request: Request) -> Response:
         """2PC phase two: COMMIT PREPARED (idempotent)."""
@@ -183,6 +192,7 @@ class Participant(TwoPhase, SagaBarrier):
             self.rollback,
             self.settings.name,
             self.settings.secrets(),
+            metrics=self.metrics,
         )
 
     # -- registration --------------------------------------------------------------------
@@ -266,6 +276,8 @@ class Participant(TwoPhase, SagaBarrier):
         def policy(method: str, path: str) -> Rule:
             if open_all or path == "/healthz" or self.serves(path):
                 return OPEN  # branch calls carry the coordinator's signature instead
+            if path == METRICS_PATH:
+                return Rule("metrics")
             return Rule("read" if method in ("GET", "HEAD") else "submit")
 
         outermost(app, lambda inner: Guard(BranchCalls(inner, self), policy, lambda: tokens))
@@ -319,15 +331,24 @@ class Participant(TwoPhase, SagaBarrier):
         self, path: str, headers: Mapping[str, str], body: bytes
     ) -> tuple[int, dict[str, Any]]:
         """One call to one of this participant's endpoints, as (HTTP status, JSON body).
-        ``headers``: looked up by lower-case name."""
+        ``headers``: looked up by lower-case name. Counted in the metrics."""
+        started = time.perf_counter()
         if path == wire.COMMIT_PATH:
-            return await self._phase_two_call("commit", headers, body)
-        if path == wire.ROLLBACK_PATH:
-            return await self._phase_two_call("rollback", headers, body)
-        served = self._handlers.get(path)
-        if served is None:
-            return 404, {"detail": f"{path} is not a branch endpoint of this participant"}
-        return await self._dispatch(path, served, headers, body)
+            op = "commit"
+            status, answer = await self._phase_two_call("commit", headers, body)
+        elif path == wire.ROLLBACK_PATH:
+            op = "rollback"
+            status, answer = await self._phase_two_call("rollback", headers, body)
+        else:
+            served = self._handlers.get(path)
+            if served is None:
+                return 404, {"detail": f"{path} is not a branch endpoint of this participant"}
+            op = headers.get(_OP) or DEFAULT_OP
+            status, answer = await self._dispatch(path, served, headers, body)
+        if op not in _LABELS and op not in ("commit", "rollback"):
+            op = "other"  # a label per unknown header value would grow without bound
+        self.metrics.answered(op, status, answer, time.perf_counter() - started)
+        return status, answer
 
     @staticmethod
     def _op_error(path: str, op: str, served: dict[str, Handler]) -> str:

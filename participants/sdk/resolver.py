@@ -27,6 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from participants.sdk import wire
+from participants.sdk.metrics import ParticipantMetrics
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class DoubtResolver:
         name: str,
         secrets: list[bytes],
         timeout_s: float = 5.0,
+        metrics: ParticipantMetrics | None = None,
     ) -> None:
         self.engine = engine
         self.coordinators = [c.rstrip("/") for c in coordinators]
@@ -80,6 +82,7 @@ class DoubtResolver:
         self.secrets = secrets
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._next = 0  # rotate the first coordinator asked, to spread the questions
+        self.metrics = metrics or ParticipantMetrics()
 
     async def run(self, interval_s: float) -> None:
         async with aiohttp.ClientSession(timeout=self.timeout) as session:
@@ -95,6 +98,7 @@ class DoubtResolver:
     async def resolve_once(self, session: aiohttp.ClientSession) -> Resolution:
         async with self.engine.connect() as conn:
             xids = [r.gid for r in await conn.execute(_IN_DOUBT, {"safety": self.safety_s})]
+        self.metrics.in_doubt.set(len(xids))
         done = Resolution()
         for xid in xids:
             parsed = parse_xid(xid)
@@ -114,6 +118,13 @@ class DoubtResolver:
                         "doubt resolver: %s stays prepared: the coordinator says %r", xid, status
                     )
                 done.left.append(xid)
+        for action, xids_done in (
+            ("committed", done.committed),
+            ("rolled_back", done.rolled_back),
+            ("left", done.left),
+        ):
+            if xids_done:
+                self.metrics.resolved.labels(action).inc(len(xids_done))
         if done.committed or done.rolled_back:
             log.warning(
                 "resolved in-doubt transactions: committed %s, rolled back %s",

@@ -194,14 +194,18 @@ async def run_scenario(
 
     async def killer(conn: asyncpg.Connection) -> None:
         await asyncio.sleep(KILL_AFTER_S)
-        # Kill while coord1 holds live work (bounded: a steady stream gives it some at once).
-        for _ in range(150):
-            if (await _live_owned(conn, coord1.name))[1]:
-                break
-            await asyncio.sleep(0.01)
         pid = coord1.pid
         assert pid is not None, "coord1 died before it was killed"
         coord1.restart = False  # the survivor, not a restarted coord1, must do the work
+        # Kill while coord1 holds live work. Its transactions finish in milliseconds, so look
+        # while it is frozen (SIGSTOP): what the log shows it holding then, it still holds
+        # when the SIGKILL lands (bounded: a steady stream gives it some at once).
+        for _ in range(150):
+            os.kill(pid, signal.SIGSTOP)
+            if (await _live_owned(conn, coord1.name))[1]:
+                break
+            os.kill(pid, signal.SIGCONT)
+            await asyncio.sleep(0.01)
         os.kill(pid, signal.SIGKILL)
         for _ in range(1000):
             if coord1.pid is None:

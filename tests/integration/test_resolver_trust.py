@@ -455,3 +455,31 @@ async def test_an_impostor_first_then_the_coordinator_commits(
     assert len(impostor.asked) == len(coordinator.asked) == 1
     # Each question had its own nonce: the impostor's could not have been replayed.
     assert impostor.asked[0]["nonce"] != coordinator.asked[0]["nonce"]
+
+
+async def test_the_resolver_counts_what_is_in_doubt_and_what_it_did(
+    doubt: InDoubt, fakes: Callable[[Answer], Awaitable[Fake]]
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    impostor, coordinator = await fakes(unsigned("aborted")), await fakes(says("committed"))
+    sdk = doubt.participant(impostor.url)
+    resolver = sdk.resolver()
+    timeout = aiohttp.ClientTimeout(total=ASK_TIMEOUT_S)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            assert (await resolver.resolve_once(session)).left == [doubt.xid]
+            resolver.coordinators = [coordinator.url]
+            assert (await resolver.resolve_once(session)).committed == [doubt.xid]
+            assert await resolver.resolve_once(session) == Resolution()
+    finally:
+        await sdk._drop_spare()
+    samples = {
+        (s.name, tuple(s.labels.values())): s.value
+        for family in text_string_to_metric_families(sdk.metrics.render().decode())
+        for s in family.samples
+    }
+    assert samples[("txnp_resolver_actions_total", ("left",))] == 1
+    assert samples[("txnp_resolver_actions_total", ("committed",))] == 1
+    assert samples[("txnp_prepared_in_doubt", ())] == 0  # the last scan found none
+    await doubt.committed()
