@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import uvicorn
@@ -10,26 +9,13 @@ from pydantic import ValidationError
 
 from coordinator.api import create_app
 from coordinator.settings import get_settings
-
-
-class ContextFormatter(logging.Formatter):
-    """Appends the transaction context a log call passed as extras (``gid``, ``epoch``,
-    ``branch``), so one grep follows a transaction across processes."""
-
-    KEYS = ("gid", "epoch", "branch")
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        context = " ".join(f"{k}={getattr(record, k)}" for k in self.KEYS if hasattr(record, k))
-        return f"{line} [{context}]" if context else line
+from participants.sdk.logs import configure
 
 
 def main() -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(ContextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         settings = get_settings()
+        configure(settings.log_format, settings.log_level)
         app = create_app(settings)
     except ValidationError as e:
         # Only where and what: pydantic's own text echoes the input, which may be a secret.
@@ -45,6 +31,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         log_level="warning",
+        log_config=None,  # uvicorn's lines go through ours (participants.sdk.logs)
         access_log=False,
         # X-Forwarded-Proto/-For only from the proxies named: behind a TLS-terminating proxy
         # the console then sees https (its cookie is Secure, its origin check matches).

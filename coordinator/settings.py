@@ -6,7 +6,7 @@ import os
 import re
 import socket
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -103,6 +103,12 @@ class Settings(BaseSettings):
         "", description="If set, crash only while this file does not exist, then create it."
     )
     recovery: bool = Field(True, description="Run the recovery loop.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as readable text or one JSON object per line."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="The lowest level logged."
+    )
     metrics_interval_s: float = Field(
         5.0,
         gt=0,

@@ -304,7 +304,8 @@ class Stack:
             self.services[name] = Service(
                 name=name,
                 kind="coordinator",
-                argv=[sys.executable, "-m", "coordinator"],
+                # `txn serve`, as compose runs it.
+                argv=[sys.executable, "-m", "coordinator.cli", "serve"],
                 env={
                     "TXN_LOG_DSN": self.log_dsn,
                     "TXN_PARTICIPANTS": json.dumps(registry),

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import uvicorn
-
 from participants.inventory.app import InventorySettings, create_app
+from participants.sdk.logs import serve
 
 
 def main() -> None:
     settings = InventorySettings()
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        # No proxy in front of the services we run; uvicorn would parse headers for one anyway.
-        proxy_headers=False,
-    )
+    serve(create_app(settings), settings)
 
 
 if __name__ == "__main__":

@@ -438,7 +438,8 @@ class Participant(TwoPhase, SagaBarrier):
         )
         if why is None:
             return None
-        log.warning("refused a %s call to %s: %s", op, path, why)
+        context = {"gid": gid} if branch is None else {"gid": gid, "branch": branch}
+        log.warning("refused a %s call to %s: %s", op, path, why, extra=context)
         return 401, {"detail": why}
 
     async def _phase_two_call(

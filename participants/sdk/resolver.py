@@ -115,7 +115,10 @@ class DoubtResolver:
             else:
                 if status is not None:  # None: ask() has logged why already
                     log.warning(
-                        "doubt resolver: %s stays prepared: the coordinator says %r", xid, status
+                        "doubt resolver: %s stays prepared: the coordinator says %r",
+                        xid,
+                        status,
+                        extra={"gid": gid, "branch": branch},
                     )
                 done.left.append(xid)
         for action, xids_done in (
@@ -148,7 +151,13 @@ class DoubtResolver:
             if status is not None:
                 self._next = (self._next + k) % n
                 return status
-            log.warning("doubt resolver: no usable answer about %s from %s: %s", gid, base, why)
+            log.warning(
+                "doubt resolver: no usable answer about %s from %s: %s",
+                gid,
+                base,
+                why,
+                extra={"gid": gid},
+            )
         self._next = (self._next + 1) % max(n, 1)
         return None
 

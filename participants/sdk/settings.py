@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import Field, SecretStr, field_validator
@@ -33,6 +33,12 @@ class ParticipantSettings(BaseSettings):
         SecretStr("postgresql://postgres@127.0.0.1:5432/participant"),
         description="The service's own Postgres database (business tables and barrier; never "
         "printed).",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as readable text or one JSON object per line."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="The lowest level logged."
     )
     host: str = "127.0.0.1"
     port: int = 8100
