@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
@@ -156,6 +157,49 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retention(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from pydantic import TypeAdapter, ValidationError
+
+    from coordinator.db import redacted
+    from coordinator.pglog import PgLog
+
+    dsn = args.dsn or os.environ.get("TXN_LOG_DSN", "")
+    if not dsn:
+        print("txn retention: give --dsn or set TXN_LOG_DSN", file=sys.stderr)
+        return 2
+    try:
+        try:
+            older = float(args.older_than)
+        except ValueError:
+            older = TypeAdapter(timedelta).validate_python(args.older_than).total_seconds()
+    except ValidationError:
+        print("txn retention: --older-than is seconds or ISO 8601 (P7D)", file=sys.stderr)
+        return 2
+    if older <= 0:
+        print("txn retention: --older-than must be positive", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        store = PgLog.connect(dsn, pool_size=2)
+        try:
+            if args.dry_run:
+                return await store.purge(older, args.batch, dry_run=True)
+            total = 0
+            while n := await store.purge(older, args.batch):
+                total += n
+            return total
+        finally:
+            await store.close()
+
+    count = asyncio.run(run())
+    what = "would delete" if args.dry_run else "deleted"
+    print(f"{what} {count} finished transactions older than {args.older_than} ({redacted(dsn)})")
+    return 0
+
+
 def _serve(_args: argparse.Namespace) -> int:
     from coordinator.__main__ import main as serve
 
@@ -208,6 +252,19 @@ def main(argv: list[str] | None = None) -> int:
         "--scopes", default="submit,read", help="comma-separated: submit, read, admin, metrics"
     )
     token.set_defaults(func=_token)
+
+    retention = sub.add_parser(
+        "retention",
+        help="delete finished transactions past the retention from the log (what every "
+        "coordinator does every TXN_RETENTION_INTERVAL_S)",
+    )
+    retention.add_argument("--dsn", default="", help="the log's DSN (default: $TXN_LOG_DSN)")
+    retention.add_argument(
+        "--older-than", default="P7D", help="seconds or ISO 8601 (default P7D: 7 days)"
+    )
+    retention.add_argument("--batch", type=int, default=1000, help="rows per statement")
+    retention.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    retention.set_defaults(func=_retention)
 
     serve = sub.add_parser("serve", help="run one coordinator (settings from TXN_* variables)")
     serve.set_defaults(func=_serve)

@@ -109,6 +109,13 @@ class LogStore(Protocol):
         the renewed gids."""
         ...
 
+    async def purge(self, older_than_s: float, limit: int, dry_run: bool = False) -> int:
+        """Delete up to ``limit`` finished transactions last written more than
+        ``older_than_s`` ago, oldest first; returns how many. One purger at a time: another
+        one's concurrent call deletes nothing. ``dry_run``: count every such transaction,
+        delete nothing. A live transaction is never deleted."""
+        ...
+
     async def live_summary(self, stuck_attempts: int) -> dict[str, LiveSummary]:
         """Per live status: how many, how many stuck, the oldest one's age (database clock)."""
         ...

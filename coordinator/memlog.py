@@ -111,6 +111,25 @@ class MemLog:
             )
         return out
 
+    async def purge(self, older_than_s: float, limit: int, dry_run: bool = False) -> int:
+        cutoff = self.now() - timedelta(seconds=older_than_s)
+        old = sorted(
+            (
+                r.rec
+                for r in self._txns.values()
+                if r.rec.status in TERMINAL
+                and r.rec.created_at < cutoff
+                and r.rec.updated_at < cutoff
+            ),
+            key=lambda rec: rec.created_at,
+        )
+        if dry_run:
+            return len(old)
+        for rec in old[:limit]:
+            del self._txns[rec.gid]
+            self._events.pop(rec.gid, None)
+        return len(old[:limit])
+
     async def ping(self) -> None:
         return None
 

@@ -98,6 +98,11 @@ class Metrics:
         self.interventions = Counter(
             "txn_interventions", "Operators' manual actions, by action.", ["action"], registry=r
         )
+        self.retention_deleted = Counter(
+            "txn_retention_deleted",
+            "Finished transactions this instance deleted from the log (retention).",
+            registry=r,
+        )
         self.driving = Gauge(
             "txn_driving", "Transactions this instance drives now (holds a lease on).", registry=r
         )

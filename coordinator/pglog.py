@@ -76,6 +76,8 @@ _RENEW = _stmt(queries.RENEW)
 _LIVE_SUMMARY = _stmt(queries.LIVE_SUMMARY)
 _ABORT_ORPHAN = _stmt(queries.ABORT_ORPHAN)
 _INTERVENE = _stmt(queries.INTERVENE)
+_PURGE = _stmt(queries.PURGE)
+_PURGEABLE = _stmt(queries.PURGEABLE)
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
@@ -287,6 +289,14 @@ class PgLog:
         async with self.engine.connect() as conn:
             rows = await conn.execute(_LIVE_SUMMARY, {"stuck": stuck_attempts})
             return {r.status: LiveSummary(r.n, r.stuck, float(r.oldest)) for r in rows}
+
+    async def purge(self, older_than_s: float, limit: int, dry_run: bool = False) -> int:
+        params = {"older_than_s": float(older_than_s), "limit": limit}
+        async with self.engine.connect() as conn:
+            if dry_run:
+                return int((await conn.execute(_PURGEABLE, params)).scalar_one())
+            rows = await conn.execute(_PURGE, {**params, "lock": queries.RETENTION_LOCK})
+            return len(list(rows))
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

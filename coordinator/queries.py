@@ -378,3 +378,34 @@ RETURNING *, now() AS db_now
         "'status', CAST(:new_status AS text), 'epoch', epoch + 1)",
     ),
 )
+
+# Retention: finished transactions whose last write is older than the retention, oldest first,
+# in one bounded batch. Only while this statement holds the log's retention lock (an advisory
+# lock for this transaction only), so one coordinator purges at a time and the others' rounds
+# delete nothing. A live transaction is never touched, however old.
+PURGE = """
+WITH gate AS (SELECT pg_try_advisory_xact_lock(CAST(:lock AS bigint)) AS ok),
+victims AS (
+    SELECT gid FROM transactions
+    WHERE (SELECT ok FROM gate) AND NOT live
+      AND created_at < now() - make_interval(secs => :older_than_s)
+      AND updated_at < now() - make_interval(secs => :older_than_s)
+    ORDER BY created_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM transactions AS tx USING victims WHERE tx.gid = victims.gid
+RETURNING tx.gid
+"""
+
+# What PURGE would delete, all batches together (``txn retention --dry-run``).
+PURGEABLE = """
+SELECT count(*) AS n FROM transactions
+WHERE NOT live
+  AND created_at < now() - make_interval(secs => :older_than_s)
+  AND updated_at < now() - make_interval(secs => :older_than_s)
+"""
+
+# The advisory lock key of the retention round (any constant the application does not use
+# elsewhere): "txn-retention" as a number.
+RETENTION_LOCK = 0x74786E2D726574

@@ -64,6 +64,8 @@ class Coordinator:
         self._loops.append(asyncio.create_task(self._sample_loop(), name="metrics-sampler"))
         if self.settings.recovery:
             self._loops.append(asyncio.create_task(self._recovery_loop(), name="recovery"))
+        if self.settings.retention.total_seconds() > 0:
+            self._loops.append(asyncio.create_task(self._retention_loop(), name="retention"))
 
     async def stop(self) -> None:
         for task in [*self._loops, *self._tasks.values()]:
@@ -266,6 +268,31 @@ class Coordinator:
                 # The gauges keep their last values; their timestamp shows they are stale.
                 log.warning("metrics: the log could not be sampled (%s)", type(e).__name__)
             await asyncio.sleep(self.settings.metrics_interval_s)
+
+    async def retention_round(self, max_batches: int = 20) -> int:
+        """Delete finished transactions past the retention, batch after batch while batches
+        come back full (bounded: the next round takes the rest). Returns how many."""
+        s, deleted = self.settings, 0
+        for _ in range(max_batches):
+            with self.metrics.log_write("purge"):
+                n = await self.store.purge(s.retention.total_seconds(), s.retention_batch)
+            deleted += n
+            self.metrics.retention_deleted.inc(n)
+            if n < s.retention_batch:
+                break
+        if deleted:
+            log.info("retention: deleted %d finished transactions", deleted)
+        return deleted
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.retention_interval_s)
+            try:
+                await self.retention_round()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("retention round failed; trying again later")
 
     async def _renew_loop(self) -> None:
         interval = self.settings.renew_interval_s

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from datetime import timedelta
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
@@ -103,6 +104,17 @@ class Settings(BaseSettings):
         "", description="If set, crash only while this file does not exist, then create it."
     )
     recovery: bool = Field(True, description="Run the recovery loop.")
+    retention: timedelta = Field(
+        timedelta(days=7),
+        description="Finished transactions whose last write is older than this are deleted "
+        "from the log (seconds, or ISO 8601 like P7D); 0 keeps them for ever.",
+    )
+    retention_batch: int = Field(
+        1000, gt=0, description="Most finished transactions deleted per statement."
+    )
+    retention_interval_s: float = Field(
+        60.0, gt=0, description="How often a coordinator runs a retention round."
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as readable text or one JSON object per line."
     )
@@ -149,6 +161,17 @@ class Settings(BaseSettings):
             except ValueError as e:
                 raise ValueError(f"participant {name!r}: {e}") from e
         return {name: url.rstrip("/") for name, url in value.items()}
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _retention_seconds(cls, value: Any) -> Any:
+        # An environment variable is text: "604800" means seconds, as "P7D" means 7 days.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        return value
 
     @field_validator("participant_secrets", mode="before")
     @classmethod

@@ -67,3 +67,17 @@ def test_renewal_must_come_before_the_lease_lapses() -> None:
     with pytest.raises(ValidationError, match="TXN_RENEW_INTERVAL_S"):
         Settings(lease_s=1.0, renew_interval_s=1.0)
     assert Settings(lease_s=3.0, renew_interval_s=1.0).renew_interval_s == 1.0
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("600", 600.0), ("P7D", 604800.0), ("0", 0.0)])
+def test_retention_is_seconds_or_iso_8601(
+    monkeypatch: pytest.MonkeyPatch, text: str, seconds: float
+) -> None:
+    monkeypatch.setenv("TXN_RETENTION", text)
+    assert Settings().retention.total_seconds() == seconds
+
+
+def test_a_bad_retention_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TXN_RETENTION", "soon")
+    with pytest.raises(ValidationError, match="retention"):
+        Settings()
