@@ -63,6 +63,20 @@ def _growth(args: argparse.Namespace) -> int:
                     args.warmup,
                     print,
                 )
+            if args.purge:
+                from bench import purge
+
+                print(f"purge: 2PC at concurrency {c}, {args.duration:g}s per run", flush=True)
+                report["purge"] = await purge.purge_under_load(
+                    target.coordinator_url,
+                    ledgers,
+                    target.log_dsn,
+                    args.purge,
+                    c,
+                    args.duration,
+                    args.warmup,
+                    print,
+                )
             if args.console:
                 from bench import console_pages
 
@@ -123,7 +137,7 @@ async def _cpu(
 def _bench(args: argparse.Namespace) -> int:
     from bench.txn_bench import BenchConfig, main
 
-    if args.growth or args.rss or args.cpu or args.console:
+    if args.growth or args.rss or args.cpu or args.console or args.purge:
         return _growth(args)
 
     config = BenchConfig(
@@ -188,6 +202,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=float,
         default=0.0,
         help="instead: the coordinator's memory over a run of this many seconds",
+    )
+    bench.add_argument(
+        "--purge",
+        type=int,
+        default=0,
+        help="instead: throughput while this many finished transactions are purged, "
+        "against runs without",
     )
     bench.add_argument(
         "--console",

@@ -120,12 +120,11 @@ class Run(Generic[E]):
         branch = self.record.branches[idx]
         m = self.d.metrics
         if (idx, op) in self.sent:
-            m.retries.labels(branch.participant, op).inc()
+            m.call_retried(branch.participant, op)
         self.sent.add((idx, op))
         started = time.perf_counter()
         reply = await self.d.transport.call(branch.participant, path, op, self.gid, idx, payload)
-        m.call_seconds.labels(branch.participant, op).observe(time.perf_counter() - started)
-        m.calls.labels(branch.participant, op, str(reply.kind)).inc()
+        m.call_done(branch.participant, op, reply.kind.value, time.perf_counter() - started)
         if reply.kind is not Kind.OK:
             self.errors[idx] = reply.reason
         return reply
@@ -169,10 +168,7 @@ class Run(Generic[E]):
         # DEBUG: a line per transaction would sit between the outcome and the answer (the
         # row's timeline and txn_finished_total have it).
         log.debug("finished %s", status, extra=self.extra)
-        m.finished.labels(self.record.mode, status).inc()
-        m.outcome_seconds.labels(self.record.mode).observe(
-            (at - self.record.created_at).total_seconds()
-        )
+        m.finished_one(self.record.mode, status, (at - self.record.created_at).total_seconds())
         # Waiters get the record as it now stands in the log, so they need not read it back.
         self.d.notify(self.gid, logged(self.record, status, reason, progress, at))
 

@@ -89,13 +89,22 @@ class ParticipantMetrics:
             ["action"],
             registry=r,
         )
+        self._children: dict[tuple[str, ...], Any] = {}
 
     def answered(self, op: str, status: int, answer: dict[str, Any], seconds: float) -> None:
-        self.calls.labels(op, outcome_of(status)).inc()
-        self.call_seconds.labels(op).observe(seconds)
+        self._child(self.calls, op, outcome_of(status)).inc()
+        self._child(self.call_seconds, op).observe(seconds)
         hit = barrier_hit(status, answer)
         if hit is not None:
-            self.barrier.labels(hit).inc()
+            self._child(self.barrier, hit).inc()
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        # Labelled children looked up once: ``labels()`` locks and checks on every call.
+        key = (metric._name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

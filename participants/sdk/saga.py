@@ -99,7 +99,7 @@ class SagaBarrier(_Core):
         try:
             done = await attempt(self, one_shot, payload, lambda sql: action_text(gid, branch, sql))
             if done is not None:
-                log.info("saga action done", extra={"gid": gid, "branch": branch})
+                log.debug("saga action done", extra={"gid": gid, "branch": branch})
                 return 200, {"done": True, "result": done}
             # Begun by the SDK on an AUTOCOMMIT connection: BEGIN travels with the barrier
             # row, one round trip (see TwoPhase.prepare).
@@ -129,7 +129,7 @@ class SagaBarrier(_Core):
                     await roll_back_unless(conn, ended)
         except STATEMENT_ERRORS as e:
             raise _Transient(f"action {gid}/{branch} failed: {sqlstate(e) or e}") from e
-        log.info("saga action done", extra={"gid": gid, "branch": branch})
+        log.debug("saga action done", extra={"gid": gid, "branch": branch})
         return 200, {"done": True, "result": result or {}}
 
     async def _record_failure(self, key: dict[str, Any], reason: str) -> None:
@@ -185,5 +185,5 @@ class SagaBarrier(_Core):
                     raise
         except DBAPIError as e:
             raise _Transient(f"compensation {gid}/{branch} failed: {sqlstate(e) or e}") from e
-        log.info("saga compensation done", extra={"gid": gid, "branch": branch})
+        log.debug("saga compensation done", extra={"gid": gid, "branch": branch})
         return 200, answer

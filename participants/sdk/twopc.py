@@ -94,7 +94,7 @@ class TwoPhase(_Core):
                 self, one_shot, payload, lambda sql: prepare_text(gid, branch, xid, sql)
             )
             if done is not None:
-                log.info("prepared", extra={"gid": gid, "branch": branch})
+                log.debug("prepared", extra={"gid": gid, "branch": branch})
                 return 200, {"vote": "yes", "prepared": xid, "result": done}
             async with self._autocommit() as conn:
                 ended = False
@@ -136,7 +136,7 @@ class TwoPhase(_Core):
                     await roll_back_unless(conn, ended)
         except STATEMENT_ERRORS as e:
             raise _Transient(f"prepare of {xid} failed: {sqlstate(e) or e}") from e
-        log.info("prepared", extra={"gid": gid, "branch": branch})
+        log.debug("prepared", extra={"gid": gid, "branch": branch})
         # The prepared transaction's name: the coordinator counts a yes vote only with it (any
         # other 2xx, say from an endpoint that is not a 2PC branch, is a failed prepare).
         return 200, {"vote": "yes", "prepared": xid, "result": result or {}}

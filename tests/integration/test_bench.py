@@ -165,3 +165,34 @@ async def test_console_pages_smoke(stack: Stack) -> None:
         growth.HISTORY_PREFIX + "%",
     )
     assert rows[0]["n"] == 0
+
+
+@pytest.mark.timeout(120)
+async def test_purge_under_load_smoke(stack: Stack) -> None:
+    """``txn bench --purge``: both kinds of run measure throughput, and every history row the
+    bench added is purged while the load runs."""
+    from bench import growth, purge
+
+    state = stack.state()
+    target = Target.from_state(state, "session stack")
+    said: list[str] = []
+    report = await purge.purge_under_load(
+        target.coordinator_url,
+        [lg.name for lg in target.ledgers],
+        target.log_dsn,
+        300,
+        2,
+        1.0,
+        0.2,
+        said.append,
+    )
+    assert len(report["tps_without"]) == len(report["tps_during"]) == 2
+    assert all(t > 0 for t in report["tps_without"] + report["tps_during"])
+    assert all(p["deleted"] >= 300 for p in report["purges"])
+    assert report["ratio_during_to_without"] > 0
+    rows = await fetch(
+        target.log_dsn,
+        "SELECT count(*) AS n FROM transactions WHERE gid LIKE $1",
+        growth.HISTORY_PREFIX + "%",
+    )
+    assert rows[0]["n"] == 0
