@@ -19,6 +19,7 @@ from prometheus_client import (
 )
 
 from coordinator.records import LiveSummary
+from participants.sdk.metrics import Children
 
 # No `*_created` series: they double every counter and histogram and no query here uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -146,16 +147,7 @@ class Metrics:
             registry=r,
         )
         self._statuses: set[str] = set()
-        # Labelled children, looked up once: ``labels()`` takes a lock and checks its
-        # arguments, which on the hot path (several calls per transaction) adds up.
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric._name, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        self._child = Children().child
 
     def driving_now(self, count: Callable[[], int]) -> None:
         self.driving.set_function(lambda: float(count()))

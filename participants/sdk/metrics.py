@@ -53,6 +53,21 @@ def barrier_hit(status: int, answer: dict[str, Any]) -> str | None:
     return None
 
 
+class Children:
+    """Labelled children of metrics, each looked up once: ``labels()`` takes a lock and checks
+    its arguments on every call, which on the hot path (several per transaction) adds up."""
+
+    def __init__(self) -> None:
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        key = (metric._name, *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+
 class ParticipantMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -89,7 +104,7 @@ class ParticipantMetrics:
             ["action"],
             registry=r,
         )
-        self._children: dict[tuple[str, ...], Any] = {}
+        self._child = Children().child
 
     def answered(self, op: str, status: int, answer: dict[str, Any], seconds: float) -> None:
         self._child(self.calls, op, outcome_of(status)).inc()
@@ -97,14 +112,6 @@ class ParticipantMetrics:
         hit = barrier_hit(status, answer)
         if hit is not None:
             self._child(self.barrier, hit).inc()
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        # Labelled children looked up once: ``labels()`` locks and checks on every call.
-        key = (metric._name, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
