@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from devstack.stack import Stack
@@ -79,7 +79,16 @@ def snap(driver: webdriver.Chrome, folder: Path, name: str) -> None:
 def go(driver: webdriver.Chrome, element: WebElement) -> None:
     """Click what leads to another page, and wait until the browser has left this one."""
     element.click()
-    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(element))
+
+    def left(_driver: webdriver.Chrome) -> bool:
+        try:
+            element.is_enabled()
+        except WebDriverException:
+            # Stale, or (chromedriver, mid-navigation) "does not belong to the document".
+            return True
+        return False
+
+    WebDriverWait(driver, 15).until(left)
 
 
 def sign_in(driver: webdriver.Chrome, base: str, token: str) -> None:
