@@ -18,7 +18,8 @@ COPY sagas ./sagas
 COPY migrations ./migrations
 COPY devstack ./devstack
 COPY bench ./bench
-RUN pip install . && rm -rf /src
+# With the tracing extra: TXN_TRACING / TXNP_TRACING=otlp then needs no other image.
+RUN pip install ".[tracing]" && rm -rf /src
 
 # Run from the installed package, as an unprivileged user.
 RUN useradd --system --create-home --uid 10001 txn

@@ -63,19 +63,25 @@ def _growth(args: argparse.Namespace) -> int:
                     args.warmup,
                     print,
                 )
-            if args.purge:
+            for rows, key in ((args.purge, "purge"), (args.barrier_purge, "barrier_purge")):
+                if not rows:
+                    continue
                 from bench import purge
 
-                print(f"purge: 2PC at concurrency {c}, {args.duration:g}s per run", flush=True)
-                report["purge"] = await purge.purge_under_load(
+                print(f"{key}: 2PC at concurrency {c}, {args.duration:g}s per run", flush=True)
+                barriers = None
+                if key == "barrier_purge":
+                    barriers = purge.ledger_barriers(state, target)
+                report[key] = await purge.purge_under_load(
                     target.coordinator_url,
                     ledgers,
                     target.log_dsn,
-                    args.purge,
+                    rows,
                     c,
                     args.duration,
                     args.warmup,
                     print,
+                    barriers,
                 )
             if args.console:
                 from bench import console_pages
@@ -137,7 +143,7 @@ async def _cpu(
 def _bench(args: argparse.Namespace) -> int:
     from bench.txn_bench import BenchConfig, main
 
-    if args.growth or args.rss or args.cpu or args.console or args.purge:
+    if args.growth or args.rss or args.cpu or args.console or args.purge or args.barrier_purge:
         return _growth(args)
 
     config = BenchConfig(
@@ -209,6 +215,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=0,
         help="instead: throughput while this many finished transactions are purged, "
         "against runs without",
+    )
+    bench.add_argument(
+        "--barrier-purge",
+        type=int,
+        default=0,
+        help="instead: throughput while the ledgers' barrier retention deletes this many "
+        "rows each, against runs without",
     )
     bench.add_argument(
         "--console",

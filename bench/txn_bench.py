@@ -356,7 +356,9 @@ def _embedded(config: BenchConfig, state_dir: str, fsync: bool) -> dict[str, Any
 
 
 def with_stack(state_dir: str, fsync: bool, use: Callable[[dict[str, Any]], T]) -> T:
-    """``use(state)`` on an embedded stack of 3 ledgers and 1 coordinator, stopped after."""
+    """``use(state)`` on an embedded stack of 3 ledgers and 1 coordinator, stopped after.
+    ``state`` also holds, under ``participant_secrets``, each participant's secret (in memory
+    only: a stack's state file never has them)."""
     from devstack.stack import Stack, StackConfig
 
     with contextlib.ExitStack() as cleanup:
@@ -365,13 +367,18 @@ def with_stack(state_dir: str, fsync: bool, use: Callable[[dict[str, Any]], T]) 
         else:
             folder = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="txn-bench-")))
             folder.chmod(0o755)  # the Postgres servers run as an unprivileged user under root
-        stack_config = StackConfig(state_dir=folder, shop=False, ledgers=3, fsync=fsync)
+        stack_config = StackConfig(
+            state_dir=folder,
+            shop=False,
+            ledgers=3,
+            fsync=fsync,
+        )
         print(f"booting the stack in {folder} (fsync {'on' if fsync else 'off'})", flush=True)
         # SIGTERM (a timeout, a supervisor) unwinds like Ctrl-C, so the stack is stopped.
         previous = signal.signal(signal.SIGTERM, _exit_on_term)
         cleanup.callback(signal.signal, signal.SIGTERM, previous)
         with Stack(stack_config) as stack:
-            return use(stack.state())
+            return use({**stack.state(), "participant_secrets": dict(stack.participant_secrets)})
 
 
 def _exit_on_term(signum: int, _frame: FrameType | None) -> None:

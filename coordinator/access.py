@@ -22,6 +22,10 @@ SCHEME = "bearerAuth"
 CONSOLE = "/console"
 
 
+# Participants' questions: signed with the participant's secret instead of a token.
+SIGNED_PATHS = frozenset({wire.RESOLVE_PATH, wire.ENDED_PATH})
+
+
 def policy(settings: Settings) -> Policy:
     """(method, path) -> what the request needs. Anything not listed needs ``admin``."""
     no_auth = settings.insecure_no_auth
@@ -32,7 +36,7 @@ def policy(settings: Settings) -> Policy:
         if path == CONSOLE or path.startswith(CONSOLE + "/"):
             # Signed in by its own session cookie and CSRF token (coordinator/console).
             return OPEN
-        if path == wire.RESOLVE_PATH:
+        if path in SIGNED_PATHS:
             # Authenticated by the participant's signature, checked by the route.
             return Rule(None, json=True)
         if no_auth:
@@ -107,7 +111,7 @@ def secure_openapi(schema: dict[str, Any]) -> dict[str, Any]:
     }
     schema["security"] = [{SCHEME: []}]
     for path, operations in schema.get("paths", {}).items():
-        if path in ("/healthz", wire.RESOLVE_PATH):
+        if path == "/healthz" or path in SIGNED_PATHS:
             for operation in operations.values():
                 operation["security"] = []
     return schema

@@ -180,7 +180,7 @@ def create_app(
             float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for the outcome.")
         ] = 0,
     ) -> TxnOut:
-        status, answer = await submit_txn(coord(request), body, wait)
+        status, answer = await submit_txn(coord(request), body, wait, request.headers)
         response.status_code = status
         return answer
 
@@ -311,35 +311,86 @@ def create_app(
         logged, is signed with the same secret. Asked about a 2PC transaction still
         preparing whose owner's lease ran out, the coordinator decides abort first."""
         c = coord(request)
-        body = await request.body()
-        name = request.headers.get(wire.H_PARTICIPANT, "")
-        secrets = c.settings.secrets_of(name) if name in c.settings.participants else []
-        if not secrets:
-            return _refusal(
-                401, f"header {wire.H_PARTICIPANT} must name a participant with a secret"
-            )
-        try:
-            asked = orjson.loads(body)
-            gid, nonce = asked["gid"], asked["nonce"]
-        except (orjson.JSONDecodeError, TypeError, KeyError):
-            return _refusal(422, 'body must be {"gid": ..., "nonce": ...}')
-        if not isinstance(gid, str) or not wire.valid_gid(gid) or not wire.valid_nonce(nonce):
-            return _refusal(422, "gid or nonce malformed")
-        why = wire.check_call(
-            secrets, request.headers, wire.RESOLVE_PATH, name, gid, None, "resolve", body
-        )
-        if why is not None:
-            log.warning("refused a doubt question from %s: %s", name, why)
-            return _refusal(401, why)
+        asked = await _participant_question(c, request, wire.RESOLVE_PATH, "gid")
+        if isinstance(asked, Response):
+            return asked
+        name, secrets, body = asked
+        gid = body["gid"]
         record = await c.store.get(gid)
         status = "unknown" if record is None else (await c.resolve_doubt(record)).status
-        content = orjson.dumps({"gid": gid, "participant": name, "nonce": nonce, "status": status})
-        signature = wire.sign_reply(secrets[0], content)
-        return Response(
-            content, media_type="application/json", headers={wire.H_SIGNATURE: signature}
+        return _signed(
+            secrets, {"gid": gid, "participant": name, "nonce": body["nonce"], "status": status}
         )
 
+    @app.post(
+        wire.ENDED_PATH,
+        tags=["participants"],
+        summary="A participant's barrier retention asks which gids ended, and how long ago",
+        responses={401: {"description": "Not signed with the named participant's secret."}},
+    )
+    async def ended(request: Request) -> Response:
+        """For participants only, signed as for ``/v1/resolve``; body ``{"gids": [...],
+        "nonce"}`` (at most 1000 gids). The signed answer ``{"participant", "nonce", "ended",
+        "retention_s"}`` maps each gid that ended (committed or aborted) to the seconds since
+        its outcome was logged, and each gid this log does not hold to null (never logged, or
+        deleted by retention, which keeps finished transactions ``retention_s``); a live gid
+        is left out. Nothing is changed."""
+        c = coord(request)
+        asked = await _participant_question(c, request, wire.ENDED_PATH, "gids")
+        if isinstance(asked, Response):
+            return asked
+        name, secrets, body = asked
+        answer = await c.store.ended(list(dict.fromkeys(body["gids"])))
+        content = {
+            "participant": name,
+            "nonce": body["nonce"],
+            "ended": answer,
+            "retention_s": c.settings.retention.total_seconds(),
+        }
+        return _signed(secrets, content)
+
     return app
+
+
+MAX_ENDED_GIDS = 1000
+
+
+async def _participant_question(
+    c: Coordinator, request: Request, path: str, field: str
+) -> tuple[str, list[bytes], dict[str, Any]] | Response:
+    """A participant's signed question: (its name, its secrets, the body) once the body holds
+    a valid ``nonce`` and ``field`` (one gid, or for "gids" a list of them) and the signature
+    verifies; else the refusal to answer."""
+    raw = await request.body()
+    name = request.headers.get(wire.H_PARTICIPANT, "")
+    secrets = c.settings.secrets_of(name) if name in c.settings.participants else []
+    if not secrets:
+        return _refusal(401, f"header {wire.H_PARTICIPANT} must name a participant with a secret")
+    try:
+        body = orjson.loads(raw)
+        asked, nonce = body[field], body["nonce"]
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return _refusal(422, f'body must be {{"{field}": ..., "nonce": ...}}')
+    gids = asked if field == "gids" else [asked]
+    if not isinstance(gids, list) or not 0 < len(gids) <= MAX_ENDED_GIDS:
+        return _refusal(422, f"gids must be a list of 1 to {MAX_ENDED_GIDS} gids")
+    if not all(isinstance(g, str) and wire.valid_gid(g) for g in gids):
+        return _refusal(422, "gid malformed")
+    if not wire.valid_nonce(nonce):
+        return _refusal(422, "nonce malformed")
+    gid = asked if field == "gid" else ""
+    op = path.rsplit("/", 1)[-1]
+    why = wire.check_call(secrets, request.headers, path, name, gid, None, op, raw)
+    if why is not None:
+        log.warning("refused a question (%s) from %s: %s", op, name, why)
+        return _refusal(401, why)
+    return name, secrets, body
+
+
+def _signed(secrets: list[bytes], answer: dict[str, Any]) -> Response:
+    content = orjson.dumps(answer)
+    signature = wire.sign_reply(secrets[0], content)
+    return Response(content, media_type="application/json", headers={wire.H_SIGNATURE: signature})
 
 
 def _refusal(status: int, detail: str) -> JSONResponse:

@@ -165,6 +165,7 @@ def _retention(args: argparse.Namespace) -> int:
 
     from coordinator.db import redacted
     from coordinator.pglog import PgLog
+    from coordinator.retention import purge_in_batches
 
     dsn = args.dsn or os.environ.get("TXN_LOG_DSN", "")
     if not dsn:
@@ -187,10 +188,7 @@ def _retention(args: argparse.Namespace) -> int:
         try:
             if args.dry_run:
                 return await store.purge(older, args.batch, dry_run=True)
-            total = 0
-            while n := await store.purge(older, args.batch):
-                total += n
-            return total
+            return await purge_in_batches(store, older, args.batch)
         finally:
             await store.close()
 

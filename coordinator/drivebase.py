@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
@@ -19,6 +20,7 @@ from coordinator.records import BranchProgress, Claim, TxnRecord
 from coordinator.retry import call_in_burst
 from coordinator.settings import Settings
 from coordinator.transport import Kind, Reply, Transport
+from participants.sdk.tracing import TRACEPARENT, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class Deps:
     crash: CrashPoints
     notify: Callable[[str, TxnRecord | None], None]
     metrics: Metrics
+    tracing: Tracing | None = None
 
 
 class Run(Generic[E]):
@@ -123,10 +126,37 @@ class Run(Generic[E]):
             m.call_retried(branch.participant, op)
         self.sent.add((idx, op))
         started = time.perf_counter()
-        reply = await self.d.transport.call(branch.participant, path, op, self.gid, idx, payload)
+        if self.d.tracing is None:
+            reply = await self.d.transport.call(
+                branch.participant, path, op, self.gid, idx, payload
+            )
+        else:
+            reply = await self._traced_call(self.d.tracing, idx, path, op, payload)
         m.call_done(branch.participant, op, reply.kind.value, time.perf_counter() - started)
         if reply.kind is not Kind.OK:
             self.errors[idx] = reply.reason
+        return reply
+
+    async def _traced_call(
+        self, tracing: Tracing, idx: int, path: str, op: str, payload: dict[str, Any] | None
+    ) -> Reply:
+        participant = self.record.branches[idx].participant
+        attributes = {
+            "txn.gid": self.gid,
+            "txn.branch": idx,
+            "txn.participant": participant,
+            "txn.operation": op,
+            "txn.attempt": self.attempts[idx],
+            "url.path": path,
+        }
+        with tracing.client(f"{op} {participant}", attributes) as (span, traceparent):
+            reply = await self.d.transport.call(
+                participant, path, op, self.gid, idx, payload, {TRACEPARENT: traceparent}
+            )
+            if reply.status is not None:
+                span.set_attribute("http.response.status_code", reply.status)
+            if reply.kind is not Kind.OK:
+                tracing.failed(span, f"{reply.kind.value}: {reply.reason}")
         return reply
 
     async def owed(self, idx: int, path: str, op: str, payload: dict[str, Any] | None) -> Reply:
@@ -141,11 +171,17 @@ class Run(Generic[E]):
             retriable=lambda r: r.kind is not Kind.OK,
         )
 
+    def log_span(self, statement: str) -> AbstractContextManager[object]:
+        """A span around one log write (nothing when tracing is off)."""
+        if self.d.tracing is None:
+            return nullcontext()
+        return self.d.tracing.internal(f"log {statement}", {"txn.gid": self.gid})
+
     # -- the log writes every protocol makes (each fenced on the epoch: rule 5) --------------
 
     async def decide(self, status: str, reason: str | None, statuses: Sequence[object]) -> None:
         """Rule 2: the decision is durable before anything listed after it is sent."""
-        with self.d.metrics.log_write("decide"):
+        with self.d.metrics.log_write("decide"), self.log_span("decide"):
             await self.d.store.write_status(
                 self.gid, self.epoch, status, reason, self.progress(statuses), "decided"
             )
@@ -155,7 +191,7 @@ class Run(Generic[E]):
         """Rule 3: the outcome is logged before anyone is told."""
         progress = self.progress(statuses)
         m = self.d.metrics
-        with m.log_write("finish"):
+        with m.log_write("finish"), self.log_span("finish"):
             at = await self.d.store.write_status(
                 self.gid,
                 self.epoch,
@@ -175,7 +211,7 @@ class Run(Generic[E]):
     async def reschedule(self, statuses: Sequence[object]) -> None:
         """Calls are still owed: record progress, release the lease, retry when due."""
         s = self.d.settings
-        with self.d.metrics.log_write("reschedule"):
+        with self.d.metrics.log_write("reschedule"), self.log_span("reschedule"):
             delay = await self.d.store.reschedule(
                 self.gid,
                 self.epoch,

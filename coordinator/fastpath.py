@@ -70,7 +70,11 @@ class SubmitFastPath:
             await self.app(scope, replay(body, receive), send)
             return
         try:
-            status, answer = await submit_txn(self.coordinator(), parsed, wait)
+            c = self.coordinator()
+            headers = None
+            if c.tracing is not None:
+                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            status, answer = await submit_txn(c, parsed, wait, headers)
             content = answer.model_dump_json().encode()
         except RequestValidationError:
             # normalize() refused it before anything was logged: the route says why.

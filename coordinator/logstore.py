@@ -116,6 +116,11 @@ class LogStore(Protocol):
         delete nothing. A live transaction is never deleted."""
         ...
 
+    async def ended(self, gids: Sequence[str]) -> dict[str, float | None]:
+        """Of ``gids``: each finished one with the seconds since its last write (the log's
+        clock), and each the log does not hold with None; live ones are left out. Reads only."""
+        ...
+
     async def live_summary(self, stuck_attempts: int) -> dict[str, LiveSummary]:
         """Per live status: how many, how many stuck, the oldest one's age (database clock)."""
         ...

@@ -136,6 +136,17 @@ class MemLog:
     async def clock(self) -> datetime:
         return self.now()
 
+    async def ended(self, gids: Sequence[str]) -> dict[str, float | None]:
+        now = self.now()
+        out: dict[str, float | None] = {}
+        for gid in gids:
+            row = self._txns.get(gid)
+            if row is None:
+                out[gid] = None
+            elif row.rec.status in TERMINAL:
+                out[gid] = max((now - row.rec.updated_at).total_seconds(), 0.0)
+        return out
+
     def _event(self, gid: str, at: datetime, kind: str, detail: dict[str, Any]) -> None:
         self._append_event(gid, at, kind, None, _json(detail))
 

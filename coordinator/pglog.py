@@ -78,6 +78,7 @@ _ABORT_ORPHAN = _stmt(queries.ABORT_ORPHAN)
 _INTERVENE = _stmt(queries.INTERVENE)
 _PURGE = _stmt(queries.PURGE)
 _PURGEABLE = _stmt(queries.PURGEABLE)
+_ENDED = _stmt(queries.ENDED)
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
@@ -297,6 +298,13 @@ class PgLog:
                 return int((await conn.execute(_PURGEABLE, params)).scalar_one())
             rows = await conn.execute(_PURGE, {**params, "lock": queries.RETENTION_LOCK})
             return len(list(rows))
+
+    async def ended(self, gids: Sequence[str]) -> dict[str, float | None]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(_ENDED, {"gids": list(gids)})).all()
+        found: dict[str, float | None] = {r.gid: max(r.ago, 0.0) for r in rows if not r.live}
+        held = {r.gid for r in rows}
+        return {**found, **{g: None for g in gids if g not in held}}
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

@@ -406,6 +406,12 @@ WHERE NOT live
   AND updated_at < now() - make_interval(secs => :older_than_s)
 """
 
+# Participants' barrier retention asks which of its gids ended, and how long ago (one read).
+ENDED = """
+SELECT gid, live, EXTRACT(EPOCH FROM now() - updated_at)::float8 AS ago
+FROM transactions WHERE gid = ANY(CAST(:gids AS text[]))
+"""
+
 # The advisory lock key of the retention round (any constant the application does not use
 # elsewhere): "txn-retention" as a number.
 RETENTION_LOCK = 0x74786E2D726574

@@ -20,9 +20,11 @@ from coordinator.intervention import Act, Refusal, lease_refusal, plan
 from coordinator.logstore import LogStore
 from coordinator.metrics import Metrics
 from coordinator.records import Claim, Inserted, NewTxn, TxnRecord
+from coordinator.retention import purge_in_batches
 from coordinator.schema import TERMINAL
 from coordinator.settings import Settings
 from coordinator.transport import Transport
+from participants.sdk import tracing
 from sagas.driver import SagaDriver
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,8 @@ class Coordinator:
         self.metrics = Metrics()
         self.metrics.driving_now(lambda: len(self._tasks))
         self.declared = Declared(transport, list(settings.participants))
-        deps = Deps(store, transport, settings, self.crash, self.notify, self.metrics)
+        self.tracing = tracing.start(settings.tracing, "txn-coordinator", "TXN_TRACING")
+        deps = Deps(store, transport, settings, self.crash, self.notify, self.metrics, self.tracing)
         self.driver = TwoPCDriver(deps)
         self.saga_driver = SagaDriver(deps)
         self.active: dict[str, int] = {}
@@ -75,6 +78,8 @@ class Coordinator:
         await self.declared.close()
         await self.transport.close()
         await self.store.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()
 
     def in_flight(self) -> int:
         """Transactions this instance drives now (fresh and recovered)."""
@@ -105,10 +110,20 @@ class Coordinator:
     async def _drive_one(self, claim: Claim, fresh: bool) -> None:
         gid, epoch = claim.record.gid, claim.record.epoch
         try:
-            if claim.record.mode == "saga":
-                await self.saga_driver.drive(claim, fresh)
+            if self.tracing is None:
+                await self._run_driver(claim, fresh)
             else:
-                await self.driver.drive(claim, fresh)
+                # Under the submission's span, kept with the transaction in the log: a drive
+                # resumed by recovery, here or on another instance, joins the same trace.
+                attributes = {
+                    "txn.gid": gid,
+                    "txn.mode": claim.record.mode,
+                    "txn.epoch": epoch,
+                    "txn.recovered": not fresh,
+                }
+                parent = claim.record.request.get(tracing.TRACEPARENT)
+                with self.tracing.internal(f"drive {claim.record.mode}", attributes, parent):
+                    await self._run_driver(claim, fresh)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -121,6 +136,12 @@ class Coordinator:
             if self._tasks.get(gid) is asyncio.current_task():
                 del self._tasks[gid]
             self.notify(gid)  # after a finish this finds no waiter left
+
+    async def _run_driver(self, claim: Claim, fresh: bool) -> None:
+        if claim.record.mode == "saga":
+            await self.saga_driver.drive(claim, fresh)
+        else:
+            await self.driver.drive(claim, fresh)
 
     async def resolve_doubt(self, record: TxnRecord) -> TxnRecord:
         """Someone asks about ``record``. If it is a 2PC transaction still preparing whose
@@ -269,17 +290,24 @@ class Coordinator:
                 log.warning("metrics: the log could not be sampled (%s)", type(e).__name__)
             await asyncio.sleep(self.settings.metrics_interval_s)
 
-    async def retention_round(self, max_batches: int = 20) -> int:
+    async def retention_round(self, max_batches: int = 20, pause: bool = True) -> int:
         """Delete finished transactions past the retention, batch after batch while batches
-        come back full (bounded: the next round takes the rest). Returns how many."""
-        s, deleted = self.settings, 0
-        for _ in range(max_batches):
-            with self.metrics.log_write("purge"):
-                n = await self.store.purge(s.retention.total_seconds(), s.retention_batch)
-            deleted += n
-            self.metrics.retention_deleted.inc(n)
-            if n < s.retention_batch:
-                break
+        come back full (bounded: the next round takes the rest), paced
+        (``coordinator.retention``). Returns how many."""
+        s, m = self.settings, self.metrics
+
+        def counted(n: int, seconds: float) -> None:
+            m.log_write_seconds.labels("purge").observe(seconds)
+            m.retention_deleted.inc(n)
+
+        deleted = await purge_in_batches(
+            self.store,
+            s.retention.total_seconds(),
+            s.retention_batch,
+            max_batches,
+            pause,
+            counted,
+        )
         if deleted:
             log.info("retention: deleted %d finished transactions", deleted)
         return deleted

@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="The lowest level logged."
     )
+    tracing: Literal["off", "otlp", "console"] = Field(
+        "off",
+        description="OpenTelemetry traces (the tracing extra): otlp exports over HTTP to "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, console prints spans; off costs nothing.",
+    )
     metrics_interval_s: float = Field(
         5.0,
         gt=0,

@@ -4,6 +4,7 @@ fast path (``coordinator.fastpath``), so the two cannot answer differently."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import asyncpg
 from fastapi import HTTPException
@@ -17,6 +18,7 @@ from coordinator.normalize import Invalid, normalize
 from coordinator.records import BranchSpec, Inserted, NewTxn, TxnRecord
 from coordinator.service import Coordinator
 from participants.sdk.base import sqlstate
+from participants.sdk.tracing import TRACEPARENT
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +57,25 @@ def to_out(record: TxnRecord, events: list[EventOut] | None = None) -> TxnOut:
     )
 
 
-async def submit_txn(c: Coordinator, body: TxnIn, wait: float) -> tuple[int, TxnOut]:
+async def submit_txn(
+    c: Coordinator, body: TxnIn, wait: float, headers: Mapping[str, str] | None = None
+) -> tuple[int, TxnOut]:
     """A validated submission: log it (or find it), wait up to ``wait`` s for the outcome.
-    Returns (HTTP status, answer); raises what FastAPI turns into 422 and 409 answers."""
+    Returns (HTTP status, answer); raises what FastAPI turns into 422 and 409 answers.
+    ``headers`` (lower-case names): the request's, for its trace context."""
+    if c.tracing is None:
+        return await _submit(c, body, wait, None)
+    attributes = {"txn.gid": body.gid or "", "txn.mode": body.mode or "saga"}
+    with c.tracing.server("submit", headers or {}, attributes) as span:
+        status, answer = await _submit(c, body, wait, c.tracing.current_traceparent())
+        span.set_attributes({"txn.gid": answer.gid, "txn.status": answer.status})
+        span.set_attribute("http.response.status_code", status)
+        return status, answer
+
+
+async def _submit(
+    c: Coordinator, body: TxnIn, wait: float, traceparent: str | None
+) -> tuple[int, TxnOut]:
     try:
         plan = normalize(body, c.settings.participants)
         # Only operations the participants declare (their signed catalogues).
@@ -68,10 +86,13 @@ async def submit_txn(c: Coordinator, body: TxnIn, wait: float) -> tuple[int, Txn
     except CatalogueUnavailable as e:
         raise HTTPException(503, detail=str(e), headers={"Retry-After": "1"}) from e
     gid = body.gid or new_gid()
+    request = plan.request(body)
+    if traceparent:
+        request[TRACEPARENT] = traceparent
     new = NewTxn(
         gid=gid,
         mode=plan.mode,
-        request=plan.request(body),
+        request=request,
         request_hash=body.request_hash(),
         branches=tuple(
             BranchSpec(b.participant, b.action, b.compensation, b.payload) for b in plan.branches

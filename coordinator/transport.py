@@ -43,7 +43,10 @@ class Transport(Protocol):
         gid: str,
         branch: int,
         payload: dict[str, Any] | None,
-    ) -> Reply: ...
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        """``extra_headers``: sent as well (the trace context when tracing is on)."""
+        ...
 
     async def catalogue(self, participant: str) -> list[dict[str, Any]] | str:
         """The branch operations ``participant`` declares (its signed catalogue), or why they
@@ -91,6 +94,7 @@ class HttpTransport:
         gid: str,
         branch: int,
         payload: dict[str, Any] | None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> Reply:
         target = self.targets.get(participant)
         if target is None:
@@ -105,6 +109,8 @@ class HttpTransport:
             wire.H_BRANCH: str(branch),
             wire.H_OP: op,
         }
+        if extra_headers:
+            headers.update(extra_headers)
         secrets = self.secrets.get(participant)
         if secrets:
             headers.update(

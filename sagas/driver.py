@@ -87,7 +87,7 @@ class _SagaRun(Run[m.Event]):
 
     async def _record(self, idx: int, status: m.Step) -> None:
         failed = status in (m.Step.FAILED, m.Step.COMPENSATING)
-        with self.d.metrics.log_write("progress"):
+        with self.d.metrics.log_write("progress"), self.log_span("progress"):
             await self.d.store.write_progress(
                 self.gid,
                 self.epoch,

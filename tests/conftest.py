@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -141,3 +142,22 @@ async def log_dsn(pg: Cluster) -> AsyncIterator[str]:
 async def ledger_dsn(pg: Cluster) -> AsyncIterator[str]:
     """A fresh, migrated ledger database."""
     yield await create_db(pg, "ledger")
+
+
+@pytest.fixture
+def exporters(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """Tracing's exporters become in-memory ones, one per service that starts tracing (each
+    service shuts its own down, which flushes its spans): read them with
+    ``get_finished_spans()``."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from participants.sdk import tracing
+
+    made: list[InMemorySpanExporter] = []
+
+    def memory(_mode: str) -> InMemorySpanExporter:
+        made.append(InMemorySpanExporter())
+        return made[-1]
+
+    monkeypatch.setattr(tracing, "make_exporter", memory)
+    yield made

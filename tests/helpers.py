@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 from unittest import mock
 
 import asyncpg
 import httpx
 import orjson
+import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -268,3 +272,22 @@ def participant_urls(stack: Stack) -> dict[str, str]:
 def participant_dsns(stack: Stack) -> dict[str, str]:
     """Each participant's own database, by name (those that have one)."""
     return {p.name: p.dsn for p in stack.participants if p.dsn}
+
+
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[str]:
+    """``app`` on a loopback port of its own (lifespan included); yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            assert not task.done(), "the server did not start"
+            await asyncio.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()

@@ -104,6 +104,11 @@ class ParticipantMetrics:
             ["action"],
             registry=r,
         )
+        self.barrier_purged = Counter(
+            "txnp_barrier_purged_rows",
+            "Barrier rows deleted by retention (their transactions confirmed ended).",
+            registry=r,
+        )
         self._child = Children().child
 
     def answered(self, op: str, status: int, answer: dict[str, Any], seconds: float) -> None:

@@ -27,7 +27,7 @@ from coordinator.crash import (
     PausePoint,
 )
 from coordinator.db import make_engine
-from participants.sdk import wire
+from participants.sdk import tracing, wire
 from participants.sdk.base import (
     DATABASE_ERRORS,
     BarrierHook,
@@ -41,8 +41,10 @@ from participants.sdk.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from participants.sdk.metrics import ParticipantMetrics
 from participants.sdk.oneshot import OneShot
 from participants.sdk.resolver import DoubtResolver
+from participants.sdk.retention import BarrierRetention
 from participants.sdk.saga import SagaBarrier
 from participants.sdk.settings import ParticipantSettings
+from participants.sdk.tracing import Tracing
 from participants.sdk.twopc import TwoPhase
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,7 @@ class Participant(TwoPhase, SagaBarrier):
         self.router.add_api_route(wire.ROLLBACK_PATH, self._rollback_endpoint, methods=["POST"])
         self.router.add_api_route(wire.CATALOGUE_PATH, self._catalogue_endpoint, methods=["POST"])
         self.metrics = ParticipantMetrics()
+        self.tracing: Tracing | None = None  # started with the service (lifespan)
         self.router.add_api_route(METRICS_PATH, self._metrics_endpoint, methods=["GET"])
 
     async def _metrics_endpoint(self) -> Response:
@@ -166,21 +169,34 @@ class Participant(TwoPhase, SagaBarrier):
                 lock_timeout_ms=self.settings.lock_timeout_ms,
             )
             self.lock_timeout_set = True
-        resolver: asyncio.Task[None] | None = None
+        self.tracing = tracing.start(self.settings.tracing, self.settings.name, "TXNP_TRACING")
+        loops: list[asyncio.Task[None]] = []
         if self.settings.coordinators:
-            resolver = asyncio.create_task(
-                self.resolver().run(self.settings.resolver_interval_s), name="doubt-resolver"
+            loops.append(
+                asyncio.create_task(
+                    self.resolver().run(self.settings.resolver_interval_s), name="doubt-resolver"
+                )
+            )
+        if self.settings.barrier_retention.total_seconds() > 0:
+            loops.append(
+                asyncio.create_task(
+                    self.barrier_retention().run(self.settings.barrier_retention_interval_s),
+                    name="barrier-retention",
+                )
             )
         try:
             yield
         finally:
-            if resolver is not None:
-                resolver.cancel()
+            for loop in loops:
+                loop.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await resolver
+                    await loop
             await self._drop_spare()
             await self._engine.dispose()
             self._engine = None
+            if self.tracing is not None:
+                self.tracing.shutdown()
+                self.tracing = None
 
     def resolver(self) -> DoubtResolver:
         """The doubt resolver over this participant's prepared transactions."""
@@ -193,6 +209,20 @@ class Participant(TwoPhase, SagaBarrier):
             self.settings.name,
             self.settings.secrets(),
             metrics=self.metrics,
+        )
+
+    def barrier_retention(self) -> BarrierRetention:
+        """Deletes barrier rows of transactions a coordinator confirms ended long ago."""
+        s = self.settings
+        return BarrierRetention(
+            self.engine,
+            s.coordinators,
+            s.name,
+            s.secrets(),
+            s.barrier_retention.total_seconds(),
+            s.replay_window_s,
+            s.barrier_retention_batch,
+            self.metrics,
         )
 
     # -- registration --------------------------------------------------------------------
@@ -331,7 +361,15 @@ class Participant(TwoPhase, SagaBarrier):
         self, path: str, headers: Mapping[str, str], body: bytes
     ) -> tuple[int, dict[str, Any]]:
         """One call to one of this participant's endpoints, as (HTTP status, JSON body).
-        ``headers``: looked up by lower-case name. Counted in the metrics."""
+        ``headers``: looked up by lower-case name. Counted in the metrics; a span when
+        tracing is on."""
+        if self.tracing is not None:
+            return await self._traced_answer(self.tracing, path, headers, body)
+        return await self._answer(path, headers, body)
+
+    async def _answer(
+        self, path: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
         started = time.perf_counter()
         if path == wire.COMMIT_PATH:
             op = "commit"
@@ -348,6 +386,28 @@ class Participant(TwoPhase, SagaBarrier):
         if op not in _LABELS and op not in ("commit", "rollback"):
             op = "other"  # a label per unknown header value would grow without bound
         self.metrics.answered(op, status, answer, time.perf_counter() - started)
+        return status, answer
+
+    async def _traced_answer(
+        self, tracing: Tracing, path: str, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        """``answer`` inside a server span continuing the caller's ``traceparent``: the
+        business handler runs in it, so its own spans are children."""
+        op = {wire.COMMIT_PATH: "commit", wire.ROLLBACK_PATH: "rollback"}.get(path)
+        op = op or headers.get(_OP) or DEFAULT_OP
+        attributes = {
+            "txn.gid": headers.get(_GID, ""),
+            "txn.branch": headers.get(_BRANCH, ""),
+            "txn.participant": self.settings.name,
+            "txn.operation": op,
+            "url.path": path,
+        }
+        with tracing.server(f"{op} {path}", headers, attributes) as span:
+            status, answer = await self._answer(path, headers, body)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 300:
+                reason = answer.get("reason") or answer.get("detail") or f"HTTP {status}"
+                tracing.failed(span, str(reason))
         return status, answer
 
     @staticmethod

@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
-import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from participants.sdk import wire
+from participants.sdk.ask import ask
 from participants.sdk.metrics import ParticipantMetrics
 
 log = logging.getLogger(__name__)
@@ -164,36 +164,12 @@ class DoubtResolver:
     async def _ask_one(
         self, session: aiohttp.ClientSession, base: str, gid: str
     ) -> tuple[str | None, str]:
-        nonce = wire.new_nonce()
-        body = orjson.dumps({"gid": gid, "nonce": nonce})
-        headers = {
-            "Content-Type": "application/json",
-            wire.H_PARTICIPANT: self.name,
-            **wire.signed_headers(
-                self.secrets[0], wire.RESOLVE_PATH, self.name, gid, None, "resolve", body
-            ),
-        }
-        try:
-            async with session.post(
-                base + wire.RESOLVE_PATH, data=body, headers=headers, allow_redirects=False
-            ) as reply:
-                raw = await reply.content.read(64 * 1024)
-                signature = reply.headers.get(wire.H_SIGNATURE, "")
-                if reply.status != 200:
-                    return None, f"HTTP {reply.status}"
-        except (TimeoutError, aiohttp.ClientError) as e:
-            return None, f"{type(e).__name__}: {e}"
-        if not wire.check_reply(self.secrets, raw, signature):
-            return None, "the answer is not signed with this participant's secret"
-        try:
-            answer = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return None, "the answer is not JSON"
-        if not isinstance(answer, dict) or (
-            answer.get("gid"),
-            answer.get("participant"),
-            answer.get("nonce"),
-        ) != (gid, self.name, nonce):
+        answer, why = await ask(
+            session, base, wire.RESOLVE_PATH, self.name, self.secrets, {"gid": gid}, gid
+        )
+        if answer is None:
+            return None, why
+        if answer.get("gid") != gid:
             return None, "the answer is for another question"
         status = answer.get("status")
         if not isinstance(status, str):

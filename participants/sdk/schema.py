@@ -5,9 +5,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, PrimaryKeyConstraint, Table, Text, func
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    func,
+)
 
 BARRIER = "txn_barrier"
+# Barrier retention walks old rows in created_at order, batch after batch, each batch starting
+# where the last ended (a BRIN index cannot order, so every batch re-read the rows deleted
+# before it; docs/decisions.md, "Barrier retention's index").
+RETENTION_INDEX = "txn_barrier_created_at"
 
 
 def _columns() -> list[Any]:
@@ -25,9 +39,21 @@ def _columns() -> list[Any]:
 
 
 def barrier_table(metadata: MetaData) -> Table:
-    return Table(BARRIER, metadata, *_columns())
+    table = Table(BARRIER, metadata, *_columns())
+    Index(RETENTION_INDEX, table.c.created_at)
+    return table
 
 
 def create_barrier_table(op: Any) -> None:
-    """For a participant's Alembic migration: ``create_barrier_table(op)``."""
+    """For a participant's Alembic migration: ``create_barrier_table(op)``, then
+    ``create_barrier_retention_index(op)``."""
     op.create_table(BARRIER, *_columns())
+
+
+def create_barrier_retention_index(op: Any) -> None:
+    """For a participant's Alembic migration: the index barrier retention reads."""
+    op.create_index(RETENTION_INDEX, BARRIER, ["created_at"])
+
+
+def drop_barrier_retention_index(op: Any) -> None:
+    op.drop_index(RETENTION_INDEX, table_name=BARRIER)

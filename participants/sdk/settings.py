@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from participants.sdk.tokens import Token, parse_tokens, tokens_setting
@@ -39,6 +40,12 @@ class ParticipantSettings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="The lowest level logged."
+    )
+    tracing: Literal["off", "otlp", "console"] = Field(
+        "off",
+        description="OpenTelemetry traces (the tracing extra): a span per branch call, "
+        "continuing the coordinator's traceparent; otlp exports over HTTP to "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, console prints spans.",
     )
     host: str = "127.0.0.1"
     port: int = 8100
@@ -94,6 +101,19 @@ class ParticipantSettings(BaseSettings):
         30.0, ge=0, description="Age a prepared transaction must reach before the resolver asks."
     )
     resolver_interval_s: float = Field(5.0, gt=0, description="How often the resolver looks.")
+    barrier_retention: timedelta = Field(
+        timedelta(days=7),
+        description="Barrier rows of a transaction whose newest row is older than this are "
+        "deleted once a coordinator confirms, in a signed answer, that the transaction ended "
+        "at least two replay windows ago (seconds, or ISO 8601 like P7D; at least two replay "
+        "windows); 0 keeps them for ever. Needs TXNP_COORDINATORS and TXNP_SECRET.",
+    )
+    barrier_retention_batch: int = Field(
+        500, gt=0, le=1000, description="Most transactions asked about and purged per batch."
+    )
+    barrier_retention_interval_s: float = Field(
+        60.0, gt=0, description="How often barrier retention runs a round."
+    )
     one_shot: bool = Field(
         True,
         description="Send a handler's declared one-statement form with the barrier row and "
@@ -108,6 +128,16 @@ class ParticipantSettings(BaseSettings):
         "it does, calls pass the point.",
     )
     pause_file: str = Field("", description="Base path of the pause point's two files.")
+
+    @model_validator(mode="after")
+    def _retention_outlives_replays(self) -> ParticipantSettings:
+        keep = self.barrier_retention.total_seconds()
+        if keep < 0 or 0 < keep < 2 * self.replay_window_s:
+            raise ValueError(
+                f"barrier_retention ({keep:g} s) must be 0 (keep for ever) or at least two "
+                f"replay windows ({2 * self.replay_window_s:g} s)"
+            )
+        return self
 
     @field_validator("api_tokens", mode="before")
     @classmethod

@@ -41,6 +41,8 @@ ROLLBACK_PATH = "/txn/2pc/rollback"
 CATALOGUE_PATH = "/txn/catalogue"
 # The coordinator's answer to a doubt resolver (POST, body {"gid", "nonce"}).
 RESOLVE_PATH = "/v1/resolve"
+# The coordinator's answer to a participant's barrier retention (POST, body {"gids", "nonce"}).
+ENDED_PATH = "/v1/ended"
 
 REPLAY_WINDOW_S = 300.0
 

@@ -66,3 +66,18 @@ async def test_one_purger_at_a_time_on_postgres(log_dsn: str) -> None:
     finally:
         await holder.close()
         await store.close()
+
+
+async def test_ended_names_finished_ones_with_their_age_and_unknown_ones(
+    store: LogStore,
+) -> None:
+    """What a participant's barrier retention is told (``LogStore.ended``)."""
+    await aged(store)
+    answer = await store.ended(["old-1", "old-2", "live", "fresh", "never-logged"])
+    assert set(answer) == {"old-1", "old-2", "fresh", "never-logged"}  # a live one is left out
+    assert answer["never-logged"] is None
+    old_1, old_2, fresh = answer["old-1"], answer["old-2"], answer["fresh"]
+    assert old_1 is not None and old_2 is not None and fresh is not None
+    assert old_1 >= old_2 > AGE > fresh >= 0.0
+    assert await store.ended([]) == {}
+    assert await store.get("old-1") is not None  # a question changes nothing

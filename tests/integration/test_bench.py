@@ -187,7 +187,7 @@ async def test_purge_under_load_smoke(stack: Stack) -> None:
         said.append,
     )
     assert len(report["tps_without"]) == len(report["tps_during"]) == 2
-    assert all(t > 0 for t in report["tps_without"] + report["tps_during"])
+    assert all(t > 0 for t in report["tps_without"] + report["tps_during"]), (report, said)
     assert all(p["deleted"] >= 300 for p in report["purges"])
     assert report["ratio_during_to_without"] > 0
     rows = await fetch(
@@ -196,3 +196,35 @@ async def test_purge_under_load_smoke(stack: Stack) -> None:
         growth.HISTORY_PREFIX + "%",
     )
     assert rows[0]["n"] == 0
+
+
+@pytest.mark.timeout(120)
+async def test_barrier_purge_under_load_smoke(stack: Stack) -> None:
+    """``txn bench --barrier-purge``: the ledgers' barrier retention, asking the coordinator,
+    deletes every barrier row the bench added while the load runs."""
+    from bench import growth, purge
+
+    state = {**stack.state(), "participant_secrets": dict(stack.participant_secrets)}
+    target = Target.from_state(state, "session stack")
+    barriers = purge.ledger_barriers(state, target)
+    report = await purge.purge_under_load(
+        target.coordinator_url,
+        [lg.name for lg in target.ledgers],
+        target.log_dsn,
+        300,
+        2,
+        1.0,
+        0.2,
+        [].append,
+        barriers,
+    )
+    assert report["purged"] == "barrier rows"
+    assert all(t > 0 for t in report["tps_without"] + report["tps_during"])
+    assert [p["deleted"] for p in report["purges"]] == [300, 300]  # 100 on each of 3 ledgers
+    for barrier in barriers:
+        rows = await fetch(
+            barrier.dsn,
+            "SELECT count(*) AS n FROM txn_barrier WHERE gid LIKE $1",
+            growth.HISTORY_PREFIX + "%",
+        )
+        assert rows[0]["n"] == 0, barrier.name

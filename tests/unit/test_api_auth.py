@@ -88,6 +88,7 @@ async def test_every_route_refuses_a_missing_or_wrong_token_and_a_wrong_scope() 
             "/v1/transactions/g1/abort",
             "/v1/transactions/g1/branches/0/resolve",
             wire.RESOLVE_PATH,
+            wire.ENDED_PATH,
         }
         for method, path, scope in found:
             body: dict[str, Any] = {"json": VALID} if method == "POST" else {}
@@ -98,7 +99,7 @@ async def test_every_route_refuses_a_missing_or_wrong_token_and_a_wrong_scope() 
                 assert bare.status_code == 200
                 continue
             assert bare.status_code == 401, (method, path, bare.text)
-            if path == wire.RESOLVE_PATH:
+            if path in (wire.RESOLVE_PATH, wire.ENDED_PATH):
                 # Signed by a participant's secret, never a bearer token.
                 assert "Txn-Participant" in bare.json()["detail"]
                 continue
@@ -153,6 +154,7 @@ def test_the_openapi_document_declares_the_bearer_scheme() -> None:
     assert schema["security"] == [{"bearerAuth": []}]
     assert schema["paths"]["/healthz"]["get"]["security"] == []
     assert schema["paths"][wire.RESOLVE_PATH]["post"]["security"] == []
+    assert schema["paths"][wire.ENDED_PATH]["post"]["security"] == []
     assert "security" not in schema["paths"]["/v1/transactions"]["post"]  # the global one
 
 

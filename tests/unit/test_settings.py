@@ -81,3 +81,21 @@ def test_a_bad_retention_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TXN_RETENTION", "soon")
     with pytest.raises(ValidationError, match="retention"):
         Settings()
+
+
+def test_barrier_retention_must_outlive_two_replay_windows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TXNP_BARRIER_RETENTION", "P1D")
+    assert LedgerSettings().barrier_retention.total_seconds() == 86400
+    assert LedgerSettings(barrier_retention=0).barrier_retention.total_seconds() == 0
+    with pytest.raises(ValidationError, match="at least two replay windows"):
+        LedgerSettings(barrier_retention=599)  # the default window is 300 s
+    with pytest.raises(ValidationError, match="at least two replay windows"):
+        LedgerSettings(replay_window_s=50000)  # the retention of 1 day is now too short
+
+
+def test_tracing_is_off_by_default_and_refuses_an_unknown_mode() -> None:
+    assert Settings().tracing == "off" and LedgerSettings().tracing == "off"
+    with pytest.raises(ValidationError, match="tracing"):
+        Settings(tracing="jaeger")

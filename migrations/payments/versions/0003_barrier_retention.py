@@ -1,0 +1,22 @@
+"""Payments: the index barrier retention reads (txn_barrier.created_at).
+
+Revision ID: 0003_barrier_retention
+Revises: 0002_payment_owner
+"""
+
+from alembic import op
+
+from participants.sdk.schema import create_barrier_retention_index, drop_barrier_retention_index
+
+revision = "0003_barrier_retention"
+down_revision = "0002_payment_owner"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    create_barrier_retention_index(op)
+
+
+def downgrade() -> None:
+    drop_barrier_retention_index(op)
