@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+import asyncpg
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -12,17 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 LOG_APPLICATION_NAME = "txn-coordinator"
 
 
-def async_url(dsn: str) -> str:
-    """Accept a plain ``postgresql://`` DSN and name the asyncpg driver for SQLAlchemy."""
+def plain_dsn(dsn: str) -> str:
+    """The DSN as asyncpg takes it (``postgresql://``), from that or SQLAlchemy's form."""
     for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
         if dsn.startswith(prefix):
-            return "postgresql+asyncpg://" + dsn[len(prefix) :]
-    raise ValueError(f"not a Postgres DSN: {dsn!r}")
-
-
-def plain_dsn(dsn: str) -> str:
-    """The same DSN as asyncpg itself takes (``postgresql://``)."""
-    return "postgresql://" + async_url(dsn)[len("postgresql+asyncpg://") :]
+            return "postgresql://" + dsn[len(prefix) :]
+    raise ValueError(f"not a Postgres DSN: {redacted(dsn)!r}")
 
 
 def redacted(dsn: str) -> str:
@@ -75,15 +71,23 @@ def make_engine(
     application_name: str = "",
     lock_timeout_ms: int | None = None,
 ) -> AsyncEngine:
-    kwargs: dict[str, Any] = {}
+    """A SQLAlchemy engine whose connections asyncpg opens from ``dsn`` itself, as the raw
+    asyncpg pools do: the DSN is read once, by one parser, whatever libpq form it has (several
+    hosts ``h1:5432,h2:5432`` with ``target_session_attrs``, ``sslmode``, ``sslrootcert``,
+    ...). SQLAlchemy's own URL parsing accepts neither the host list nor the TLS options."""
+    plain = plain_dsn(dsn)
     settings = server_settings(application_name, lock_timeout_ms=lock_timeout_ms)
-    if settings:
-        kwargs["connect_args"] = {"server_settings": settings}
+
+    async def connect() -> Any:
+        return await asyncpg.connect(plain, server_settings=settings)
+
+    kwargs: dict[str, Any] = {}
     if autocommit:
         # Single-statement writes commit by themselves: no BEGIN/COMMIT round trips.
         kwargs["isolation_level"] = "AUTOCOMMIT"
     return create_async_engine(
-        async_url(dsn),
+        "postgresql+asyncpg://",
+        async_creator=connect,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=False,

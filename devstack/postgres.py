@@ -169,6 +169,8 @@ class Cluster:
     fsync: bool = True
     max_prepared_transactions: int = 200
     max_connections: int = 300
+    # More server settings (``-c name=value``), e.g. ssl for a TLS test.
+    settings: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -235,6 +237,7 @@ class Cluster:
             "full_page_writes": "on" if self.fsync else "off",
             "logging_collector": "off",
             "shared_buffers": "64MB",
+            **self.settings,
         }
         argv = [str(self.bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
         for key, value in settings.items():
