@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
+from devstack.ha import INSTALL_HINT
 from migrations import TARGETS
 
 
@@ -30,6 +31,8 @@ def _dev(args: argparse.Namespace) -> int:
             shop=not args.no_shop,
             fsync=not args.no_fsync,
             fault_proxies=args.fault_proxies,
+            log_ha=args.log_ha,
+            participant_ha=tuple(args.participant_ha),
         )
     )
     control = FaultControl(Injector(stack))
@@ -219,6 +222,19 @@ def main(argv: list[str] | None = None) -> int:
         "--fault-proxies",
         action="store_true",
         help="a fault proxy in front of every participant service and database (txn fault)",
+    )
+    dev.add_argument(
+        "--log-ha",
+        action="store_true",
+        help="the log on three Postgres nodes under Patroni with etcd, synchronous "
+        f"replication ({INSTALL_HINT})",
+    )
+    dev.add_argument(
+        "--participant-ha",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="the same for this participant's database (repeatable)",
     )
     dev.set_defaults(func=_dev)
 

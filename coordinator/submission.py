@@ -134,5 +134,7 @@ LOG_ERRORS: tuple[type[Exception], ...] = (
     DBAPIError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # Seen in a switchover: a connection left mid-protocol by its server's departure.
+    asyncpg.InternalClientError,
     OSError,
 )

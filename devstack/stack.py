@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from devstack.faultproxy import FaultProxy
+from devstack.ha import PatroniGroup
 from devstack.postgres import Cluster, RunAs, find_bindir, free_port
 from devstack.services import Service
 from migrations import upgrade
@@ -76,6 +77,10 @@ class StackConfig:
     coordinator_env: dict[str, str] = field(default_factory=dict)
     participant_env: dict[str, str] = field(default_factory=dict)
     supervise: bool = True
+    # The log on three Postgres nodes under Patroni (devstack.ha), and the same for these
+    # participants' databases.
+    log_ha: bool = False
+    participant_ha: tuple[str, ...] = ()
 
 
 def run_sync(make: Callable[[], Any]) -> Any:
@@ -98,6 +103,10 @@ class Stack:
         self.config = config
         self.state_dir = config.state_dir.resolve()
         self.clusters: dict[str, Cluster] = {}
+        # Replicated databases (Patroni groups) by the name a plain cluster would have.
+        self.ha: dict[str, PatroniGroup] = {}
+        self._ha_roles: dict[str, dict[str, str]] = {}
+        self._ha_polled = 0.0
         self.services: dict[str, Service] = {}
         # With fault_proxies: the proxy in front of each participant service and database.
         self.proxies: dict[str, FaultProxy] = {}
@@ -156,6 +165,8 @@ class Stack:
                 proxy.stop()
             for cluster in self.clusters.values():
                 cluster.stop()
+            for group in self.ha.values():
+                group.stop()
             self._started = False
             self.write_state()
         atexit.unregister(self.stop)
@@ -182,8 +193,27 @@ class Stack:
         names = ["log"]
         if self.config.cluster_per_participant:
             names += [spec.name for spec in self.participant_specs()]
+        unknown = set(self.config.participant_ha) - set(names[1:])
+        if unknown:
+            raise ValueError(f"--participant-ha names no participant with a database: {unknown}")
+        ha = {"log"} if self.config.log_ha else set()
+        ha |= set(self.config.participant_ha)
+        if ha and self.config.fault_proxies:
+            raise ValueError("replicated databases do not go behind fault proxies")
         previous = self._previous_ports()
         for name in names:
+            if name in ha:
+                group = PatroniGroup(
+                    name,
+                    root / f"ha-{name}",
+                    bindir,
+                    run_as,
+                    self.state_dir / "logs",
+                    fsync=self.config.fsync,
+                )
+                self.ha[name] = group
+                group.start()
+                continue
             cluster = Cluster(
                 name=name,
                 data_dir=root / name,
@@ -224,13 +254,16 @@ class Stack:
         except (OSError, ValueError, KeyError, TypeError):
             return {}
 
-    def participant_cluster(self, name: str) -> Cluster:
-        return self.clusters.get(name) or self.clusters["log"]
+    def participant_cluster(self, name: str) -> Cluster | PatroniGroup:
+        return self.ha.get(name) or self.clusters.get(name) or self._log_host()
+
+    def _log_host(self) -> Cluster | PatroniGroup:
+        return self.ha.get("log") or self.clusters["log"]
 
     def participant_db(self, spec: ParticipantSpec) -> str:
         # A cluster of its own holds one database named after the target (e.g. "ledger"); on a
         # shared cluster every participant needs its own database.
-        return spec.target if spec.name in self.clusters else spec.name
+        return spec.target if spec.name in self.clusters or spec.name in self.ha else spec.name
 
     def participant_specs(self) -> list[ParticipantSpec]:
         specs = [
@@ -242,7 +275,7 @@ class Stack:
         return specs
 
     def _migrate(self) -> None:
-        log_cluster = self.clusters["log"]
+        log_cluster = self._log_host()
         self.log_dsn = log_cluster.dsn(LOG_DB)
         targets = [(log_cluster, LOG_DB, "coordinator")]
         for spec in self.participant_specs():
@@ -251,6 +284,8 @@ class Stack:
         for cluster, db, target in targets:
             admin = cluster.dsn("postgres")
             run_sync(lambda admin=admin, db=db: _ensure_database(admin, db))  # type: ignore[misc]
+            if isinstance(cluster, PatroniGroup):
+                run_in_thread(lambda cluster=cluster, db=db: cluster.wait_database(db))  # type: ignore[misc]
             dsn = cluster.dsn(db)
             run_in_thread(lambda dsn=dsn, target=target: upgrade(dsn, target))  # type: ignore[misc]
 
@@ -270,6 +305,7 @@ class Stack:
             dsn = cluster.dsn(self.participant_db(spec))
             service_dsn, url = dsn, f"http://127.0.0.1:{port}"
             if self.config.fault_proxies:
+                assert isinstance(cluster, Cluster)
                 db_proxy = FaultProxy(cluster.port, free_port(), http=False)
                 self.db_proxies[name] = db_proxy
                 service_dsn = dsn.replace(f":{cluster.port}/", f":{db_proxy.port}/")
@@ -355,6 +391,7 @@ class Stack:
 
     def _supervise(self) -> None:
         while not self._stopping.wait(0.1):
+            self._note_ha_roles()
             with self._lock:
                 for service in self.services.values():
                     code = service.exited()
@@ -369,6 +406,18 @@ class Stack:
                         log.error("restart of %s failed: %s", service.name, e)
                         service.stop()  # leaves proc None; retried on a later tick
                         service.proc = None
+                    self.write_state()
+
+    def _note_ha_roles(self) -> None:
+        """Keep stack.json's node roles current (checked once a second)."""
+        if not self.ha or time.monotonic() - self._ha_polled < 1.0:
+            return
+        self._ha_polled = time.monotonic()
+        roles = {name: group.roles() for name, group in self.ha.items()}
+        if roles != self._ha_roles:
+            self._ha_roles = roles
+            with self._lock:
+                if not self._stopping.is_set():
                     self.write_state()
 
     def wait_restarted(self, name: str, restarts: int, timeout_s: float = 30.0) -> None:
@@ -400,6 +449,12 @@ class Stack:
                 {"name": c.name, "port": c.port, "pid": c.pid, "data_dir": str(c.data_dir)}
                 for c in self.clusters.values()
             ],
+            **({"log_nodes": self.ha["log"].state()} if "log" in self.ha else {}),
+            **(
+                {"participant_nodes": {n: g.state() for n, g in self.ha.items() if n != "log"}}
+                if set(self.ha) - {"log"}
+                else {}
+            ),
             **self.extra_state,
         }
 

@@ -69,6 +69,8 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # A connection whose server vanished mid-exchange (a failover) can be left mid-protocol.
+    asyncpg.InternalClientError,
 )
 
 
@@ -78,6 +80,7 @@ STATEMENT_ERRORS: tuple[type[Exception], ...] = (
     DBAPIError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
 )
 
 

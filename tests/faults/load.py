@@ -29,6 +29,7 @@ class Sent:
     deltas: tuple[int, ...]
     http_status: int | None = None  # None: no answer (the POST's fate is learned by GET)
     retried_after_503: bool = False
+    told: str | None = None  # the status the client was answered with (2xx only)
 
 
 @dataclass
@@ -39,6 +40,8 @@ class TransferLoad:
     run: str = field(default_factory=lambda: unique("load"))
     sent: list[Sent] = field(default_factory=list)
     final: dict[str, str] = field(default_factory=dict)
+    # (sent, answered: monotonic times; HTTP status or None) of every submission attempt.
+    answers: list[tuple[float, float, int | None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def accounts(self) -> list[str]:
@@ -51,6 +54,16 @@ class TransferLoad:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def back_after(self, at: float) -> float:
+        """Seconds from ``at`` (a monotonic time) to the first successful answer (2xx) to a
+        request sent after it: how long new work went unserved."""
+        ok = [
+            answered
+            for sent, answered, status in self.answers
+            if sent >= at and status in (200, 201)
+        ]
+        return min(ok, default=float("inf")) - at
 
     async def drive(self, client: httpx.AsyncClient) -> None:
         """Submit until ``stop()``; coordinators are used in turn."""
@@ -74,16 +87,21 @@ class TransferLoad:
         later; a client that stops retrying leaves the outcome to be learned by GET."""
         for attempt in range(50):
             coord = self.stack.coordinators[(turn + attempt) % len(self.stack.coordinators)]
+            started = time.monotonic()
             try:
                 reply = await client.post(
                     f"{coord.url}/v1/transactions?wait={self.wait_s}", json=_body(sent)
                 )
                 sent.http_status = reply.status_code
+                self.answers.append((started, time.monotonic(), reply.status_code))
                 if reply.status_code < 500:
+                    if reply.status_code in (200, 201):
+                        sent.told = str(reply.json()["status"])
                     return
                 sent.retried_after_503 = True
             except httpx.TransportError:
                 sent.http_status = None
+                self.answers.append((started, time.monotonic(), None))
             if self._stop.is_set():
                 return
             await asyncio.sleep(0.2)
@@ -145,6 +163,10 @@ class TransferLoad:
             f"{self.run}-%",
         )
         assert live == [], f"live in the log: {live[:5]}"
+        # What a client was told is what happened (RPO 0: no told outcome is undone).
+        told = [(s.gid, s.told, self.final.get(s.gid)) for s in self.sent if s.told in TERMINAL]
+        differ = [t for t in told if t[1] != t[2]]
+        assert not differ, f"told one outcome, logged another: {differ[:5]}"
         counts: dict[str, int] = {}
         for s in self.sent:
             key = f"{s.mode} {self.final.get(s.gid)}"
