@@ -126,6 +126,7 @@ def _chaos(args: argparse.Namespace) -> int:
             duration_s=args.duration,
             concurrency=args.concurrency,
             kinds=kinds,
+            log_ha=args.log_ha,
         )
         result = run_chaos(config)
         print(report(result), flush=True)
@@ -292,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     chaos.add_argument("--kinds", default="", help="comma-separated fault kinds (default: all)")
     chaos.add_argument("--state-dir", default="", help="keep the stack's data here (default: temp)")
     chaos.add_argument("--json", default="", help="also write the results to this file")
+    chaos.add_argument(
+        "--log-ha",
+        action="store_true",
+        help="the log on three nodes under Patroni; adds kill_log_primary and log_switchover "
+        f"to the faults drawn ({INSTALL_HINT})",
+    )
     chaos.set_defaults(func=_chaos)
 
     from devstack.fault_cli import add_arguments as add_fault_arguments

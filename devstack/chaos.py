@@ -48,6 +48,9 @@ class ChaosConfig:
     quiesce_limit_s: float = 300.0
     kinds: tuple[str, ...] = KINDS
     fsync: bool = False
+    # The log on three nodes under Patroni: the faults then include killing its primary and
+    # switching over (devstack.faults.HA_KINDS).
+    log_ha: bool = False
 
 
 @dataclass
@@ -169,6 +172,7 @@ def run_chaos(config: ChaosConfig, progress: bool = True) -> ChaosResult:
             fault_proxies=True,
             fsync=config.fsync,
             participant_env={"TXNP_RECONCILE_INTERVAL_S": "1"},
+            log_ha=config.log_ha,
         )
     )
     with stack:

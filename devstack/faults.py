@@ -14,7 +14,9 @@ Kinds (``KINDS``):
   SIGCONT after ``hold_s``; ``restart``: a clean stop and start;
 - ``crash_db``: immediate shutdown (``pg_ctl stop -m immediate``) of a participant's cluster,
   started again after ``hold_s``; ``crash_log_db``: the same for the log's cluster;
-- ``terminate_log_backends``: ``pg_terminate_backend`` on every coordinator log connection.
+- ``terminate_log_backends``: ``pg_terminate_backend`` on every coordinator log connection;
+- ``kill_log_primary``, ``log_switchover``: on a replicated log (``txn dev --log-ha``), SIGKILL
+  the primary's postmaster or switch over; Patroni promotes the synchronous standby.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ from devstack.stack import Stack
 PROXY_KINDS = ("latency", "reset", "blackhole", "duplicate")
 PROCESS_KINDS = ("kill", "pause", "restart")
 DATABASE_KINDS = ("crash_db", "crash_log_db", "terminate_log_backends")
-KINDS = PROXY_KINDS + PROCESS_KINDS + DATABASE_KINDS
+# On a replicated log (``log_ha``): SIGKILL its primary's postmaster (Patroni fails over), or
+# a planned switchover; each waits until the group is whole again (the old primary a standby).
+HA_KINDS = ("kill_log_primary", "log_switchover")
+KINDS = PROXY_KINDS + PROCESS_KINDS + DATABASE_KINDS + HA_KINDS
 DB_SUFFIX = "-db"
 
 
@@ -91,8 +96,12 @@ class Injector:
             return sorted(s.services)
         if kind == "crash_db":
             return sorted(n for n in s.clusters if n != "log")
-        if kind in ("crash_log_db", "terminate_log_backends"):
+        if kind == "crash_log_db":
+            return ["log"] if "log" in s.clusters else []
+        if kind == "terminate_log_backends":
             return ["log"]
+        if kind in HA_KINDS:
+            return ["log"] if "log" in s.ha else []
         raise FaultError(f"unknown fault kind {kind!r}; one of {', '.join(KINDS)}")
 
     def check(self, kind: str, target: str) -> None:
@@ -107,7 +116,8 @@ class Injector:
     def inject(self, kind: str, target: str, hold_s: float = 1.0) -> Injected | None:
         """Inject, hold for ``hold_s``, undo. None when the target is already under a fault."""
         self.check(kind, target)
-        resource = "log" if kind in DATABASE_KINDS and target == "log" else target
+        on_log = kind in DATABASE_KINDS + HA_KINDS and target == "log"
+        resource = "log" if on_log else target
         with self._lock:
             if resource in self._busy:
                 return None
@@ -171,6 +181,17 @@ class Injector:
             return ""
         if kind == "terminate_log_backends":
             return f"{terminate_log_backends(s.log_dsn)} connections"
+        if kind in HA_KINDS:
+            group = s.ha[target]
+            group.wait_healthy(60.0)  # a sync standby to fail over to
+            if kind == "kill_log_primary":
+                old = group.kill_primary().name
+            else:
+                old, _ = group.switchover()
+            new = group.wait_leader_other_than(old)
+            time.sleep(hold_s)
+            group.wait_healthy(90.0)
+            return f"{old} -> {new}"
         raise FaultError(f"unknown fault kind {kind!r}")
 
     def heal_all(self) -> None:
@@ -182,6 +203,8 @@ class Injector:
             service.signal(signal.SIGCONT)
         for cluster in self.stack.clusters.values():
             cluster.start()
+        for group in self.stack.ha.values():
+            group.wait_healthy(90.0)
 
 
 def heal_proxy(proxy: FaultProxy) -> None:

@@ -198,8 +198,8 @@ class Stack:
             raise ValueError(f"--participant-ha names no participant with a database: {unknown}")
         ha = {"log"} if self.config.log_ha else set()
         ha |= set(self.config.participant_ha)
-        if ha and self.config.fault_proxies:
-            raise ValueError("replicated databases do not go behind fault proxies")
+        if self.config.participant_ha and self.config.fault_proxies:
+            raise ValueError("a replicated participant database cannot go behind a fault proxy")
         previous = self._previous_ports()
         for name in names:
             if name in ha:
