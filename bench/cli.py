@@ -83,6 +83,14 @@ def _growth(args: argparse.Namespace) -> int:
                     print,
                     barriers,
                 )
+            if args.scale_out:
+                from bench import scaleout
+
+                urls = [coord["url"] for coord in state["coordinators"]]
+                print(f"scale-out: 2PC at concurrency {c}, {args.duration:g}s per run", flush=True)
+                report["scale_out"] = await scaleout.scale_out(
+                    urls, ledgers, c, args.duration, args.warmup, args.repeat, print
+                )
             if args.console:
                 from bench import console_pages
 
@@ -109,7 +117,8 @@ def _growth(args: argparse.Namespace) -> int:
     if args.against:
         report = use(json.loads(Path(args.against).read_text()))
     else:
-        report = with_stack(args.state_dir, not args.no_fsync, use)
+        coordinators = 3 if args.scale_out else 1
+        report = with_stack(args.state_dir, not args.no_fsync, use, coordinators)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         print(f"all figures: {args.out}")
@@ -143,7 +152,17 @@ async def _cpu(
 def _bench(args: argparse.Namespace) -> int:
     from bench.txn_bench import BenchConfig, main
 
-    if args.growth or args.rss or args.cpu or args.console or args.purge or args.barrier_purge:
+    if any(
+        (
+            args.growth,
+            args.rss,
+            args.cpu,
+            args.console,
+            args.purge,
+            args.barrier_purge,
+            args.scale_out,
+        )
+    ):
         return _growth(args)
 
     config = BenchConfig(
@@ -222,6 +241,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=0,
         help="instead: throughput while the ledgers' barrier retention deletes this many "
         "rows each, against runs without",
+    )
+    bench.add_argument(
+        "--scale-out",
+        action="store_true",
+        help="instead: throughput with 1, 2 and 3 coordinators on one log (an embedded stack "
+        "of three, or --against one with several)",
     )
     bench.add_argument(
         "--console",

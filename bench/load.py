@@ -211,14 +211,16 @@ class ProductLoad:
     def __init__(
         self,
         client: Client,
-        coordinator_url: str,
+        coordinator_url: str | list[str],
         ledgers: list[str],
         mode: str,
         gid_prefix: str,
     ) -> None:
+        """``coordinator_url``: one, or several (client ``c`` uses the ``c % n``-th)."""
         self.client = client
-        self.origin, base = Origin.of(coordinator_url)
-        self.path = f"{base}/v1/transactions?wait={WAIT_S:g}"
+        urls = [coordinator_url] if isinstance(coordinator_url, str) else coordinator_url
+        self.targets = [Origin.of(url) for url in urls]
+        self.paths = [f"{base}/v1/transactions?wait={WAIT_S:g}" for _, base in self.targets]
         self.ledgers = ledgers
         self.mode, self.parallel = protocol(mode)
         self.prefix = gid_prefix
@@ -230,8 +232,9 @@ class ProductLoad:
             "mode": self.mode,
             "branches": branches(self.mode, self.ledgers, client, seq, self.parallel),
         }
+        k = client % len(self.targets)
         status, raw = await self.client.post(
-            self.origin, self.path, self.headers, orjson.dumps(body), WAIT_S + 30
+            self.targets[k][0], self.paths[k], self.headers, orjson.dumps(body), WAIT_S + 30
         )
         if status != 201:
             raise TxnFailed(f"HTTP {status}: {raw[:200]!r}")
@@ -248,7 +251,7 @@ def http_session(concurrency: int) -> aiohttp.ClientSession:
 
 
 async def run_product(
-    coordinator_url: str,
+    coordinator_url: str | list[str],
     ledgers: list[str],
     mode: str,
     concurrency: int,

@@ -355,8 +355,10 @@ def _embedded(config: BenchConfig, state_dir: str, fsync: bool) -> dict[str, Any
     )
 
 
-def with_stack(state_dir: str, fsync: bool, use: Callable[[dict[str, Any]], T]) -> T:
-    """``use(state)`` on an embedded stack of 3 ledgers and 1 coordinator, stopped after.
+def with_stack(
+    state_dir: str, fsync: bool, use: Callable[[dict[str, Any]], T], coordinators: int = 1
+) -> T:
+    """``use(state)`` on an embedded stack of 3 ledgers and ``coordinators``, stopped after.
     ``state`` also holds, under ``participant_secrets``, each participant's secret (in memory
     only: a stack's state file never has them)."""
     from devstack.stack import Stack, StackConfig
@@ -372,6 +374,7 @@ def with_stack(state_dir: str, fsync: bool, use: Callable[[dict[str, Any]], T]) 
             shop=False,
             ledgers=3,
             fsync=fsync,
+            coordinators=coordinators,
         )
         print(f"booting the stack in {folder} (fsync {'on' if fsync else 'off'})", flush=True)
         # SIGTERM (a timeout, a supervisor) unwinds like Ctrl-C, so the stack is stopped.

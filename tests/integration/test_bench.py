@@ -228,3 +228,19 @@ async def test_barrier_purge_under_load_smoke(stack: Stack) -> None:
             growth.HISTORY_PREFIX + "%",
         )
         assert rows[0]["n"] == 0, barrier.name
+
+
+@pytest.mark.timeout(60)
+async def test_scale_out_smoke(stack: Stack) -> None:
+    """``txn bench --scale-out``: a run per number of coordinators, clients spread over them
+    (here the session's one coordinator, listed twice), with ratios against one."""
+    from bench import scaleout
+
+    target = Target.from_state(stack.state(), "session stack")
+    url = target.coordinator_url
+    report = await scaleout.scale_out(
+        [url, url], [lg.name for lg in target.ledgers], 2, 1.0, 0.2, 1, [].append
+    )
+    assert [r["coordinators"] for r in report["results"]] == [1, 2]
+    assert all(r["tps"] > 0 for r in report["results"]) and report["errors"] == 0
+    assert report["results"][0]["ratio_to_one"] == 1.0
