@@ -105,7 +105,10 @@ class Coalescer(Generic[R]):
             try:
                 found |= await self._one(write.row)
             except asyncpg.DataError as e:
-                write.answer.set_exception(e)
+                # A waiter that gave up has a cancelled future: setting it would raise and
+                # fail the rows already written.
+                if not write.answer.done():
+                    write.answer.set_exception(e)
         return found
 
     async def _one(self, row: tuple[Any, ...]) -> dict[str, R]:

@@ -135,7 +135,6 @@ def _named(body: TxnIn, registry: dict[str, str]) -> Normalized:
 
 
 def _check_branches(branches: list[BranchIn], registry: dict[str, str]) -> None:
-    known = ", ".join(sorted(registry)) or "(none configured)"
     for i, branch in enumerate(branches):
         if branch.participant not in registry:
             hint = (
@@ -143,9 +142,11 @@ def _check_branches(branches: list[BranchIn], registry: dict[str, str]) -> None:
                 if "://" in branch.participant or "/" in branch.participant
                 else "unknown participant"
             )
+            # The registry itself is not listed: a caller learns nothing of what else runs.
             raise Invalid(
                 ("body", "branches", i, "participant"),
-                f"{hint}: {branch.participant!r}; known participants: {known}",
+                f"{hint}: {branch.participant!r} is not in this coordinator's registry "
+                "(TXN_PARTICIPANTS)",
             )
         size = payload_size(branch.payload)
         if size > MAX_PAYLOAD_BYTES:

@@ -63,12 +63,17 @@ def stack_json(stack: Stack) -> dict[str, object]:
 
 
 async def roles_in_stack_json(stack: Stack, leader: str, bound_s: float = 10.0) -> None:
-    """stack.json's log_nodes follow the roles as they change."""
+    """stack.json's log_nodes follow the roles as they change; its log_dsn lists every node."""
+    dsn = stack_json(stack)["log_dsn"]
+    assert isinstance(dsn, str) and dsn.endswith("?target_session_attrs=read-write"), dsn
+    assert dsn.count("127.0.0.1:") == 3, dsn
     deadline = time.monotonic() + bound_s
     while True:
         nodes = stack_json(stack)["log_nodes"]
         assert isinstance(nodes, list) and len(nodes) == 3
         if [n["name"] for n in nodes if n["role"] == "leader"] == [leader]:
+            assert {n["port"] for n in nodes} == {n.pg_port for n in stack.ha["log"].nodes}
+            assert all(isinstance(n["pid"], int) for n in nodes if n["role"] == "leader")
             return
         assert time.monotonic() < deadline, f"stack.json still says {nodes}"
         await asyncio.sleep(0.2)

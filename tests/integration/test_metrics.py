@@ -163,3 +163,17 @@ async def test_the_log_gauges_are_sampled_in_the_background(stack: Stack) -> Non
             if later > first:
                 return
     raise AssertionError("the log gauges were not sampled again")
+
+
+class UnreachableLog(MemLog):
+    async def ping(self) -> None:
+        raise ConnectionRefusedError("connect to 10.1.2.3:5432 as txn_owner failed: secret-ish")
+
+
+async def test_readiness_names_the_dependency_down_not_its_error() -> None:
+    app = create_app(settings(), UnreachableLog(), YesTransport())
+    async with client_of(app) as client:
+        reply = await client.get("/readyz", headers=bearer("metrics"))
+        assert reply.status_code == 503
+        assert reply.json() == {"status": "log unreachable"}
+        assert "10.1.2.3" not in reply.text and "txn_owner" not in reply.text

@@ -143,3 +143,25 @@ async def test_a_refused_batch_is_retried_row_by_row_with_the_one_row_statement(
     assert results[2] is None  # not found at its epoch: its write alone answers so
     assert many.batches == [["g1", "g2", "g3"]]
     assert one.batches == [["g0"], ["g1"], ["g2"], ["g3"]]
+
+
+async def test_a_cancelled_waiter_never_fails_the_rest_of_its_batch() -> None:
+    """A waiter that gave up (its request was cancelled) mid-batch: the rows still go in, and
+    every other waiter of the batch gets its own answer, in the many-row statement and in the
+    row-by-row retry that follows a data error alike."""
+    for bad in (False, True):
+        statement = Statement()
+        statement.gate.clear()
+        coalescer = Coalescer(statement, limit=8)
+        first = asyncio.create_task(coalescer.write("g0", ("g0", "ok")))
+        await asyncio.sleep(0)  # the first batch is on its way, held
+        rows = [("g1", "ok"), ("g2", "bad" if bad else "ok"), ("g3", "ok")]
+        waiters = [asyncio.create_task(coalescer.write(row[0], row)) for row in rows]
+        await asyncio.sleep(0)
+        waiters[1].cancel()  # g2's waiter gives up while its row waits in the queue
+        await asyncio.sleep(0)
+        statement.gate.set()
+        answers = await asyncio.gather(first, *waiters, return_exceptions=True)
+        assert answers[0] is True and answers[1] is True and answers[3] is True, (bad, answers)
+        assert isinstance(answers[2], asyncio.CancelledError)
+        assert ["g1", "g2", "g3"] in statement.batches  # the cancelled row still went along
