@@ -379,6 +379,8 @@ class MemLog:
                 and row.rec.epoch == epoch
                 and row.rec.owner == owner
                 and row.rec.status not in TERMINAL
+                and row.lease_until is not None
+                and row.lease_until > now
             ):
                 row.lease_until = now + timedelta(seconds=lease_s)
                 renewed.add(gid)

@@ -246,7 +246,9 @@ WITH locked AS (
 )
 UPDATE transactions AS tx SET lease_until = now() + make_interval(secs => :lease_s)
 FROM locked
-WHERE tx.gid = locked.gid
+-- Only a lease still held: one a reschedule released (lease_until = its now()) or one that
+-- lapsed is never extended again, even by a renewal that was already on its way.
+WHERE tx.gid = locked.gid AND tx.lease_until > now()
 RETURNING tx.gid
 """
 

@@ -45,6 +45,9 @@ class Coordinator:
         self.saga_driver = SagaDriver(deps)
         self.active: dict[str, int] = {}
         self._tasks: dict[str, asyncio.Task[Any]] = {}
+        # The drives recovery started (max_recovering bounds these only: fresh submissions
+        # under steady load must not starve the takeover of another instance's work).
+        self._recovering: set[str] = set()
         # Per gid, the waiters' futures: a finished drive hands them the record as logged
         # (rule 3 holds: it is what the log now says); anything else wakes them to read it.
         self._waiters: dict[str, list[asyncio.Future[TxnRecord | None]]] = {}
@@ -135,6 +138,7 @@ class Coordinator:
                 del self.active[gid]
             if self._tasks.get(gid) is asyncio.current_task():
                 del self._tasks[gid]
+                self._recovering.discard(gid)
             self.notify(gid)  # after a finish this finds no waiter left
 
     async def _run_driver(self, claim: Claim, fresh: bool) -> None:
@@ -238,7 +242,7 @@ class Coordinator:
 
     async def recover_once(self, own: bool) -> int:
         # Bounded: a backlog is taken in batches as drivers finish, not all at once.
-        room = self.settings.max_recovering - len(self.active)
+        room = self.settings.max_recovering - len(self._recovering)
         limit = min(self.settings.claim_batch, room)
         if limit <= 0:
             return 0
@@ -258,6 +262,7 @@ class Coordinator:
                 claim.record.status,
                 extra={"gid": claim.record.gid, "epoch": claim.record.epoch},
             )
+            self._recovering.add(claim.record.gid)
             self._drive(claim, fresh=False)
         return len(claims)
 

@@ -354,6 +354,24 @@ async def test_renew_extends_only_matching_owner_and_epoch(store: LogStore) -> N
     assert await store.renew("c", {"control": 2}, LONG) == {"control"}
 
 
+async def test_renew_never_extends_a_lease_its_owner_released_or_that_lapsed(
+    store: LogStore,
+) -> None:
+    """The race in the renew loop: it took its snapshot of the leases it holds, then a drive
+    rescheduled its transaction (releasing the lease); the renewal arriving after that must not
+    take the lease back, or recovery would wait a whole lease for nothing."""
+    await store.insert(new_txn("released"), "a", LONG)
+    await store.insert(new_txn("lapsed"), "a", SHORT)
+    _, held = await store.insert(new_txn("held"), "a", LONG)
+    await tick(store)
+    await store.reschedule("released", 1, [BranchProgress("pending", 1, None)] * 2, 0.0, 0.0)
+    await wait_past(store, lease_end(held, SHORT), "held")  # "lapsed" has lapsed
+    snapshot = {"released": 1, "lapsed": 1, "held": 1}
+    assert await store.renew("a", snapshot, LONG) == {"held"}
+    claims = await store.claim("b", 10, LONG)
+    assert gids(claims) == {"released", "lapsed"}  # due at once, not a lease later
+
+
 # --- page -----------------------------------------------------------------------------------
 
 
