@@ -136,6 +136,14 @@ class MemLog:
     async def clock(self) -> datetime:
         return self.now()
 
+    async def lease_horizon(self, owner: str) -> datetime | None:
+        leases = [
+            r.lease_until
+            for r in self._txns.values()
+            if r.rec.owner == owner and r.rec.status not in TERMINAL and r.lease_until is not None
+        ]
+        return max(leases, default=None)
+
     async def ended(self, gids: Sequence[str]) -> dict[str, float | None]:
         now = self.now()
         out: dict[str, float | None] = {}

@@ -79,6 +79,7 @@ _INTERVENE = _stmt(queries.INTERVENE)
 _PURGE = _stmt(queries.PURGE)
 _PURGEABLE = _stmt(queries.PURGEABLE)
 _ENDED = _stmt(queries.ENDED)
+_LEASE_HORIZON = _stmt(queries.LEASE_HORIZON)
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
@@ -298,6 +299,13 @@ class PgLog:
                 return int((await conn.execute(_PURGEABLE, params)).scalar_one())
             rows = await conn.execute(_PURGE, {**params, "lock": queries.RETENTION_LOCK})
             return len(list(rows))
+
+    async def lease_horizon(self, owner: str) -> datetime | None:
+        async with self.engine.connect() as conn:
+            horizon: datetime | None = (
+                await conn.execute(_LEASE_HORIZON, {"owner": owner})
+            ).scalar_one()
+            return horizon
 
     async def ended(self, gids: Sequence[str]) -> dict[str, float | None]:
         async with self.engine.connect() as conn:

@@ -414,6 +414,10 @@ SELECT gid, live, EXTRACT(EPOCH FROM now() - updated_at)::float8 AS ago
 FROM transactions WHERE gid = ANY(CAST(:gids AS text[]))
 """
 
+# At start: how far the leases of this instance id reach (another live process with the same
+# id keeps pushing it forward).
+LEASE_HORIZON = "SELECT max(lease_until) FROM transactions WHERE live AND owner = :owner"
+
 # The advisory lock key of the retention round (any constant the application does not use
 # elsewhere): "txn-retention" as a number.
 RETENTION_LOCK = 0x74786E2D726574

@@ -30,6 +30,10 @@ from sagas.driver import SagaDriver
 log = logging.getLogger(__name__)
 
 
+class InstanceIdInUse(RuntimeError):
+    """Another live process runs under this instance id."""
+
+
 class Coordinator:
     def __init__(self, settings: Settings, store: LogStore, transport: Transport) -> None:
         self.settings = settings
@@ -65,6 +69,8 @@ class Coordinator:
                 self.started_at = await self.store.clock()
         except Exception:
             log.warning("log unreachable at start: own work is recovered as its leases run out")
+        else:
+            await self._refuse_a_live_twin()
         self._loops.append(asyncio.create_task(self._renew_loop(), name="lease-renewal"))
         self._loops.append(asyncio.create_task(self.declared.warm(), name="catalogues"))
         self._loops.append(asyncio.create_task(self._sample_loop(), name="metrics-sampler"))
@@ -72,6 +78,22 @@ class Coordinator:
             self._loops.append(asyncio.create_task(self._recovery_loop(), name="recovery"))
         if self.settings.retention.total_seconds() > 0:
             self._loops.append(asyncio.create_task(self._retention_loop(), name="retention"))
+
+    async def _refuse_a_live_twin(self) -> None:
+        """Refuse to start under an instance id another live process uses: if leases of this
+        id are still running, watch them for a renewal interval and a half; a dead
+        predecessor's stand still (its own-claim takes them back), a live twin's move on."""
+        me, s = self.settings.instance_id, self.settings
+        before = await self.store.lease_horizon(me)
+        if before is None or self.started_at is None or before <= self.started_at:
+            return
+        await asyncio.sleep(1.5 * s.renew_interval_s)
+        after = await self.store.lease_horizon(me)
+        if after is not None and after > before:
+            raise InstanceIdInUse(
+                f"TXN_INSTANCE_ID {me!r} is in use: another live coordinator renews its leases. "
+                "Give every replica its own id (compose and Kubernetes set it per replica)."
+            )
 
     async def stop(self) -> None:
         for task in [*self._loops, *self._tasks.values()]:

@@ -372,6 +372,15 @@ async def test_renew_never_extends_a_lease_its_owner_released_or_that_lapsed(
     assert gids(claims) == {"released", "lapsed"}  # due at once, not a lease later
 
 
+async def test_lease_horizon_is_the_latest_live_lease_of_an_owner(store: LogStore) -> None:
+    assert await store.lease_horizon("a") is None
+    _, short = await store.insert(new_txn("short"), "a", SHORT)
+    await store.insert(new_txn("long"), "a", LONG)
+    await store.insert(new_txn("theirs"), "b", LONG * 2)
+    await store.write_status("long", 1, "committed", None, [], "finished")  # no longer live
+    assert await store.lease_horizon("a") == lease_end(short, SHORT)
+
+
 # --- page -----------------------------------------------------------------------------------
 
 

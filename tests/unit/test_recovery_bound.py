@@ -1,15 +1,18 @@
 """``max_recovering`` bounds the drives recovery starts, and only those: an instance busy with
-fresh submissions still takes over another instance's expired transactions (in memory: MemLog
-and a transport whose calls hang, so every drive stays in flight)."""
+fresh submissions still takes over another instance's expired transactions; and an instance id
+is one process's: a start under an id whose leases another live process renews is refused (in
+memory: MemLog and a transport whose calls hang, so every drive stays in flight)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import pytest
+
 from coordinator.memlog import MemLog
 from coordinator.records import BranchSpec, NewTxn
-from coordinator.service import Coordinator
+from coordinator.service import Coordinator, InstanceIdInUse
 from coordinator.settings import Settings
 from coordinator.transport import Reply
 from tests.helpers import token_entries
@@ -56,3 +59,45 @@ async def test_fresh_drives_do_not_use_up_the_recovery_bound() -> None:
         assert c.in_flight() == 5
     finally:
         await c.stop()
+
+
+def twin_settings() -> Settings:
+    return Settings(
+        participants={"a": "http://127.0.0.1:9"},
+        participant_secrets={"a": "sa"},
+        api_tokens=token_entries(),
+        recovery=False,
+        instance_id="twin",
+        lease_s=2.0,
+        renew_interval_s=0.1,
+    )
+
+
+async def test_a_start_under_an_id_a_live_process_uses_is_refused() -> None:
+    store = MemLog()
+    first = Coordinator(twin_settings(), store, Hanging())
+    await first.start()
+    try:
+        await first.submit(txn("held"))  # a lease the first instance keeps renewing
+        await asyncio.sleep(0.3)
+        second = Coordinator(twin_settings(), store, Hanging())
+        with pytest.raises(InstanceIdInUse, match="TXN_INSTANCE_ID 'twin' is in use"):
+            await second.start()
+        await second.stop()
+    finally:
+        await first.stop()
+
+
+async def test_a_restart_after_a_crash_takes_its_id_back() -> None:
+    """The predecessor died (its leases stand still): the restart under its id goes ahead."""
+    store = MemLog()
+    first = Coordinator(twin_settings(), store, Hanging())
+    await first.start()
+    await first.submit(txn("held"))
+    await asyncio.sleep(0.2)
+    await first.stop()  # as dead: no renewal from here on, its lease still running
+    horizon = await store.lease_horizon("twin")
+    assert horizon is not None and horizon > store.now()
+    restarted = Coordinator(twin_settings(), store, Hanging())
+    await restarted.start()  # no refusal
+    await restarted.stop()
