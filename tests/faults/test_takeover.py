@@ -143,13 +143,20 @@ async def _live_owned(conn: asyncpg.Connection, owner: str) -> tuple[datetime, l
 
 
 async def run_scenario(
-    stack: Stack, client: httpx.AsyncClient, seed: int | None = None, accounts: int = 1
+    stack: Stack,
+    client: httpx.AsyncClient,
+    seed: int | None = None,
+    accounts: int = 1,
+    clients: int = CLIENTS,
+    survivor_clients: int = 0,
+    stream_s: float = STREAM_S,
 ) -> Outcome:
     """Stream transactions to both coordinators, SIGKILL coord1 (its restart policy off) in
     the middle, wait until coord2 has finished everything, and measure the takeover.
 
     ``accounts``: accounts opened per ledger (client task k uses account k mod accounts); 1 is
-    the scenario of the test: every transaction contends for the same row on each ledger."""
+    the scenario of the test: every transaction contends for the same row on each ledger.
+    ``survivor_clients`` more clients submit to coord2 alone, all along: its own steady load."""
     seed = seed if seed is not None else int.from_bytes(os.urandom(4), "big")
     rng = random.Random(seed)
     coord1, coord2 = stack.service("coord1"), stack.service("coord2")
@@ -160,14 +167,14 @@ async def run_scenario(
         await open_accounts(client, {p.name: p.url for p in stack.participants}, account, OPENING)
 
     loop = asyncio.get_running_loop()
-    stop_at = loop.time() + STREAM_S
+    stop_at = loop.time() + stream_s
     numbers = itertools.count()
     submissions: list[Submission] = []
 
     async def submitter(k: int) -> None:
         while loop.time() < stop_at:
             n = next(numbers)
-            coord = (coord1, coord2)[n % 2]
+            coord = coord2 if k >= clients else (coord1, coord2)[n % 2]
             designed_to_abort = n % 5 == 4
             deltas = [rng.choice([-1, 1]) * rng.randint(1, 9) for _ in LEDGERS]
             if designed_to_abort:
@@ -217,7 +224,8 @@ async def run_scenario(
 
     conn = await asyncpg.connect(stack.log_dsn)
     try:
-        await asyncio.gather(*(submitter(k) for k in range(CLIENTS)), killer(conn))
+        everyone = range(clients + survivor_clients)
+        await asyncio.gather(*(submitter(k) for k in everyone), killer(conn))
         outcome = Outcome(
             seed=seed,
             accounts=names,
@@ -410,3 +418,38 @@ async def test_survivor_takes_over_a_killed_coordinators_work_within_the_lease(
     finally:
         coord1.restart = True
         await asyncio.to_thread(takeover_stack.restart, "coord1")
+
+
+# Under 32 clients of its own, the survivor's claims and drives compete with its submissions:
+# a few seconds more than the idle bound.
+LOADED_BOUND_S = BOUND_S + 2.0
+
+
+async def test_a_busy_survivor_still_takes_over_within_a_stated_bound(
+    takeover_stack: Stack,
+) -> None:
+    """coord2 keeps 32 clients of its own busy (more drives in flight than its
+    TXN_MAX_RECOVERING of 2, which bounds recovered drives only) while coord1, with work of its
+    own, is killed: every orphan is still picked up and finished within LOADED_BOUND_S."""
+    coord1 = takeover_stack.service("coord1")
+    await asyncio.to_thread(takeover_stack.restart, "coord2", {"TXN_MAX_RECOVERING": "2"})
+    try:
+        async with api_client(timeout=30) as client:
+            # The survivor's own load lasts past the bound after the kill: a recovery held
+            # back by it (as when max_recovering counted fresh drives) would miss the bound.
+            outcome = await run_scenario(
+                takeover_stack,
+                client,
+                accounts=38,
+                clients=CLIENTS,
+                survivor_clients=32,
+                stream_s=KILL_AFTER_S + LOADED_BOUND_S + 2.0,
+            )
+            print(outcome.summary())
+            await check_invariants(takeover_stack, outcome)
+        assert outcome.pickup_s <= LOADED_BOUND_S, outcome.summary()
+        assert outcome.takeover_s <= LOADED_BOUND_S, outcome.summary()
+    finally:
+        coord1.restart = True
+        await asyncio.to_thread(takeover_stack.restart, "coord1")
+        await asyncio.to_thread(takeover_stack.restart, "coord2", {"TXN_MAX_RECOVERING": "500"})
