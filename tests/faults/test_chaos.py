@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.chaos import ChaosConfig, report, run_chaos
+from devstack.chaos import ChaosConfig, ChaosResult, report, run_chaos
 from devstack.faults import KINDS
 
 pytestmark = pytest.mark.chaos
@@ -28,20 +28,25 @@ SHORT_HA_KINDS = (
 )
 
 
+def settled(config: ChaosConfig) -> tuple[ChaosResult, str]:
+    """Run it; it settled, with no violation, and committed orders in both modes."""
+    result = run_chaos(config, progress=False)
+    table = report(result)
+    print(table)
+    assert result.quiesce_s is not None, f"did not settle within the limit\n{table}"
+    assert result.violations == 0, table
+    for mode in ("2pc", "saga"):
+        assert result.transactions.get(f"{mode} committed", 0) > 0, table
+    return result, table
+
+
 def test_chaos_run_settles_with_every_invariant_holding(
     state_root: Path, request: pytest.FixtureRequest
 ) -> None:
     seed = int(request.config.getoption("--chaos-seed"))
     duration = float(request.config.getoption("--chaos-duration"))
     config = ChaosConfig(state_dir=state_root / f"chaos-{seed}", seed=seed, duration_s=duration)
-    result = run_chaos(config, progress=False)
-    table = report(result)
-    print(table)
-    assert result.quiesce_s is not None, f"did not settle within the limit\n{table}"
-    assert result.violations == 0, table
-    # The run really did something: orders in both modes committed, faults of many kinds hit.
-    for mode in ("2pc", "saga"):
-        assert result.transactions.get(f"{mode} committed", 0) > 0, table
+    result, table = settled(config)
     assert sum(result.faults.values()) >= duration / 5, table
     assert len(result.faults) >= 4, table
 
@@ -64,12 +69,6 @@ def test_chaos_on_a_replicated_log_settles_with_every_invariant_holding(
         kinds=kinds,
         log_ha=True,
     )
-    result = run_chaos(config, progress=False)
-    table = report(result)
-    print(table)
-    assert result.quiesce_s is not None, f"did not settle within the limit\n{table}"
-    assert result.violations == 0, table
-    for mode in ("2pc", "saga"):
-        assert result.transactions.get(f"{mode} committed", 0) > 0, table
+    result, table = settled(config)
     failovers = result.faults.get("kill_log_primary", 0) + result.faults.get("log_switchover", 0)
     assert failovers >= 1, table

@@ -30,6 +30,17 @@ class Hanging:
         return None
 
 
+def settings(instance_id: str, **over: Any) -> Settings:
+    return Settings(
+        participants={"a": "http://127.0.0.1:9"},
+        participant_secrets={"a": "sa"},
+        api_tokens=token_entries(),
+        recovery=False,
+        instance_id=instance_id,
+        **over,
+    )
+
+
 def txn(gid: str) -> NewTxn:
     return NewTxn(gid, "saga", {"mode": "saga"}, f"h:{gid}", (BranchSpec("a", "/x", "/u", {}),), 30)
 
@@ -38,16 +49,7 @@ async def test_fresh_drives_do_not_use_up_the_recovery_bound() -> None:
     store = MemLog()
     for i in range(5):  # another instance's, their leases about to lapse
         await store.insert(txn(f"orphan-{i}"), "dead", 0.01)
-    settings = Settings(
-        participants={"a": "http://127.0.0.1:9"},
-        participant_secrets={"a": "sa"},
-        api_tokens=token_entries(),
-        recovery=False,
-        instance_id="busy",
-        max_recovering=2,
-        claim_batch=10,
-    )
-    c = Coordinator(settings, store, Hanging())
+    c = Coordinator(settings("busy", max_recovering=2, claim_batch=10), store, Hanging())
     try:
         for i in range(3):  # fresh submissions in flight: more than max_recovering
             await c.submit(txn(f"fresh-{i}"))
@@ -62,15 +64,7 @@ async def test_fresh_drives_do_not_use_up_the_recovery_bound() -> None:
 
 
 def twin_settings() -> Settings:
-    return Settings(
-        participants={"a": "http://127.0.0.1:9"},
-        participant_secrets={"a": "sa"},
-        api_tokens=token_entries(),
-        recovery=False,
-        instance_id="twin",
-        lease_s=2.0,
-        renew_interval_s=0.1,
-    )
+    return settings("twin", lease_s=2.0, renew_interval_s=0.1)
 
 
 async def test_a_start_under_an_id_a_live_process_uses_is_refused() -> None:
