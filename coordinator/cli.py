@@ -1,5 +1,5 @@
-"""The ``txn`` command: ``txn dev``, ``txn demo``, ``txn migrate``, ``txn token``, ``txn serve``,
-``txn tx``."""
+"""txn: run, try, operate and measure the distributed transaction coordinator (one line
+per command below; txn COMMAND --help for its options)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,14 @@ from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
+from pydantic import ValidationError
+
+from coordinator.errors import LOG_ERRORS, briefly
 from devstack.ha import INSTALL_HINT
 from migrations import TARGETS
+
+# What a one-shot command meets when its database is down, refuses it, or is not there.
+DATABASE_UNREACHABLE: tuple[type[BaseException], ...] = (*LOG_ERRORS, TimeoutError)
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -210,13 +216,50 @@ def _serve(_args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="txn", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result: int = args.func(args)
+    except ValidationError as e:
+        # Where and what only: pydantic's own text echoes the input, which may be a secret.
+        for error in e.errors():
+            where = "_".join(str(part) for part in error["loc"][:1]).upper()
+            print(f"txn {args.command}: setting {where}: {error['msg']}", file=sys.stderr)
+        return 2
+    except DATABASE_UNREACHABLE as e:
+        print(f"txn {args.command}: the database cannot be used: {briefly(e)}", file=sys.stderr)
+        return 2
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="txn",
+        description=__doc__,
+        epilog="Settings come from TXN_* / TXNP_* variables (docs/configuration.md).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     dev = sub.add_parser("dev", help="run the embedded dev stack in the foreground")
     dev.add_argument("--state-dir", default=".txn-dev", help="where data, logs, stack.json go")
-    dev.add_argument("--coordinators", type=int, default=1, choices=range(1, 9))
-    dev.add_argument("--ledgers", type=int, default=3, choices=range(1, 17))
+    dev.add_argument(
+        "--coordinators",
+        type=int,
+        default=1,
+        choices=range(1, 9),
+        metavar="N",
+        help="coordinator instances sharing the log (1-8; default 1)",
+    )
+    dev.add_argument(
+        "--ledgers",
+        type=int,
+        default=3,
+        choices=range(1, 17),
+        metavar="N",
+        help="ledger services (1-16; default 3)",
+    )
     dev.add_argument("--no-fsync", action="store_true", help="faster, not crash-safe for the OS")
     dev.add_argument("--no-shop", action="store_true", help="without the demo shop's services")
     dev.add_argument(
@@ -254,8 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     transfers.set_defaults(func=_demo_transfers)
 
     migrate = sub.add_parser("migrate", help="apply migrations to a database")
-    migrate.add_argument("--dsn", required=True)
-    migrate.add_argument("--target", default="coordinator", choices=list(TARGETS))
+    migrate.add_argument("--dsn", required=True, help="the database to migrate (a Postgres DSN)")
+    migrate.add_argument(
+        "--target",
+        default="coordinator",
+        choices=list(TARGETS),
+        help="whose schema: the coordinator's log or a demo service's (default: coordinator)",
+    )
     migrate.set_defaults(func=_migrate)
 
     token = sub.add_parser(
@@ -319,10 +367,16 @@ def main(argv: list[str] | None = None) -> int:
 
     add_tx_parser(sub)
 
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    result: int = args.func(args)
-    return result
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("txn-coordinator")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from coordinator.crash import COORDINATOR_POINTS, CrashPoints
 from coordinator.declared import Declared
 from coordinator.drivebase import Deps
 from coordinator.driver import TwoPCDriver
-from coordinator.errors import OwnershipLost
+from coordinator.errors import LOG_ERRORS, OwnershipLost, briefly
 from coordinator.intervention import Act, Refusal, lease_refusal, plan
 from coordinator.logstore import LogStore
 from coordinator.metrics import Metrics
@@ -298,6 +298,8 @@ class Coordinator:
                     continue  # a backlog: keep claiming without waiting
             except asyncio.CancelledError:
                 raise
+            except LOG_ERRORS as e:
+                log.warning("log unavailable (%s); recovery tries again", briefly(e))
             except Exception:
                 log.exception("recovery claim failed; retrying")
             await asyncio.sleep(self.settings.claim_interval_s)
@@ -346,6 +348,8 @@ class Coordinator:
                 await self.retention_round()
             except asyncio.CancelledError:
                 raise
+            except LOG_ERRORS as e:
+                log.warning("log unavailable (%s); retention tries again later", briefly(e))
             except Exception:
                 log.exception("retention round failed; trying again later")
 
@@ -363,6 +367,9 @@ class Coordinator:
                     )
             except asyncio.CancelledError:
                 raise
+            except LOG_ERRORS as e:
+                log.warning("log unavailable (%s); lease renewal tries again", briefly(e))
+                continue
             except Exception:
                 log.exception("lease renewal failed")
                 continue

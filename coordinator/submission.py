@@ -6,13 +6,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-import asyncpg
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError
 
 from coordinator.declared import CatalogueUnavailable
+from coordinator.errors import LOG_ERRORS
 from coordinator.models import BranchOut, EventOut, TxnIn, TxnOut, new_gid
 from coordinator.normalize import Invalid, normalize
 from coordinator.records import BranchSpec, Inserted, NewTxn, TxnRecord
@@ -128,13 +127,4 @@ def log_error_answer(exc: Exception) -> JSONResponse:
     )
 
 
-# What a request may meet when the log fails (the hot statements are asyncpg's, the rest
-# SQLAlchemy's).
-LOG_ERRORS: tuple[type[Exception], ...] = (
-    DBAPIError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    # Seen in a switchover: a connection left mid-protocol by its server's departure.
-    asyncpg.InternalClientError,
-    OSError,
-)
+__all__ = ["LOG_ERRORS", "MAX_BODY_BYTES", "MAX_WAIT_S", "log_error_answer", "submit_txn"]

@@ -420,7 +420,7 @@ def _subcommand(commands: Any, name: str, help_text: str) -> argparse.ArgumentPa
     p.set_defaults(tx_func=cmd_list if name == "list" else cmd_one)
     if name == "list":
         return p
-    p.add_argument("gid", type=_gid)
+    p.add_argument("gid", type=_gid, help="the transaction's gid")
     if name == "resolve":
         p.add_argument("idx", type=_index, help="the branch's index")
     if name != "show":
@@ -450,7 +450,7 @@ def add_parser(sub: Any) -> None:
 
     ls = _subcommand(commands, "list", "list transactions, newest first")
     ls.add_argument("--status", help="preparing, committing, committed, aborting, aborted, ...")
-    ls.add_argument("--mode", choices=("2pc", "saga"))
+    ls.add_argument("--mode", choices=("2pc", "saga"), help="only this mode")
     ls.add_argument("--participant", help="only those with a branch on it")
     ls.add_argument("--gid-prefix", help="only gids that start with it")
     ls.add_argument("--older-than", type=_seconds, help="created at least this many seconds ago")
