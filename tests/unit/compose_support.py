@@ -44,6 +44,11 @@ SECRETS_FOLDER = "./secrets/"  # where compose.yaml's secrets files are, relativ
 SECRETS_DIR = "/run/secrets"  # where compose mounts them in a container
 
 LEDGERS = ("ledger1", "ledger2", "ledger3")
+# compose.yaml's coordinator services (one container each, each with its own TXN_INSTANCE_ID),
+# and the network alias both answer to: the host name of the participants' TXNP_COORDINATORS
+# (in Kubernetes, the one Deployment and Service of that name).
+COORDINATORS = ("coordinator1", "coordinator2")
+COORDINATOR_ALIAS = "coordinator"
 PARTICIPANT_PREFIX = "participants."
 # ${VAR}, ${VAR:-default}, ${VAR:?error}, ... (but not $${VAR}, which is a literal for the shell)
 VAR_REF = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
@@ -55,16 +60,44 @@ ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", re.S)
 # -- loading -------------------------------------------------------------------------------
 
 
+def unshared(node: Any) -> Any:
+    """A copy sharing no mutable part: YAML gives every service merging an anchor the same
+    objects (the coordinators' secrets list, healthcheck, ...), compose gives each its own."""
+    if isinstance(node, dict):
+        return {key: unshared(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [unshared(value) for value in node]
+    return node
+
+
 def load_compose(text: str | None = None) -> dict[str, Any]:
     data = yaml.safe_load(COMPOSE.read_text() if text is None else text)
     assert isinstance(data, dict), "compose.yaml is not a mapping"
-    return data
+    return dict(unshared(data))
 
 
 def services(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     svcs = data.get("services")
     assert isinstance(svcs, dict) and svcs, "compose.yaml has no services"
     return svcs
+
+
+def coordinator_services(svcs: dict[str, dict[str, Any]]) -> list[str]:
+    """The services running the coordinator (``txn serve``): compose.yaml's coordinator1 and
+    coordinator2, or the ``coordinator`` of the Kubernetes manifests read as compose."""
+    return [
+        name
+        for name, svc in svcs.items()
+        if command_lines(svc.get("command") or []) == [["txn", "serve"]]
+    ]
+
+
+def network_aliases(service: dict[str, Any]) -> set[str]:
+    """The names a service answers to on the default network besides its service name."""
+    networks = service.get("networks") or {}
+    if not isinstance(networks, dict):  # a list of network names: no aliases
+        return set()
+    return {str(alias) for alias in (networks.get("default") or {}).get("aliases") or []}
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
@@ -336,25 +369,29 @@ def service_settings(
 
 
 def registry_problems(svcs: dict[str, dict[str, Any]]) -> list[str]:
-    """Where the coordinators' TXN_PARTICIPANTS and the participant services disagree: every
-    name must be a service reached by its service name at its TXNP_PORT, and every participant
-    service must be in the registry (or no transaction can use it)."""
-    registry = json.loads(environment(svcs["coordinator"])["TXN_PARTICIPANTS"])
+    """Where a coordinator service's TXN_PARTICIPANTS and the participant services disagree:
+    every name must be a service reached by its service name at its TXNP_PORT, and every
+    participant service must be in the registry (or no transaction can use it)."""
+    coordinators = coordinator_services(svcs)
+    if not coordinators:
+        return ["no service runs txn serve"]
     default_port = ParticipantSettings.model_fields["port"].default
     problems = []
-    for name, url in registry.items():
-        if name not in svcs:
-            problems.append(f"the registry names {name}, which is not a service")
-            continue
-        port = interpolate(environment(svcs[name]).get("TXNP_PORT", str(default_port)))
-        parts = urlsplit(url)
-        if parts.hostname != name:
-            problems.append(f"registry {name}: {url} is not the service's host name")
-        if str(parts.port) != port:
-            problems.append(f"registry {name}: {url}, but the service's TXNP_PORT is {port}")
-    for name, svc in svcs.items():
-        if participant_module(svc) is not None and name not in registry:
-            problems.append(f"service {name} is a participant missing from the registry")
+    for coordinator in coordinators:
+        registry = json.loads(environment(svcs[coordinator])["TXN_PARTICIPANTS"])
+        for name, url in registry.items():
+            if name not in svcs:
+                problems.append(f"{coordinator}: the registry names {name}, not a service")
+                continue
+            port = interpolate(environment(svcs[name]).get("TXNP_PORT", str(default_port)))
+            parts = urlsplit(url)
+            if parts.hostname != name:
+                problems.append(f"{coordinator}: {name}: {url} is not the service's host name")
+            if str(parts.port) != port:
+                problems.append(f"{coordinator}: {name}: {url}, but its TXNP_PORT is {port}")
+        for name, svc in svcs.items():
+            if participant_module(svc) is not None and name not in registry:
+                problems.append(f"{coordinator}: participant {name} missing from the registry")
     return problems
 
 

@@ -2,9 +2,10 @@
 test_k8s_manifests.py, test_k8s_network.py and test_k8s_secrets.py. Loading the resources
 `kubectl apply -k deploy/k8s` creates and reading their workloads as compose.yaml would write
 them; each check as a function returning its problems (test_checks_catch_mistakes breaks
-them): environment and mounts against compose.yaml, label selectors, the network policies
-evaluated for who may reach whom, the CloudNativePG clusters, secret values; and
-create-secrets.sh run with a stand-in for kubectl."""
+them): environment and mounts against compose.yaml (coordinator1 and coordinator2 against the
+Deployment coordinator), label selectors, the network policies evaluated for who may reach
+whom, the CloudNativePG clusters, secret values; and create-secrets.sh run with a stand-in for
+kubectl."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from typing import Any
 import yaml
 
 from tests.unit.compose_support import (
+    COORDINATOR_ALIAS,
     ROOT,
     SECRETS_DIR,
+    coordinator_services,
     environment,
     generate_secrets,
     mounts,
@@ -40,10 +43,11 @@ CNPG = "postgresql.cnpg.io/v1"
 SECRET = "txn-secrets"  # the Secret holding deploy/make_secrets.py's files
 PLACEHOLDER = "REPLACE_ME"
 POD_NAME = "coordinator-7d4b9c6f5-x2k8q"  # stands in for the downward API's metadata.name
-# What only Kubernetes gives a service (compose does not): variable -> value, or the valueFrom.
-K8S_ONLY_ENV: dict[str, dict[str, Any]] = {
-    "coordinator": {
-        # Unique among live pods, the same across restarts of the pod's container.
+# What Kubernetes gives a workload that compose does not, or gives otherwise (this replaces
+# compose's value when they are compared): variable -> value, or the valueFrom.
+K8S_ENV: dict[str, dict[str, Any]] = {
+    COORDINATOR_ALIAS: {  # the coordinators' one Deployment, named as compose's alias
+        # Unique among live pods, the same across restarts (compose: one per service).
         "TXN_INSTANCE_ID": {"fieldRef": {"fieldPath": "metadata.name"}},
         # The kubelet's readiness probe on /readyz sends no token (docs/kubernetes.md).
         "TXN_OPEN_METRICS": "true",
@@ -96,8 +100,14 @@ def of_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return found
 
 
+def workload_name(svcs: dict[str, dict[str, Any]], name: str) -> str:
+    """The workload of compose service ``name``: coordinator for coordinator1 and coordinator2
+    (the network alias they share), else the same name."""
+    return COORDINATOR_ALIAS if name in coordinator_services(svcs) else name
+
+
 def workloads(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Deployments and Jobs by name (their names are compose's service names)."""
+    """Deployments and Jobs by name (compose's service names: workload_name)."""
     found = {**of_kind(docs, "Deployment")}
     for name, job in of_kind(docs, "Job").items():
         assert name not in found, f"a Deployment and a Job named {name}"
@@ -204,41 +214,44 @@ def as_compose(docs: list[dict[str, Any]], secret_keys: list[str]) -> dict[str, 
 # -- the problems, each check as a function (test_checks_catch_mistakes breaks them) -------
 
 
+Pair = tuple[str, str, dict[str, Any], dict[str, Any]]
+
+
+def counterparts(compose: dict[str, Any], docs: list[dict[str, Any]]) -> list[Pair]:
+    """(service, workload name, compose service, workload) for each service in both."""
+    k8s, svcs = workloads(docs), services(compose)
+    return [(n, w, svc, k8s[w]) for n, svc in svcs.items() if (w := workload_name(svcs, n)) in k8s]
+
+
 def env_problems(compose: dict[str, Any], docs: list[dict[str, Any]]) -> list[str]:
-    """Every service in both: the same variables with the same literal values, but for the
-    Kubernetes-only ones; no variable from a Secret, nothing from envFrom."""
+    """Every service in both (counterparts): the same variables, the same literal values, but
+    K8S_ENV's (TXN_INSTANCE_ID); no variable from a Secret, nothing from envFrom."""
     problems = []
-    k8s = workloads(docs)
-    for name, svc in services(compose).items():
-        if name not in k8s:
-            continue
-        if "envFrom" in container(k8s[name]):
-            problems.append(f"{name}: envFrom")
-        wanted: dict[str, Any] = {**environment(svc), **K8S_ONLY_ENV.get(name, {})}
-        given = k8s_env(k8s[name])
+    for label, name, svc, workload in counterparts(compose, docs):
+        if "envFrom" in container(workload):
+            problems.append(f"{label}: envFrom")
+        wanted: dict[str, Any] = {**environment(svc), **K8S_ENV.get(name, {})}
+        given = k8s_env(workload)
         for var in sorted(set(wanted) | set(given)):
             if var not in given:
-                problems.append(f"{name}: {var} is not set (compose: {wanted[var]!r})")
+                problems.append(f"{label}: {var} is not set (compose: {wanted[var]!r})")
             elif var not in wanted:
-                problems.append(f"{name}: {var}={given[var]!r} is not in compose.yaml")
+                problems.append(f"{label}: {var}={given[var]!r} is not in compose.yaml")
             elif given[var] != wanted[var]:
-                problems.append(f"{name}: {var}={given[var]!r}, compose: {wanted[var]!r}")
+                problems.append(f"{label}: {var}={given[var]!r}, compose: {wanted[var]!r}")
     return problems
 
 
 def mount_problems(compose: dict[str, Any], docs: list[dict[str, Any]]) -> list[str]:
-    """Every secret file compose mounts for a service is mounted at the same path from the
-    same file of deploy/make_secrets.py, and nothing more."""
+    """Every secret file compose mounts for a service (counterparts) is mounted at the same
+    path from the same file of deploy/make_secrets.py, and nothing more."""
     problems = []
-    k8s = workloads(docs)
-    for name, svc in services(compose).items():
-        if name not in k8s:
-            continue
-        want, got = mounts(svc), k8s_mounts(k8s[name])
+    for label, _name, svc, workload in counterparts(compose, docs):
+        want, got = mounts(svc), k8s_mounts(workload)
         for target in sorted(set(want) | set(got)):
             if want.get(target) != got.get(target):
                 problems.append(
-                    f"{name}: {SECRETS_DIR}/{target} is {got.get(target)!r} "
+                    f"{label}: {SECRETS_DIR}/{target} is {got.get(target)!r} "
                     f"(compose: {want.get(target)!r})"
                 )
     return problems

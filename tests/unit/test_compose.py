@@ -24,6 +24,8 @@ from devstack.stack import SHOP
 from participants.sdk.tokens import token_hash
 from tests.unit.compose_support import (
     COMPOSE,
+    COORDINATOR_ALIAS,
+    COORDINATORS,
     DOCKERFILE,
     LEDGERS,
     ROOT,
@@ -32,6 +34,7 @@ from tests.unit.compose_support import (
     VAR_REF,
     check_project_command,
     command_lines,
+    coordinator_services,
     databases_created,
     dependency_cycle,
     documented_rows,
@@ -43,6 +46,7 @@ from tests.unit.compose_support import (
     migration_problems,
     migration_target,
     mounts,
+    network_aliases,
     own_fields,
     participant_module,
     registry_problems,
@@ -76,7 +80,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_compose_is_valid_yaml_with_the_expected_services(compose: dict[str, Any]) -> None:
     svcs = services(compose)
-    assert {"postgres", "migrate", "coordinator", *LEDGERS} <= set(svcs)
+    assert {"postgres", "migrate", *COORDINATORS, *LEDGERS} <= set(svcs)
+    assert coordinator_services(svcs) == list(COORDINATORS)
     for name, svc in svcs.items():
         assert isinstance(svc, dict), name
         assert "image" in svc or "build" in svc, f"service {name} has neither image nor build"
@@ -105,7 +110,7 @@ def test_commands_exist_in_this_package(
         for line in command_lines(svc["command"]):
             check_project_command(name, line, monkeypatch)
             checked += 1
-    assert checked >= 16  # migrate (8 lines), coordinator, 3 ledgers, 4 shop services
+    assert checked >= 17  # migrate (8 lines), 2 coordinators, 3 ledgers, 4 shop services
 
 
 def test_dockerfile_builds_from_files_that_exist(compose: dict[str, Any]) -> None:
@@ -210,12 +215,36 @@ def test_host_ports_are_unique(compose: dict[str, Any]) -> None:
     assert seen
 
 
-def test_coordinator_replicas_have_a_host_port_each(compose: dict[str, Any]) -> None:
-    coord = services(compose)["coordinator"]
-    assert coord["deploy"]["replicas"] == 2
-    ports = [p for spec in coord.get("ports", []) for p in host_ports(spec)]
-    assert len(ports) >= coord["deploy"]["replicas"], "replicas would clash on one host port"
-    assert "container_name" not in coord  # would forbid replicas
+def test_coordinators_have_an_instance_id_and_a_host_port_each(compose: dict[str, Any]) -> None:
+    """Two coordinator services rather than one with replicas: each sets its TXN_INSTANCE_ID
+    (the host name, the default, changes whenever compose recreates the container; the leases
+    in the log are keyed by it) and a host port of its own; both answer to the alias the
+    participants' TXNP_COORDINATORS names. They differ in nothing else."""
+    svcs = services(compose)
+    ids, ports = {}, {}
+    for name in COORDINATORS:
+        svc = svcs[name]
+        assert "TXN_INSTANCE_ID" in environment(svc), f"{name} would be known by its host name"
+        ids[name] = environment(svc)["TXN_INSTANCE_ID"]
+        assert ids[name], name
+        ports[name] = [p for spec in svc.get("ports", []) for p in host_ports(spec)]
+        assert len(ports[name]) == 1, f"{name}: host ports {ports[name]}"
+        # One container per id: replicas of a service would share its TXN_INSTANCE_ID.
+        assert (svc.get("deploy") or {}).get("replicas", 1) == 1, name
+        assert COORDINATOR_ALIAS in network_aliases(svc), f"{name} is not {COORDINATOR_ALIAS}"
+    assert len(set(ids.values())) == len(COORDINATORS), f"shared instance ids: {ids}"
+    assert ids == {name: name for name in COORDINATORS}
+    assert len({p for found in ports.values() for p in found}) == len(COORDINATORS), ports
+    assert ports == {"coordinator1": [8000], "coordinator2": [8001]}
+    assert COORDINATOR_ALIAS not in svcs, "a service would take the coordinators' alias"
+
+    def common(svc: dict[str, Any]) -> dict[str, Any]:
+        rest = {k: v for k, v in svc.items() if k != "ports"}
+        rest["environment"] = {k: v for k, v in environment(svc).items() if k != "TXN_INSTANCE_ID"}
+        return rest
+
+    first, *others = (common(svcs[name]) for name in COORDINATORS)
+    assert all(other == first for other in others), "the coordinators differ"
 
 
 def test_depends_on_targets_exist(compose: dict[str, Any]) -> None:
@@ -230,13 +259,15 @@ def test_depends_on_targets_exist(compose: dict[str, Any]) -> None:
             assert condition in conditions, (name, target, condition)
             if condition == "service_healthy":
                 assert "healthcheck" in svcs[target], f"{target} has no healthcheck"
-    for name in ("coordinator", *LEDGERS, *SHOP):
+    for name in (*COORDINATORS, *LEDGERS, *SHOP):
         deps = svcs[name]["depends_on"]
         assert deps["postgres"]["condition"] == "service_healthy", name
         assert deps["migrate"]["condition"] == "service_completed_successfully", name
     assert svcs["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    # orders submits every order to the coordinators.
-    assert svcs["orders"]["depends_on"]["coordinator"]["condition"] == "service_healthy"
+    # orders submits every order to the coordinators: it waits for each.
+    for name in COORDINATORS:
+        condition = (svcs["orders"]["depends_on"].get(name) or {}).get("condition")
+        assert condition == "service_healthy", f"orders does not wait for {name}"
     assert dependency_cycle(svcs) is None, f"depends_on cycle: {dependency_cycle(svcs)}"
 
 
@@ -269,21 +300,25 @@ def test_services_get_settings_they_accept(
     container."""
     svcs = services(compose)
 
-    coord_env = environment(svcs["coordinator"])
-    assert not unread(Settings, "TXN_", svcs["coordinator"])
-    coord = service_settings(compose, "coordinator", folder, monkeypatch)
-    assert coord.production
-    assert startup_problems(coord) == []  # tokens, and a secret for every participant
-    assert coord.host == "0.0.0.0"
-    healthcheck = " ".join(map(str, svcs["coordinator"]["healthcheck"]["test"]))
-    assert f":{coord.port}/healthz" in healthcheck
-    assert all(
-        host_ports(p) and str(p).endswith(f":{coord.port}") for p in svcs["coordinator"]["ports"]
-    )
-    # The registry JSON is what TXN_PARTICIPANTS really parses to.
-    assert set(coord.participants) == set(json.loads(coord_env["TXN_PARTICIPANTS"]))
-    assert set(coord.participants) == {*LEDGERS, *SHOP}
-    assert set(coord.participant_secrets) == set(coord.participants)
+    for name in COORDINATORS:
+        coord_env = environment(svcs[name])
+        assert not unread(Settings, "TXN_", svcs[name]), name
+        coord = service_settings(compose, name, folder, monkeypatch)
+        assert coord.production, name
+        assert startup_problems(coord) == []  # tokens, and a secret for every participant
+        assert coord.host == "0.0.0.0", name
+        assert coord.instance_id == name
+        healthcheck = " ".join(map(str, svcs[name]["healthcheck"]["test"]))
+        assert f":{coord.port}/healthz" in healthcheck, name
+        assert all(
+            host_ports(p) and str(p).endswith(f":{coord.port}") for p in svcs[name]["ports"]
+        ), name
+        # The registry JSON is what TXN_PARTICIPANTS really parses to.
+        assert set(coord.participants) == set(json.loads(coord_env["TXN_PARTICIPANTS"]))
+        assert set(coord.participants) == {*LEDGERS, *SHOP}
+        assert set(coord.participant_secrets) == set(coord.participants)
+    # What the participants check against: the coordinators differ only in their instance id.
+    coord = service_settings(compose, COORDINATORS[0], folder, monkeypatch)
 
     checked = set()
     for name, svc in svcs.items():
@@ -300,8 +335,9 @@ def test_services_get_settings_they_accept(
         # Its own secret, the one the coordinators sign its calls with.
         assert settings.secrets() == coord.secrets_of(name)[:1], name
         assert settings.tokens(), f"{name}: its business endpoints would accept no token"
-        # The doubt resolver (and orders' submissions) reach the coordinators by service name.
-        assert settings.coordinators == [f"http://coordinator:{coord.port}"], name
+        # The doubt resolver (and orders' submissions) reach the coordinators by the alias
+        # every coordinator service answers to.
+        assert settings.coordinators == [f"http://{COORDINATOR_ALIAS}:{coord.port}"], name
         assert f":{settings.port}/healthz" in " ".join(map(str, svc["healthcheck"]["test"]))
         assert all(host_ports(p) and str(p).endswith(f":{settings.port}") for p in svc["ports"]), (
             name
@@ -328,11 +364,15 @@ def test_connections_fit_in_max_connections(
     available = int(server["max_connections"]) - int(
         server.get("superuser_reserved_connections", "3")
     )
-    coord = service_settings(compose, "coordinator", folder, monkeypatch)
     # coordinator.pglog: two asyncpg pools of pool_size (hot, progress) and a SQLAlchemy pool of
-    # max(2, pool_size // 8) with as much overflow.
-    per_coordinator = 2 * coord.pool_size + 2 * max(2, coord.pool_size // 8)
-    total = svcs["coordinator"]["deploy"]["replicas"] * per_coordinator
+    # max(2, pool_size // 8) with as much overflow; for each coordinator service (one container
+    # each: no replicas).
+    total = 0
+    coordinators = coordinator_services(svcs)
+    for name in coordinators:
+        assert (svcs[name].get("deploy") or {}).get("replicas", 1) == 1, name
+        coord = service_settings(compose, name, folder, monkeypatch)
+        total += 2 * coord.pool_size + 2 * max(2, coord.pool_size // 8)
     participants = 0
     for name, svc in svcs.items():
         if participant_module(svc) is not None:
@@ -343,6 +383,7 @@ def test_connections_fit_in_max_connections(
     text = re.sub(r"\s+", " ", (ROOT / "docs" / "configuration.md").read_text())
     assert f"= {total} at most" in text, f"docs/configuration.md should count {total}"
     assert participants == 7
+    assert len(coordinators) == 2
 
 
 def row_problem(var: str, info: Any, cells: list[str]) -> str | None:
@@ -451,6 +492,10 @@ def test_checks_reject_broken_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
         "participants.orders"
     )
     assert participant_module({"command": ["txn", "serve"]}) is None
+    serving = {"a": {"command": ["txn", "serve"]}, "b": {"command": "txn"}}
+    assert coordinator_services(serving) == ["a"]
+    assert network_aliases({"networks": {"default": {"aliases": ["c"]}}}) == {"c"}
+    assert network_aliases({"networks": ["default"]}) == network_aliases({}) == set()
     assert own_fields(settings_class("participants.shipping")).keys() == {"blocked_destinations"}
     assert dependency_cycle({"a": {"depends_on": ["b"]}, "b": {"depends_on": {"a": {}}}})
     assert dependency_cycle({"a": {"depends_on": ["b"]}, "b": {}}) is None
@@ -471,17 +516,19 @@ def test_cross_checks_catch_a_broken_compose(
 ) -> None:
     """The registry and migration checks report what a plausible mistake would break."""
     svcs = services(compose)
-    registry = json.loads(environment(svcs["coordinator"])["TXN_PARTICIPANTS"])
+    registry = json.loads(environment(svcs["coordinator1"])["TXN_PARTICIPANTS"])
 
-    def with_registry(**changes: str | None) -> Any:
+    def with_registry(name: str = "coordinator1", **changes: str | None) -> Any:
         reg = {k: v for k, v in {**registry, **changes}.items() if v is not None}
-        return _with_env(svcs, "coordinator", TXN_PARTICIPANTS=json.dumps(reg))
+        return _with_env(svcs, name, TXN_PARTICIPANTS=json.dumps(reg))
 
     assert registry_problems(with_registry(payments="http://payments:8299"))
     assert registry_problems(with_registry(billing="http://billing:8300"))
     assert registry_problems(with_registry(orders=None))  # a service the registry lacks
     assert registry_problems(with_registry(shipping="http://payments:8204"))
+    assert registry_problems(with_registry("coordinator2", ledger3=None))  # each is checked
     assert registry_problems(_with_env(svcs, "inventory", TXNP_PORT="8299"))
+    assert registry_problems({k: v for k, v in svcs.items() if k not in COORDINATORS})
 
     migrated = migrated_databases(svcs, monkeypatch)
 
@@ -494,7 +541,7 @@ def test_cross_checks_catch_a_broken_compose(
     assert problems(compose, {k: v for k, v in migrated.items() if k != "shipping"})
     assert problems(compose, {k: v for k, v in migrated.items() if k != "txn_log"})
     assert problems(with_secret(compose, "orders", "txnp_dsn", "ledger1_dsn"), migrated)
-    assert problems(with_secret(compose, "coordinator", "txn_log_dsn", "orders_dsn"), migrated)
+    assert problems(with_secret(compose, "coordinator2", "txn_log_dsn", "orders_dsn"), migrated)
     no_module = copy.deepcopy(compose)
     no_module["services"]["payments"]["command"] = ["txn", "serve"]
     assert problems(no_module, migrated)

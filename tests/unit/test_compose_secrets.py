@@ -22,12 +22,14 @@ from devstack.stack import SHOP
 from participants.sdk.tokens import parse_tokens, token_hash
 from tests.unit.compose_support import (
     COMPOSE,
+    COORDINATORS,
     INITDB,
     LEDGERS,
     ROOT,
     SECRETS_DIR,
     VAR_REF,
     command_lines,
+    coordinator_services,
     database_of,
     databases_created,
     environment,
@@ -105,9 +107,13 @@ def secret_source_problems(data: dict[str, Any]) -> list[str]:
             users.setdefault(source, set()).add(name)
             if source not in declared:
                 problems.append(f"service {name} mounts {source}, which is not declared")
-    coordinator = mounts(services(data)["coordinator"])
-    if not set(coordinator) >= COORDINATOR_MOUNTS:
-        problems.append(f"the coordinators lack {sorted(COORDINATOR_MOUNTS - set(coordinator))}")
+    coordinators = coordinator_services(services(data))
+    if not coordinators:
+        problems.append("no coordinator service")
+    for name in coordinators:
+        coordinator = mounts(services(data)[name])
+        if not set(coordinator) >= COORDINATOR_MOUNTS:
+            problems.append(f"{name} lacks {sorted(COORDINATOR_MOUNTS - set(coordinator))}")
     for name in participant_services(data):
         own = mounts(services(data)[name])
         needed = PARTICIPANT_MOUNTS | ({"txnp_coordinator_token"} if name == "orders" else set())
@@ -250,17 +256,18 @@ def test_every_participant_has_its_own_secret(compose: dict[str, Any], folder: P
     files = {secret_path(compose, s, folder) for s in sources}
     values = {mounted(compose, n, folder)["txnp_secret"] for n in names}
     assert len(sources) == len(files) == len(values) == len(names) == 7
-    coordinator = mounted(compose, "coordinator", folder)
-    held = json.loads(coordinator["txn_participant_secrets"])
-    assert {name: held[name] for name in names} == {
-        n: mounted(compose, n, folder)["txnp_secret"].strip() for n in names
-    }
+    own = {n: mounted(compose, n, folder)["txnp_secret"].strip() for n in names}
+    assert coordinator_services(services(compose)) == list(COORDINATORS)
+    for coordinator in COORDINATORS:
+        held = json.loads(mounted(compose, coordinator, folder)["txn_participant_secrets"])
+        assert {name: held[name] for name in names} == own, coordinator
 
 
 def test_the_coordinators_read_participant_secrets_and_api_tokens(
     compose: dict[str, Any],
 ) -> None:
-    assert set(mounts(services(compose)["coordinator"])) >= COORDINATOR_MOUNTS
+    for name in COORDINATORS:
+        assert set(mounts(services(compose)[name])) >= COORDINATOR_MOUNTS, name
     assert "txnp_coordinator_token" in mounts(services(compose)["orders"])
 
 
@@ -282,7 +289,7 @@ def test_nobody_connects_as_the_superuser(
     # same file as the migration job, holding the password of the DSN the service uses.
     postgres = mounted(compose, "postgres", folder)
     assert set(roles.values()) <= set(postgres)
-    for name in ("coordinator", *participant_services(compose)):
+    for name in (*COORDINATORS, *participant_services(compose)):
         found = service_dsn(compose, name, folder)
         assert found is not None, name
         parts = urlsplit(found[1])
@@ -344,7 +351,7 @@ def test_secret_checks_catch_a_leaky_compose(
     assert secret_source_problems(with_secret(compose, "ledger2", "txnp_secret", "ledger1_secret"))
     assert secret_source_problems(with_secret(compose, "payments", "txnp_dsn", "inventory_dsn"))
     assert secret_source_problems(
-        with_secret(compose, "coordinator", "orders_secret", "orders_secret")
+        with_secret(compose, "coordinator1", "orders_secret", "orders_secret")
     )
     assert secret_source_problems(with_secret(compose, "orders", "txnp_secret", "nope"))
     from_env = copy.deepcopy(compose)
@@ -354,13 +361,14 @@ def test_secret_checks_catch_a_leaky_compose(
     outside["secrets"]["shipping_secret"] = {"file": "./deploy/shipping_secret"}
     assert secret_source_problems(outside)
     no_tokens = copy.deepcopy(compose)
-    no_tokens["services"]["coordinator"]["secrets"].remove("txn_api_tokens")
+    no_tokens["services"]["coordinator2"]["secrets"].remove("txn_api_tokens")
+    assert "txn_api_tokens" in no_tokens["services"]["coordinator1"]["secrets"]  # not shared
     assert secret_source_problems(no_tokens)
 
     owners, _, _ = ownership(INITDB.read_text())
     as_superuser = _with_env(compose, "orders", TXNP_DSN="postgresql://postgres@postgres/orders")
     assert connection_problems(as_superuser, folder, owners, monkeypatch)
-    someone_else = _with_env(compose, "coordinator", TXN_LOG_DSN="postgresql://orders_owner@p/x")
+    someone_else = _with_env(compose, "coordinator2", TXN_LOG_DSN="postgresql://orders_owner@p/x")
     assert connection_problems(someone_else, folder, owners, monkeypatch)
     as_root = copy.deepcopy(compose)
     as_root["services"]["ledger3"]["user"] = "postgres"

@@ -2,10 +2,12 @@
 of compose.yaml: every built-in resource validates against the Kubernetes API's JSON schemas
 (kubernetes-validate, strict: an unknown field is an error; no network needed); the
 CloudNativePG clusters, a CRD it does not know, are checked field by field. compose.yaml stays
-the one source of truth for what the services run: the same commands, the same environment
-value for value (but the two variables only Kubernetes needs), the same secrets files at the
-same /run/secrets paths, the same migrations. The selectors and network policies are checked in
-test_k8s_network.py, the Secrets in test_k8s_secrets.py; the helpers are in k8s_support.py."""
+the one source of truth for what the services run (its two coordinator services, coordinator1
+and coordinator2, are the one Deployment coordinator here): the same commands, the same
+environment value for value (but the two variables Kubernetes sets its own way), the same
+secrets files at the same /run/secrets paths, the same migrations. The selectors and network
+policies are checked in test_k8s_network.py, the Secrets in test_k8s_secrets.py; the helpers
+are in k8s_support.py."""
 
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from devstack.stack import SHOP
 from participants.sdk.guard import OPEN
 from participants.sdk.settings import ParticipantSettings
 from tests.unit.compose_support import (
+    COORDINATOR_ALIAS,
+    COORDINATORS,
     LEDGERS,
     SECRETS_DIR,
     database_of,
@@ -69,6 +73,7 @@ from tests.unit.k8s_support import (
     pod_spec,
     secret_value_problems,
     selector_problems,
+    workload_name,
     workloads,
 )
 
@@ -184,17 +189,22 @@ def test_kustomization_lists_every_manifest_but_the_example_secrets(
 
 def test_same_services_as_compose(compose: dict[str, Any], docs: list[dict[str, Any]]) -> None:
     """Every compose service but the Postgres server (the CloudNativePG clusters here) is a
-    workload of the same name, with the same image and command (the migration job's:
-    test_migrate_job_runs_composes_migrations)."""
+    workload of the same name (coordinator1 and coordinator2: the Deployment coordinator), with
+    the same image and command (the migration job's: test_migrate_job_runs_composes_migrations)."""
     svcs = services(compose)
     k8s = workloads(docs)
-    assert set(k8s) == set(svcs) - {"postgres"} == {"coordinator", "migrate", *LEDGERS, *SHOP}
+    stands_for = {name: workload_name(svcs, name) for name in svcs if name != "postgres"}
+    assert set(k8s) == set(stands_for.values()) == {"coordinator", "migrate", *LEDGERS, *SHOP}
+    assert [n for n, w in stands_for.items() if w == COORDINATOR_ALIAS] == list(COORDINATORS)
     assert of_kind(docs, "Job").keys() == {"migrate"}
-    for name, workload in k8s.items():
-        ctr = container(workload)
+    for name, workload_key in stands_for.items():
+        ctr = container(k8s[workload_key])
         assert ctr["image"] == svcs[name]["image"], name
         if name != "migrate":
             assert ctr["command"] == svcs[name]["command"], name
+    for name, workload in k8s.items():
+        ctr = container(workload)
+        if name != "migrate":
             assert ctr.get("imagePullPolicy") == "IfNotPresent", name  # a local image
         assert pod_spec(workload).get("automountServiceAccountToken") is False, name
         security = pod_spec(workload)["securityContext"]
@@ -204,7 +214,8 @@ def test_same_services_as_compose(compose: dict[str, Any], docs: list[dict[str, 
 
 def test_environment_is_composes(compose: dict[str, Any], docs: list[dict[str, Any]]) -> None:
     """One source of truth: the same variables, the same values, but TXN_INSTANCE_ID (the
-    pod's name) and TXN_OPEN_METRICS (the readiness probe) on the coordinators."""
+    pod's name; compose's coordinator1 and coordinator2 each set their own) and
+    TXN_OPEN_METRICS (the readiness probe) on the coordinators."""
     assert env_problems(compose, docs) == []
     for workload in workloads(docs).values():
         for entry in container(workload).get("env") or []:
@@ -356,6 +367,7 @@ def test_participant_probes_ports_and_services(
         assert [p["port"] for p in svcs[name]["spec"]["ports"]] == [port], name
         assert registry[name] == f"http://{name}:{port}"
         url = urlsplit(k8s_env(workload)["TXNP_COORDINATORS"])
+        assert url.hostname == COORDINATOR_ALIAS, name  # compose's alias of its coordinators
         coordinator_port = svcs[url.hostname]["spec"]["ports"][0]["port"] if url.hostname else 0
         assert url.port == coordinator_port == 8000, name
 
@@ -388,6 +400,16 @@ def test_checks_catch_mistakes(compose: dict[str, Any], docs: list[dict[str, Any
     assert env_problems(compose, broken(set_env("coordinator", "TXN_OPEN_METRICS", None)))
     secret_ref = {"secretKeyRef": {"name": SECRET, "key": "shipping_secret"}}
     assert env_problems(compose, broken(set_env("shipping", "TXNP_SECRET", secret_ref)))
+    # Each compose coordinator service is compared with the Deployment, but its instance id.
+    changed = copy.deepcopy(compose)
+    changed["services"]["coordinator2"]["environment"]["TXN_INSTANCE_ID"] = "elsewhere"
+    assert env_problems(changed, docs) == []
+    changed["services"]["coordinator2"]["environment"]["TXN_LEASE_S"] = "5"
+    assert env_problems(changed, docs) == ["coordinator2: TXN_LEASE_S is not set (compose: '5')"]
+    changed["services"]["coordinator1"]["secrets"].remove("txn_api_tokens")
+    assert mount_problems(changed, docs) == [
+        "coordinator1: /run/secrets/txn_api_tokens is 'txn_api_tokens' (compose: None)"
+    ]
 
     def remount(name: str, key: str, path: str) -> Callable[[list[dict[str, Any]]], None]:
         def change(d: list[dict[str, Any]]) -> None:
