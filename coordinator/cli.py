@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from coordinator.errors import LOG_ERRORS, briefly
 from devstack.ha import INSTALL_HINT
+from devstack.postgres import PostgresNotFound
 from migrations import TARGETS
 
 # What a one-shot command meets when its database is down, refuses it, or is not there.
@@ -229,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except DATABASE_UNREACHABLE as e:
         print(f"txn {args.command}: the database cannot be used: {briefly(e)}", file=sys.stderr)
+        return 2
+    except PostgresNotFound as e:
+        print(f"txn {args.command}: {e}", file=sys.stderr)
         return 2
     return result
 

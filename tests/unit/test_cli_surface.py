@@ -12,7 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from coordinator import cli
 from coordinator.cli import build_parser
+from devstack import postgres
 from devstack.postgres import free_port
 
 DEAD_DSN = "postgresql://someone:hunter2pw@127.0.0.1:{port}/nowhere"
@@ -122,3 +126,15 @@ def test_serve_waits_for_an_unreachable_log_one_line_per_attempt(tmp_path: Path)
     attempts = [line for line in text.splitlines() if "log unavailable" in line]
     assert len(attempts) >= 4, text
     assert "Traceback" not in text and "hunter2pw" not in text, text
+
+
+def test_no_postgres_anywhere_ends_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Where no server binaries can be found (and `./run` could not install the wheel), the
+    demo says what to install or set, in one line, and exits 2."""
+    monkeypatch.setattr(postgres, "candidate_bindirs", lambda: [tmp_path])
+    assert cli.main(["demo", "--state-dir", str(tmp_path / "state")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("txn demo: no PostgreSQL server binaries found")
+    assert "TXN_PG_BINDIR" in err[0] and "pgbinaries" in err[0]
