@@ -81,7 +81,11 @@ def create_app(
             ),
         )
         app.state.coordinator = coordinator
-        await coordinator.start()
+        try:
+            await coordinator.start()
+        except BaseException:
+            await coordinator.stop()  # what start opened (pools, tracing) is closed again
+            raise
         try:
             yield
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -23,6 +24,9 @@ def plain_dsn(dsn: str) -> str:
 
 def redacted(dsn: str) -> str:
     """``dsn`` fit to print: its password (in the URL or a ``password=`` parameter) masked."""
+    if "://" not in dsn:
+        # libpq's key=value form: mask every password value.
+        return re.sub(r"((?:ssl)?password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn, flags=re.I)
     parts = urlsplit(dsn)
     netloc = parts.netloc
     if "@" in netloc:

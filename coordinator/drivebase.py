@@ -24,6 +24,8 @@ from participants.sdk.tracing import TRACEPARENT, Tracing
 
 log = logging.getLogger(__name__)
 
+LEASE_LAPSED = "this instance's lease lapsed: no call sent (another instance may own it now)"
+
 E = TypeVar("E")
 
 
@@ -52,6 +54,10 @@ class Deps:
     notify: Callable[[str, TxnRecord | None], None]
     metrics: Metrics
     tracing: Tracing | None = None
+    # Whether this instance still holds the transaction's lease by its own clock; a call is
+    # never signed and sent after it lapsed (a process frozen past its lease must not call
+    # participants again before a fenced write tells it it lost the transaction).
+    lease_held: Callable[[str], bool] = lambda _gid: True
 
 
 class Run(Generic[E]):
@@ -118,6 +124,9 @@ class Run(Generic[E]):
             return timed_out()
 
     async def call(self, idx: int, path: str, op: str, payload: dict[str, Any] | None) -> Reply:
+        if not self.d.lease_held(self.gid):
+            self.errors[idx] = LEASE_LAPSED
+            return Reply(Kind.TRANSIENT, None, LEASE_LAPSED)
         # Counted when sent, so an attempt cut off by a deadline still shows.
         self.attempts[idx] += 1
         branch = self.record.branches[idx]

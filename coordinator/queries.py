@@ -247,8 +247,10 @@ WITH locked AS (
 UPDATE transactions AS tx SET lease_until = now() + make_interval(secs => :lease_s)
 FROM locked
 -- Only a lease still held: one a reschedule released (lease_until = its now()) or one that
--- lapsed is never extended again, even by a renewal that was already on its way.
-WHERE tx.gid = locked.gid AND tx.lease_until > now()
+-- lapsed is never extended again, even by a renewal that was already on its way. The clock
+-- is read now, after the row lock: a renewal that waited on a reschedule's lock must see the
+-- release as past (now() is this statement's start, which may precede it).
+WHERE tx.gid = locked.gid AND tx.lease_until > clock_timestamp()
 RETURNING tx.gid
 """
 

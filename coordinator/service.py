@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime
 from typing import Any
 
@@ -44,7 +45,19 @@ class Coordinator:
         self.metrics.driving_now(lambda: len(self._tasks))
         self.declared = Declared(transport, list(settings.participants))
         self.tracing = tracing.start(settings.tracing, "txn-coordinator", "TXN_TRACING")
-        deps = Deps(store, transport, settings, self.crash, self.notify, self.metrics, self.tracing)
+        # Per gid driven here: until when (this process's monotonic clock) its lease surely
+        # holds: set at the claim, moved on by each renewal, a tenth short of the lease.
+        self.lease_expiry: dict[str, float] = {}
+        deps = Deps(
+            store,
+            transport,
+            settings,
+            self.crash,
+            self.notify,
+            self.metrics,
+            self.tracing,
+            self._lease_held,
+        )
         self.driver = TwoPCDriver(deps)
         self.saga_driver = SagaDriver(deps)
         self.active: dict[str, int] = {}
@@ -70,7 +83,10 @@ class Coordinator:
         except Exception:
             log.warning("log unreachable at start: own work is recovered as its leases run out")
         else:
-            await self._refuse_a_live_twin()
+            try:
+                await self._refuse_a_live_twin()
+            except LOG_ERRORS as e:
+                log.warning("could not check this instance id's leases (%s)", briefly(e))
         self._loops.append(asyncio.create_task(self._renew_loop(), name="lease-renewal"))
         self._loops.append(asyncio.create_task(self.declared.warm(), name="catalogues"))
         self._loops.append(asyncio.create_task(self._sample_loop(), name="metrics-sampler"))
@@ -123,8 +139,13 @@ class Coordinator:
             self._drive(claim, fresh=True)
         return outcome, claim.record
 
+    def _lease_held(self, gid: str) -> bool:
+        return time.monotonic() < self.lease_expiry.get(gid, 0.0)
+
     def _drive(self, claim: Claim, fresh: bool) -> None:
         gid = claim.record.gid
+        # The claim's statement began before now: the lease runs out no earlier than this.
+        self.lease_expiry[gid] = time.monotonic() + 0.9 * self.settings.lease_s
         previous = self._tasks.get(gid)
         if previous is not None:
             previous.cancel()  # fenced out by the new epoch anyway; stop it wasting calls
@@ -161,6 +182,7 @@ class Coordinator:
             if self._tasks.get(gid) is asyncio.current_task():
                 del self._tasks[gid]
                 self._recovering.discard(gid)
+                self.lease_expiry.pop(gid, None)
             self.notify(gid)  # after a finish this finds no waiter left
 
     async def _run_driver(self, claim: Claim, fresh: bool) -> None:
@@ -360,6 +382,7 @@ class Coordinator:
             held = dict(self.active)
             if not held:
                 continue
+            started = time.monotonic()
             try:
                 with self.metrics.log_write("renew"):
                     renewed = await self.store.renew(
@@ -373,6 +396,9 @@ class Coordinator:
             except Exception:
                 log.exception("lease renewal failed")
                 continue
+            for gid in renewed:
+                if self.active.get(gid) == held[gid]:
+                    self.lease_expiry[gid] = started + 0.9 * self.settings.lease_s
             for gid in set(held) - renewed:
                 # Taken over (or finished meanwhile): a running driver will be fenced out.
                 task = self._tasks.get(gid)

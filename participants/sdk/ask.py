@@ -39,13 +39,19 @@ async def ask(
         async with session.post(
             base + path, data=body, headers=headers, allow_redirects=False
         ) as reply:
-            raw = await reply.content.read(MAX_ANSWER_BYTES)
             signature = reply.headers.get(wire.H_SIGNATURE, "")
             if reply.status != 200:
                 return None, f"HTTP {reply.status}"
+            # The whole body, however it arrives (``content.read(n)`` returns what has come so
+            # far), up to a bound: a huge answer is refused, not buffered.
+            raw = bytearray()
+            async for chunk in reply.content.iter_chunked(64 * 1024):
+                raw += chunk
+                if len(raw) > MAX_ANSWER_BYTES:
+                    return None, f"the answer is over {MAX_ANSWER_BYTES} bytes"
     except (TimeoutError, aiohttp.ClientError) as e:
         return None, f"{type(e).__name__}: {e}"
-    if not wire.check_reply(secrets, raw, signature):
+    if not wire.check_reply(secrets, bytes(raw), signature):
         return None, "the answer is not signed with this participant's secret"
     try:
         answer = orjson.loads(raw)

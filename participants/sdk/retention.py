@@ -51,7 +51,8 @@ _PREPARED = text(
 _PURGE = text(
     "DELETE FROM txn_barrier b WHERE b.gid = ANY(:gids) "
     "AND NOT EXISTS (SELECT 1 FROM txn_barrier n WHERE n.gid = b.gid "
-    "AND n.created_at >= now() - make_interval(secs => :keep))"
+    "AND n.created_at >= now() - make_interval(secs => :keep)) "
+    "RETURNING b.gid"
 )
 
 
@@ -145,12 +146,15 @@ class BarrierRetention:
             if not quiet:
                 continue
             async with self.engine.begin() as conn:
-                deleted = (
-                    await conn.execute(_PURGE, {"gids": quiet, "keep": self.keep_s})
-                ).rowcount
-            done.deleted_rows += deleted
-            done.purged += quiet
-            self.metrics.barrier_purged.inc(deleted)
+                params = {"gids": quiet, "keep": self.keep_s}
+                rows_gone = (await conn.execute(_PURGE, params)).all()
+            gone = {r.gid for r in rows_gone}
+            # A confirmed gid with a row younger than the retention stays: skip it from now on,
+            # or every batch would read it again.
+            done.kept += [g for g in quiet if g not in gone]
+            done.deleted_rows += len(rows_gone)
+            done.purged += [g for g in quiet if g in gone]
+            self.metrics.barrier_purged.inc(len(rows_gone))
             if pause:
                 await asyncio.sleep(PAUSE_FACTOR * (time.perf_counter() - started))
         if done.deleted_rows:

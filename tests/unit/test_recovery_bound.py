@@ -14,7 +14,7 @@ from coordinator.memlog import MemLog
 from coordinator.records import BranchSpec, NewTxn
 from coordinator.service import Coordinator, InstanceIdInUse
 from coordinator.settings import Settings
-from coordinator.transport import Reply
+from coordinator.transport import Kind, Reply
 from tests.helpers import token_entries
 
 
@@ -95,3 +95,51 @@ async def test_a_restart_after_a_crash_takes_its_id_back() -> None:
     restarted = Coordinator(twin_settings(), store, Hanging())
     await restarted.start()  # no refusal
     await restarted.stop()
+
+
+class NoRenewals(MemLog):
+    """A log that cannot be reached for renewals (as from a frozen or cut-off process)."""
+
+    async def renew(self, *_args: Any) -> set[str]:
+        raise ConnectionRefusedError("the log is unreachable")
+
+
+class SlowThenYes:
+    """The first call takes longer than the lease and fails; any later one would succeed."""
+
+    def __init__(self, first_s: float) -> None:
+        self.first_s = first_s
+        self.calls: list[str] = []
+
+    async def call(self, *args: Any) -> Reply:
+        self.calls.append(str(args[2]))
+        if len(self.calls) == 1:
+            await asyncio.sleep(self.first_s)
+            return Reply(Kind.TRANSIENT, 503, "slow")
+        return Reply(Kind.OK, 200, "")
+
+    async def catalogue(self, _participant: str) -> list[dict[str, Any]]:
+        return []
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_no_call_is_sent_once_the_lease_lapsed_unrenewed() -> None:
+    """A drive whose lease ran out (no renewal: a frozen process, a log it cannot reach) sends
+    no more calls: another instance may own the transaction, and a call signed now could reach
+    a participant after its barrier rows were purged."""
+    store = NoRenewals()
+    transport = SlowThenYes(first_s=0.6)
+    c = Coordinator(
+        settings("lapsing", lease_s=0.5, renew_interval_s=0.2, retry_initial_s=0.01),
+        store,
+        transport,
+    )
+    try:
+        await c.submit(txn("slow"))
+        await asyncio.sleep(1.5)  # the first call failed after the lease lapsed; retries due
+        assert transport.calls == ["action"], transport.calls  # none of them was sent
+        assert not c._lease_held("slow")
+    finally:
+        await c.stop()
