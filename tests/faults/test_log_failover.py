@@ -80,7 +80,7 @@ async def roles_in_stack_json(stack: Stack, leader: str, bound_s: float = 10.0) 
 
 
 async def under_load(stack: Stack, fault: str) -> tuple[TransferLoad, float, dict[str, int]]:
-    """16 clients; ``fault`` ("kill" or "switchover") 3 s in; 8 s more; settle and verify.
+    """16 clients; ``fault`` ("kill" or "switchover") 3 s in; 5 s more; settle and verify.
     Returns the load, the seconds from the fault to the first request sent after it that
     succeeded (RTO), and the outcome counts."""
     group = stack.ha["log"]
@@ -98,7 +98,7 @@ async def under_load(stack: Stack, fault: str) -> tuple[TransferLoad, float, dic
             await asyncio.to_thread(group.switchover)
         new = await asyncio.to_thread(group.wait_leader_other_than, old.name)
         await roles_in_stack_json(stack, new)
-        await asyncio.sleep(8.0)
+        await asyncio.sleep(5.0)
         load.stop()
         await driving
         await load.settle(client, SETTLE_BOUND_S)
