@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 import tempfile
-import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -43,10 +43,13 @@ def _dev(args: argparse.Namespace) -> int:
         )
     )
     control = FaultControl(Injector(stack))
-    done = threading.Event()
+    # A plain flag, not a threading.Event: the handler runs in the main thread between any two
+    # bytecodes, possibly while that thread holds the Event's lock inside wait(), and
+    # Event.set() would then deadlock on it.
+    stop_requested: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        done.set()
+        stop_requested.append(signum)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -73,7 +76,8 @@ def _dev(args: argparse.Namespace) -> int:
             print(f"  participant {p.name}: {p.url}", flush=True)
         print(f"  fault tools: {control.url}/faults  (`txn fault --help`)", flush=True)
         print("Ctrl-C stops everything.", flush=True)
-        done.wait()
+        while not stop_requested:
+            time.sleep(0.2)
     finally:
         print("stopping the dev stack...", flush=True)
         control.stop()
