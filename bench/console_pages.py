@@ -6,15 +6,18 @@ ratio is with-history / before for each page; the history is removed again after
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
+from http.cookiejar import CookieJar
 from typing import Any
 
-import aiohttp
-from yarl import URL
-
 from bench import growth
+from participants.sdk.http11 import Client
 
 PROBE = "console-probe-"  # one finished transaction, there before and with the history
 PAGES = (
@@ -28,16 +31,46 @@ PAGES = (
 )
 
 
-async def _times(session: aiohttp.ClientSession, url: str, paths: list[str]) -> list[float]:
+TIMEOUT_S = 300.0  # one request's bound
+PAGE_CAP = 64 * 1024 * 1024  # a page, whole
+
+
+def _sign_in(url: str, token: str) -> str:
+    """The console's session cookie, as a Cookie header. The product's HTTP client has no
+    cookies or forms (nor shows a reply's headers): the standard library signs in, in a
+    thread."""
+    jar = CookieJar()  # accepts a cookie from an IP address, as the console's is
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}),  # straight to the console, whatever *_proxy says
+        urllib.request.HTTPCookieProcessor(jar),
+    )
+    form = urllib.parse.urlencode({"token": token}).encode()
+    try:  # a 303 to the console, with the cookie; followed
+        with opener.open(f"{url}/console/login", data=form, timeout=TIMEOUT_S) as reply:
+            reply.read()
+            status = reply.status
+    except urllib.error.HTTPError as e:  # a 4xx or 5xx: no cookie
+        with e:
+            status = e.code
+    probe = urllib.request.Request(f"{url}/console")
+    jar.add_cookie_header(probe)
+    cookie = probe.get_header("Cookie")
+    if not cookie:
+        raise RuntimeError(f"console sign-in failed: HTTP {status}")
+    return cookie
+
+
+async def _times(client: Client, url: str, paths: list[str]) -> list[float]:
     out = []
     for path in paths:
         samples = []
         for i in range(8):
             started = time.perf_counter()
-            async with session.get(url + path) as reply:
-                await reply.read()
-                if reply.status != 200:
-                    raise RuntimeError(f"{path}: HTTP {reply.status}")
+            reply = await client.call("GET", url + path, TIMEOUT_S)
+            if reply.status != 200:
+                raise RuntimeError(f"{path}: HTTP {reply.status}")
+            if reply.truncated:
+                raise RuntimeError(f"{path}: over {PAGE_CAP} bytes")
             if i:  # the first is the warm-up
                 samples.append((time.perf_counter() - started) * 1000)
         out.append(statistics.median(samples))
@@ -53,15 +86,16 @@ async def pages(
     ]
     await growth.fill(log_dsn, 1, PROBE)
     try:
-        jar = aiohttp.CookieJar(unsafe=True)  # the console is on an IP address
-        async with aiohttp.ClientSession(cookie_jar=jar) as session:
-            async with session.post(f"{url}/console/login", data={"token": token}) as reply:
-                if not jar.filter_cookies(URL(f"{url}/console")):
-                    raise RuntimeError(f"console sign-in failed: HTTP {reply.status}")
-            before = await _times(session, url, paths)
+        cookie = await asyncio.to_thread(_sign_in, url, token)
+        # Pages over one keep-alive connection, the session cookie on each.
+        client = Client(limit=1, cap=PAGE_CAP, headers={"Cookie": cookie})
+        try:
+            before = await _times(client, url, paths)
             say(f"console: adding {rows} finished transactions to the log")
             await growth.fill(log_dsn, rows)
-            with_history = await _times(session, url, paths)
+            with_history = await _times(client, url, paths)
+        finally:
+            await client.close()
     finally:
         await growth.unfill(log_dsn)
         await growth.unfill(log_dsn, PROBE)

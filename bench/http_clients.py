@@ -1,7 +1,11 @@
-"""Benchmark httpx vs aiohttp for coordinator -> participant calls over loopback.
+"""Benchmark the product's lean client (participants/sdk/http11.py) against httpx and aiohttp,
+for the calls the product makes (a signed JSON POST and its small JSON reply) over loopback.
 
 Runs a tiny FastAPI app under uvicorn in a subprocess; a minimal raw asyncio keep-alive client
-is measured as an upper reference. Usage: bench/http_clients.py [--duration 5] [--concurrency 32]
+is measured as an upper reference. Reports requests per second, latency, and the client
+process's CPU per request (the figure docs/decisions.md's "One HTTP client" rests on).
+Needs the dev extra (httpx, aiohttp). Usage:
+.venv/bin/python bench/http_clients.py [--duration 5] [--concurrency 32]
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import httpx
 import orjson
 from fastapi import FastAPI
 from pydantic import BaseModel
+
+from participants.sdk.http11 import Client, Origin
 
 HOST = "127.0.0.1"
 PATH = "/txn/prepare"
@@ -86,6 +92,21 @@ async def aiohttp_client(port: int) -> AsyncIterator[MakeSender]:
 
 
 @contextlib.asynccontextmanager
+async def lean_client(port: int) -> AsyncIterator[MakeSender]:
+    client = Client(limit=64)
+    origin = Origin("http", HOST, port)
+    try:
+
+        async def send(body: bytes, headers: dict[str, str]) -> int:
+            status, _ = await client.post(origin, PATH, headers, body, REQUEST_TIMEOUT_S)
+            return status
+
+        yield shared(send)
+    finally:
+        await client.close()
+
+
+@contextlib.asynccontextmanager
 async def raw_client(port: int) -> AsyncIterator[MakeSender]:
     """One keep-alive connection per task; only handles Content-Length responses."""
     writers: list[asyncio.StreamWriter] = []
@@ -124,6 +145,7 @@ CLIENTS: dict[str, ClientFactory] = {
     # with max_connections only, the keep-alive pool is unbounded up to 64
     "httpx (max_connections=64)": lambda port: httpx_client(port, httpx.Limits(max_connections=64)),
     "aiohttp (limit=64)": aiohttp_client,
+    "lean http11 (limit=64)": lean_client,
 }
 RAW = "raw asyncio (reference)"
 
@@ -134,6 +156,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float  # this (client) process's CPU per completed request
 
 
 async def measure(
@@ -141,6 +164,7 @@ async def measure(
 ) -> Result:
     latencies: list[float] = []
     errors = 0
+    cpu_start = cpu_end = 0.0
     async with factory(port) as make:
         senders = [await make() for _ in range(concurrency)]
         t_measure = time.perf_counter() + warmup
@@ -170,12 +194,20 @@ async def measure(
                         errors += 1
                     last_done = max(last_done, done)
 
-        tasks = asyncio.gather(*(worker(i) for i in range(concurrency)))
+        async def cpu_marks() -> None:
+            nonlocal cpu_start, cpu_end
+            await asyncio.sleep(max(t_measure - time.perf_counter(), 0))
+            cpu_start = time.process_time()
+            await asyncio.sleep(max(t_end - time.perf_counter(), 0))
+            cpu_end = time.process_time()
+
+        tasks = asyncio.gather(cpu_marks(), *(worker(i) for i in range(concurrency)))
         await asyncio.wait_for(tasks, warmup + duration + 3 * REQUEST_TIMEOUT_S)  # hard bound
     rps = len(latencies) / max(last_done - t_measure, duration)
     lat = sorted(latencies) or [float("nan")]
     p50, p99 = (lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3 for q in (0.5, 0.99))
-    return Result(rps, p50, p99, errors)
+    cpu_us = (cpu_end - cpu_start) / max(len(latencies), 1) * 1e6
+    return Result(rps, p50, p99, errors, cpu_us)
 
 
 def free_port() -> int:
@@ -226,7 +258,10 @@ async def run_all(args: argparse.Namespace, port: int) -> dict[tuple[str, int], 
             for name, factory in clients.items():
                 r = await measure(factory, port, conc, args.warmup, args.duration)
                 results.setdefault((name, conc), []).append(r)
-                msg = f"{r.rps:7.0f} req/s p50 {r.p50_ms:6.2f} p99 {r.p99_ms:6.2f} err {r.errors}"
+                msg = (
+                    f"{r.rps:7.0f} req/s p50 {r.p50_ms:6.2f} p99 {r.p99_ms:6.2f} "
+                    f"cpu {r.cpu_us:5.0f} us err {r.errors}"
+                )
                 print(f"  rep {rep + 1} c={conc:<3} {name:<28} {msg}", file=sys.stderr)
     return results
 
@@ -236,18 +271,21 @@ def report(results: dict[tuple[str, int], list[Result]]) -> None:
     for key, rs in results.items():  # median of each column over the repeats; errors summed
         m = [
             statistics.median(c)
-            for c in zip(*[(r.rps, r.p50_ms, r.p99_ms) for r in rs], strict=True)
+            for c in zip(*[(r.rps, r.p50_ms, r.p99_ms, r.cpu_us) for r in rs], strict=True)
         ]
-        med[key] = Result(m[0], m[1], m[2], sum(r.errors for r in rs))
-    print("| client | concurrency | req/s | p50 ms | p99 ms | errors | ratio to best client |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+        med[key] = Result(m[0], m[1], m[2], sum(r.errors for r in rs), m[3])
+    print(
+        "| client | concurrency | req/s | p50 ms | p99 ms | client CPU µs/req | errors "
+        "| ratio to best client |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for conc in sorted({c for _, c in med}):
         best = max(r.rps for (n, c), r in med.items() if c == conc and n != RAW)
         for (name, c), r in med.items():
             if c == conc:
                 print(
                     f"| {name} | {c} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
-                    f"| {r.errors} | {r.rps / best:.2f} |"
+                    f"| {r.cpu_us:.0f} | {r.errors} | {r.rps / best:.2f} |"
                 )
 
 

@@ -12,15 +12,14 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import aiohttp
 import asyncpg
 import orjson
 
-from coordinator.http11 import Client, Origin
+from participants.sdk.http11 import Client, Origin
 
 WAIT_S = 30.0  # the coordinator's ?wait=: long enough for any outcome under load
 ERROR_PAUSE_S = 0.01  # a failing client pauses this long, so a dead target is not a busy loop
@@ -188,25 +187,25 @@ def use_token(token: str) -> None:
         AUTH["Authorization"] = f"Bearer {token}"
 
 
-async def ensure_accounts(
-    session: aiohttp.ClientSession, ledger_urls: list[str], clients: int
-) -> None:
+async def ensure_accounts(client: Client, ledger_urls: list[str], clients: int) -> None:
     """Open every client's account on every ledger (already there from an earlier run: fine)."""
     for url in ledger_urls:
         for c in range(clients):
             body = {"id": account(c), "balance": ACCOUNT_BALANCE}
-            async with session.post(f"{url}/accounts", json=body) as reply:
-                if reply.status not in (201, 409):
-                    raise RuntimeError(f"{url}: opening {account(c)}: {await reply.text()}")
+            reply = await client.call("POST", f"{url}/accounts", WAIT_S + 30, json=body)
+            if reply.status not in (201, 409):
+                text = reply.body.decode(errors="replace")
+                raise RuntimeError(f"{url}: opening {account(c)}: HTTP {reply.status}: {text}")
 
 
 class ProductLoad:
     """POST /v1/transactions?wait=…: one adjust per ledger; the reply is the logged outcome
     (the API waits until the status is terminal, rule 3), so a 201 ``committed`` is a commit.
 
-    The clients speak through the coordinator's own lean HTTP/1.1 client (keep-alive, one
-    connection per client): the load generator shares the machine with what it measures, and
-    aiohttp cost it twice the CPU per request (``docs/performance.md``)."""
+    The clients speak through the product's lean HTTP/1.1 client (``participants.sdk.http11``,
+    keep-alive, one connection per client): the load generator shares the machine with what
+    it measures, and this client costs it half the CPU per request of the general-purpose one
+    it replaced (``docs/decisions.md``, ``docs/performance.md``)."""
 
     def __init__(
         self,
@@ -243,11 +242,16 @@ class ProductLoad:
             raise TxnFailed(f"{answer.get('status')}: {answer.get('reason')}")
 
 
-def http_session(concurrency: int) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=max(concurrency, 1) + 4, limit_per_host=0)
-    return aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=WAIT_S + 30), headers=AUTH
-    )
+@contextlib.asynccontextmanager
+async def http_session(concurrency: int) -> AsyncIterator[Client]:
+    """A client for the bench's own calls to the stack (seeding accounts): up to
+    ``concurrency`` + 4 connections per origin, the stack's Authorization header on every call
+    (each call's timeout is the caller's: ``WAIT_S + 30`` here); closed on leaving."""
+    client = Client(limit=max(concurrency, 1) + 4, headers=AUTH)
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 async def run_product(

@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import asyncpg
 
 from bench import growth
@@ -27,6 +26,7 @@ from bench.load import run_product
 from coordinator.db import make_engine
 from coordinator.pglog import PgLog
 from coordinator.retention import purge_in_batches
+from participants.sdk.ask import question_client
 from participants.sdk.metrics import ParticipantMetrics
 from participants.sdk.retention import BarrierRetention
 
@@ -161,8 +161,10 @@ async def _purge_barriers(coordinator_url: str, barriers: list[Barrier]) -> tupl
     purge; (rows deleted, seconds)."""
     started = time.perf_counter()
 
-    async def one(b: Barrier, session: aiohttp.ClientSession) -> int:
+    async def one(b: Barrier) -> int:
         engine = make_engine(b.dsn, pool_size=2)
+        # Each ledger its own client, as a participant's retention has (``BarrierRetention.run``).
+        client = question_client()
         retention = BarrierRetention(
             engine,
             [coordinator_url],
@@ -175,12 +177,12 @@ async def _purge_barriers(coordinator_url: str, barriers: list[Barrier]) -> tupl
         )
         deleted = 0
         try:
-            while done := (await retention.round(session)).deleted_rows:
+            while done := (await retention.round(client)).deleted_rows:
                 deleted += done
         finally:
+            await client.close()
             await engine.dispose()
         return deleted
 
-    async with aiohttp.ClientSession() as session:
-        counts = await asyncio.gather(*(one(b, session) for b in barriers))
+    counts = await asyncio.gather(*(one(b) for b in barriers))
     return sum(counts), time.perf_counter() - started

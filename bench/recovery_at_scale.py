@@ -23,14 +23,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devstack.stack import Stack, StackConfig, auth_headers
+from participants.sdk.http11 import Client
 
 TERMINAL = ("committed", "aborted")
+REQUEST_TIMEOUT_S = 300.0  # one call's bound (5 min, as before); a submission waits <= ?wait=
+METRICS_CAP = 16 * 1024 * 1024  # the /metrics page, whole
 
 
 async def _submit_all(
@@ -41,30 +43,33 @@ async def _submit_all(
     queue: asyncio.Queue[str] = asyncio.Queue()
     for gid in gids:
         queue.put_nowait(gid)
-    async with aiohttp.ClientSession(headers=auth_headers(token)) as session:
+    client = Client(limit=max(concurrency, 1), headers=auth_headers(token))
 
-        async def worker(account: str) -> None:
-            while not queue.empty():
-                gid = queue.get_nowait()
-                branches: list[dict[str, Any]] = [
-                    {
-                        "participant": f"ledger{i}",
-                        "action": "/accounts/adjust",
-                        "payload": {"account": account, "delta": 1},
-                    }
-                    for i in (1, 2, 3)
-                ]
-                if mode == "saga":
-                    for b in branches:
-                        b["compensation"] = "/accounts/adjust/undo"
-                body = {"gid": gid, "mode": mode, "branches": branches}
-                url = f"{base}/v1/transactions?wait={wait_s}"
-                async with session.post(url, json=body) as reply:
-                    if reply.status != 201:
-                        raise RuntimeError(f"{gid}: {reply.status} {await reply.text()}")
+    async def worker(account: str) -> None:
+        while not queue.empty():
+            gid = queue.get_nowait()
+            branches: list[dict[str, Any]] = [
+                {
+                    "participant": f"ledger{i}",
+                    "action": "/accounts/adjust",
+                    "payload": {"account": account, "delta": 1},
+                }
+                for i in (1, 2, 3)
+            ]
+            if mode == "saga":
+                for b in branches:
+                    b["compensation"] = "/accounts/adjust/undo"
+            body = {"gid": gid, "mode": mode, "branches": branches}
+            url = f"{base}/v1/transactions?wait={wait_s}"
+            reply = await client.call("POST", url, REQUEST_TIMEOUT_S, json=body)
+            if reply.status != 201:
+                raise RuntimeError(f"{gid}: {reply.status} {reply.body.decode(errors='replace')}")
 
+    try:
         # One account per client: the load measures the protocol, not contention on one row.
         await asyncio.gather(*(worker(f"bench{i}") for i in range(concurrency)))
+    finally:
+        await client.close()
 
 
 async def _wait_terminal(log_dsn: str, prefix: str, n: int, timeout_s: float) -> float:
@@ -87,24 +92,30 @@ async def _wait_terminal(log_dsn: str, prefix: str, n: int, timeout_s: float) ->
 
 
 async def _metric(base: str, token: str, name: str) -> float:
-    async with (
-        aiohttp.ClientSession(headers=auth_headers(token)) as session,
-        session.get(f"{base}/metrics") as reply,
-    ):
-        for line in (await reply.text()).splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.split()[-1])
+    client = Client(limit=1, cap=METRICS_CAP, headers=auth_headers(token))
+    try:
+        reply = await client.call("GET", f"{base}/metrics", REQUEST_TIMEOUT_S)
+    finally:
+        await client.close()
+    if reply.truncated:
+        raise RuntimeError(f"{base}/metrics: over {METRICS_CAP} bytes")
+    for line in reply.body.decode(errors="replace").splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.split()[-1])
     return 0.0
 
 
 async def _open_accounts(stack: Stack, n: int) -> None:
-    async with aiohttp.ClientSession(headers=auth_headers(stack.api_token)) as session:
+    client = Client(limit=1, headers=auth_headers(stack.api_token))
+    try:
         for p in stack.participants:
             for i in range(n):
                 body = {"id": f"bench{i}", "balance": 0}
-                async with session.post(f"{p.url}/accounts", json=body) as reply:
-                    if reply.status not in (201, 409):
-                        raise RuntimeError(await reply.text())
+                reply = await client.call("POST", f"{p.url}/accounts", REQUEST_TIMEOUT_S, json=body)
+                if reply.status not in (201, 409):
+                    raise RuntimeError(reply.body.decode(errors="replace"))
+    finally:
+        await client.close()
 
 
 def run(

@@ -84,6 +84,13 @@ class Metrics:
             ["participant", "op"],
             registry=r,
         )
+        self.stale_resent = Counter(
+            "txn_participant_stale_resends",
+            "Participant calls sent again on a fresh connection after a kept-alive one closed "
+            "before any reply (the participant may have processed the first; branch calls are "
+            "idempotent).",
+            registry=r,
+        )
         self.log_write_seconds = Histogram(
             "txn_log_write_seconds",
             "Log write latency, by statement.",

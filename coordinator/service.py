@@ -24,7 +24,7 @@ from coordinator.records import Claim, Inserted, NewTxn, TxnRecord
 from coordinator.retention import purge_in_batches
 from coordinator.schema import TERMINAL
 from coordinator.settings import Settings
-from coordinator.transport import Transport
+from coordinator.transport import HttpTransport, Transport
 from participants.sdk import tracing
 from sagas.driver import SagaDriver
 
@@ -43,6 +43,8 @@ class Coordinator:
         self.crash = CrashPoints(settings.crash_at, settings.crash_marker, COORDINATOR_POINTS)
         self.metrics = Metrics()
         self.metrics.driving_now(lambda: len(self._tasks))
+        if isinstance(transport, HttpTransport):
+            transport.client.on_stale_retry = self.metrics.stale_resent.inc
         self.declared = Declared(transport, list(settings.participants))
         self.tracing = tracing.start(settings.tracing, "txn-coordinator", "TXN_TRACING")
         # Per gid driven here: until when (this process's monotonic clock) its lease surely

@@ -13,7 +13,7 @@ import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from coordinator.http11 import Origin
+from participants.sdk.http11 import Origin
 from participants.sdk.settings import SECRETS_DIR
 from participants.sdk.tokens import Token, parse_tokens, tokens_setting
 

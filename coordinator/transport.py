@@ -1,10 +1,10 @@
 """Participant transport: the one place the coordinator talks HTTP to participants.
 
-A lean HTTP/1.1 client (``http11``), chosen by measurement (docs/decisions.md). Participants
-are addressed by registry name only; a name outside the registry is a programming error here
-(the API refuses it first). Every call is signed with the participant's own secret
-(``participants.sdk.wire``); a prepare counts as a yes vote only when its 2xx names the
-prepared transaction.
+The product's lean HTTP/1.1 client (``participants.sdk.http11``), chosen by measurement
+(docs/decisions.md). Participants are addressed by registry name only; a name outside the
+registry is a programming error here (the API refuses it first). Every call is signed with the
+participant's own secret (``participants.sdk.wire``); a prepare counts as a yes vote only when
+its 2xx names the prepared transaction.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from coordinator.http11 import Client, HttpError, Origin
 from participants.sdk import wire
+from participants.sdk.http11 import Client, HttpError, Origin
 
 
 class Kind(StrEnum):

@@ -19,13 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 
 from devstack.faults import KINDS, Injector
 from devstack.invariants import Rule, take_baseline
-from devstack.shop_demo import BLOCKED, DESTINATIONS, reason_kind, seed_shop, settled_check
+from devstack.shop_demo import (
+    BLOCKED,
+    DESTINATIONS,
+    ORDER_TIMEOUT_S,
+    reason_kind,
+    seed_shop,
+    settled_check,
+)
 from devstack.stack import Stack, StackConfig, auth_headers
+from participants.sdk.http11 import Client, HttpError
 from participants.shop.catalogue import PRODUCTS
 
 # Deep stock and full wallets so a long run is not all "out of stock"; one scarce SKU and a few
@@ -106,26 +113,27 @@ async def _load(
 ) -> Counter[str]:
     """Closed-loop clients placing orders until ``stop``; counts answers by kind."""
     answers: Counter[str] = Counter()
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(timeout=timeout, headers=auth_headers(token)) as session:
+    http = Client(headers=auth_headers(token))
 
-        async def client(n: int) -> None:
-            rng = random.Random(config.seed * 1000 + n)
-            i = n
-            while not stop.is_set():
-                order = _random_order(rng, i)
-                i += config.concurrency
-                try:
-                    async with session.post(f"{orders_url}/orders", json=order) as reply:
-                        await reply.read()
-                        answers[f"HTTP {reply.status}"] += 1
-                except (aiohttp.ClientError, TimeoutError):
-                    # The orders service was killed or paused: the order may exist; its
-                    # reconciler settles it. Back off a little and go on.
-                    answers["no answer"] += 1
-                    await asyncio.sleep(0.2)
+    async def client(n: int) -> None:
+        rng = random.Random(config.seed * 1000 + n)
+        i = n
+        while not stop.is_set():
+            order = _random_order(rng, i)
+            i += config.concurrency
+            try:
+                reply = await http.call("POST", f"{orders_url}/orders", ORDER_TIMEOUT_S, json=order)
+                answers[f"HTTP {reply.status}"] += 1
+            except HttpError:
+                # The orders service was killed or paused: the order may exist; its
+                # reconciler settles it. Back off a little and go on.
+                answers["no answer"] += 1
+                await asyncio.sleep(0.2)
 
+    try:
         await asyncio.gather(*(client(n) for n in range(config.concurrency)))
+    finally:
+        await http.close()
     return answers
 
 
@@ -183,11 +191,7 @@ def _run(stack: Stack, config: ChaosConfig, progress: bool) -> ChaosResult:
     state = stack.state()
     urls = {p.name: p.url for p in stack.participants}  # the services themselves, no proxy
 
-    async def seed() -> None:
-        async with aiohttp.ClientSession(headers=auth_headers(stack.api_token)) as session:
-            await seed_shop(session, urls, CHAOS_STOCK, CHAOS_CUSTOMERS)
-
-    asyncio.run(seed())
+    asyncio.run(seed_shop(stack.api_token, urls, CHAOS_STOCK, CHAOS_CUSTOMERS))
     baseline = asyncio.run(take_baseline(state))
     injector = Injector(stack)
     stop_load, stop_faults = threading.Event(), threading.Event()

@@ -12,56 +12,81 @@ loopback endpoint next to the stack, its URL in ``stack.json`` as ``fault_contro
 
 from __future__ import annotations
 
-import asyncio
+import json
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-
-from aiohttp import web
 
 from devstack.faults import KINDS, FaultError, Injector
 from devstack.postgres import free_port
 
 MAX_HOLD_S = 600.0
+MAX_BODY_BYTES = 64 * 1024
 
 
 class FaultControl:
+    """A loopback HTTP endpoint in a thread of the ``txn dev`` process (the standard library's
+    threaded server: one thread per request, so a held fault does not block the listing)."""
+
     def __init__(self, injector: Injector, port: int | None = None) -> None:
         self.injector = injector
         self.port = port or free_port()
-        self._loop = asyncio.new_event_loop()
-        self._runner: web.AppRunner | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        control = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path != "/faults":
+                    return self._answer(404, {"detail": "not found: GET /faults"})
+                targets = {k: control.injector.targets(k) for k in KINDS}
+                self._answer(200, {"kinds": targets})
+
+            def do_POST(self) -> None:
+                if self.path != "/faults":
+                    return self._answer(404, {"detail": "not found: POST /faults"})
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > MAX_BODY_BYTES:
+                    return self._answer(413, {"detail": "the body is too large"})
+                status, body = control.inject(self.rfile.read(length))
+                self._answer(status, body)
+
+            def _answer(self, status: int, body: dict[str, Any]) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # the fault log is the injector's
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="fault-control", daemon=True
+        )
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
 
     def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        if not self._thread.is_alive():
-            self._loop.close()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(5)
 
-    async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/faults", self._list)
-        app.router.add_post("/faults", self._inject)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def _list(self, _request: web.Request) -> web.Response:
-        return web.json_response({"kinds": {k: self.injector.targets(k) for k in KINDS}})
-
-    async def _inject(self, request: web.Request) -> web.Response:
+    def inject(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        """(status, body) for one POST /faults."""
         try:
-            body: Any = await request.json()
+            body: Any = json.loads(raw)
         except ValueError:
             return _error(422, 'the body must be JSON: {"kind", "target", "hold_s"}')
         if not isinstance(body, dict):
@@ -79,13 +104,12 @@ class FaultControl:
             self.injector.check(kind, target)
         except FaultError as e:
             return _error(422, str(e))
-        done = await asyncio.to_thread(self.injector.inject, kind, target, float(hold))
+        done = self.injector.inject(kind, target, float(hold))
         if done is None:
             return _error(409, f"{target} is already under a fault; try again when it is over")
-        return web.json_response(
-            {"kind": done.kind, "target": done.target, "hold_s": done.hold_s, "detail": done.detail}
-        )
+        detail = {"kind": done.kind, "target": done.target, "hold_s": done.hold_s}
+        return 200, {**detail, "detail": done.detail}
 
 
-def _error(status: int, detail: str) -> web.Response:
-    return web.json_response({"detail": detail}, status=status)
+def _error(status: int, detail: str) -> tuple[int, dict[str, Any]]:
+    return status, {"detail": detail}

@@ -14,12 +14,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 
 from devstack.invariants import Baseline, Rule, check, take_baseline
 from devstack.postgres import describe, find_bindir
 from devstack.stack import Stack, StackConfig, auth_headers
+from participants.sdk.http11 import Client, HttpError
 from participants.shop.catalogue import PRODUCTS, money
 
 # Plenty of most things, little of the limited edition: "out of stock" happens.
@@ -28,6 +28,11 @@ STOCK = {sku: 400 for sku in PRODUCTS} | {"SKU-7": 12, "SKU-10": 30}
 CUSTOMERS = {f"customer{i:02d}": (200_000 if i % 8 else 1_500) for i in range(1, 41)}
 DESTINATIONS = ["Lisbon", "Oslo", "Kyoto", "Lagos", "Lima", "Perth", "Atlantis"]
 BLOCKED = "Atlantis"  # the shipping service's blocked list (its default)
+SEED_TIMEOUT_S = 30.0
+# An order's answer: the orders service waits for the outcome (a few seconds at most), a
+# killed or paused one ends the call at this bound.
+ORDER_TIMEOUT_S = 120.0
+ORDER_REPLY_CAP = 1024 * 1024
 
 
 def make_orders(n: int, seed: int) -> list[dict[str, Any]]:
@@ -67,7 +72,7 @@ def reason_kind(reason: str | None) -> str:
 
 
 async def seed_shop(
-    session: aiohttp.ClientSession,
+    token: str,
     urls: dict[str, str],
     stock: dict[str, int] = STOCK,
     customers: dict[str, int] = CUSTOMERS,
@@ -80,10 +85,14 @@ async def seed_shop(
     requests += [
         (f"{urls['payments']}/wallets", {"customer": k, "balance": n}) for k, n in customers.items()
     ]
-    for url, body in requests:
-        async with session.post(url, json=body) as reply:
-            if reply.status != 409:
-                reply.raise_for_status()
+    client = Client(headers=auth_headers(token))
+    try:
+        for url, body in requests:
+            reply = await client.call("POST", url, SEED_TIMEOUT_S, json=body)
+            if reply.status >= 400 and reply.status != 409:
+                raise RuntimeError(f"seeding {url}: HTTP {reply.status}: {reply.body[:200]!r}")
+    finally:
+        await client.close()
 
 
 def _bar(done: int, total: int, started: float) -> None:
@@ -106,25 +115,28 @@ async def place_all(
     for o in orders:
         queue.put_nowait(o)
     started = time.monotonic()
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(timeout=timeout, headers=auth_headers(token)) as session:
+    client = Client(headers=auth_headers(token), cap=ORDER_REPLY_CAP)
 
-        async def worker() -> None:
-            while not queue.empty():
-                order = queue.get_nowait()
-                try:
-                    async with session.post(f"{orders_url}/orders", json=order) as reply:
-                        text = await reply.text()
-                        status = reply.status
-                    body = json.loads(text) if status == 201 else None
-                except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                    status, text, body = 0, repr(e), None
-                if body is None:
-                    body = {**order, "status": f"HTTP {status}", "reason": text[:200]}
-                results.append(body)
-                _bar(len(results), len(orders), started)
+    async def worker() -> None:
+        while not queue.empty():
+            order = queue.get_nowait()
+            try:
+                reply = await client.call(
+                    "POST", f"{orders_url}/orders", ORDER_TIMEOUT_S, json=order
+                )
+                status, text = reply.status, reply.body.decode(errors="replace")
+                body = reply.json() if status == 201 else None
+            except HttpError as e:
+                status, text, body = 0, repr(e), None
+            if not isinstance(body, dict):
+                body = {**order, "status": f"HTTP {status}", "reason": text[:200]}
+            results.append(body)
+            _bar(len(results), len(orders), started)
 
+    try:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+    finally:
+        await client.close()
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     return results, time.monotonic() - started
@@ -160,8 +172,7 @@ def run_against(state: dict[str, Any], n: int, concurrency: int, seed: int) -> i
         return 2
 
     async def prepare() -> Baseline:
-        async with aiohttp.ClientSession(headers=auth_headers(state["api_token"])) as session:
-            await seed_shop(session, urls)
+        await seed_shop(state["api_token"], urls)
         return await take_baseline(state)
 
     baseline = asyncio.run(prepare())

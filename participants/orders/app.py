@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-import aiohttp
 from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from sqlalchemy import func, select, text, update
@@ -30,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from participants.orders.schema import orders
 from participants.sdk import BusinessError, Participant, ParticipantSettings
 from participants.sdk.base import sqlstate
+from participants.sdk.http11 import Client, ConnectFailed, HttpError, NoReply
 from participants.shop.catalogue import PRODUCTS, price_of
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,9 @@ class Reply:
     error: str | None = None
 
 
+# A coordinator's answer is a transaction's view: far below this.
+MAX_REPLY_BYTES = 1024 * 1024
+
 # (method, path with query, JSON body or None) -> Reply
 Coordinator = Callable[[str, str, dict[str, Any] | None], Awaitable[Reply]]
 
@@ -91,31 +94,28 @@ class HttpCoordinator:
     ) -> None:
         self.urls = [u.rstrip("/") for u in urls]
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self.timeout_s = timeout_s
+        self.client = Client(
+            limit=64, cap=MAX_REPLY_BYTES, headers=self.headers, connect_timeout_s=connect_timeout_s
+        )
 
     async def __call__(self, method: str, path: str, body: dict[str, Any] | None) -> Reply:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self.timeout, headers=self.headers)
         last = Reply(None, error="no coordinator configured")
         for base in self.urls:
             try:
-                async with self._session.request(method, base + path, json=body) as answer:
-                    try:
-                        data = await answer.json(content_type=None)
-                    except ValueError:
-                        data = None
-                    reply = Reply(answer.status, data if isinstance(data, dict) else None)
-            except aiohttp.ConnectionTimeoutError as e:
-                last = Reply(None, error=f"{base}: cannot connect: {e!r}")
+                answer = await self.client.call(method, base + path, self.timeout_s, json=body)
+            except ConnectFailed as e:
+                last = Reply(None, error=f"{base}: cannot connect: {e}")
                 continue
-            except TimeoutError:
-                return Reply(None, error=f"{base}: no answer within {self.timeout.total}s")
-            except aiohttp.ClientError as e:
-                # Connection refused or lost, even mid-answer: asking again (here or at the next
+            except NoReply:
+                return Reply(None, error=f"{base}: no answer within {self.timeout_s}s")
+            except HttpError as e:
+                # Connection lost, even mid-answer: asking again (here or at the next
                 # coordinator) is safe, since a resubmitted gid with the same body is idempotent.
-                last = Reply(None, error=f"{base}: {e!r}")
+                last = Reply(None, error=f"{base}: {e}")
                 continue
+            data = answer.json()
+            reply = Reply(answer.status, data if isinstance(data, dict) else None)
             if reply.status in (502, 503, 504):
                 last = reply
                 continue
@@ -123,9 +123,7 @@ class HttpCoordinator:
         return last
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.client.close()
 
 
 # -- models ----------------------------------------------------------------------------------

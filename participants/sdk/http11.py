@@ -1,11 +1,11 @@
-"""A lean HTTP/1.1 client for participant calls: one POST, keep-alive connections per origin,
-responses parsed by httptools (llhttp, the parser uvicorn serves with).
+"""A lean HTTP/1.1 client, the one the product uses for every call it makes: the coordinator's
+calls to participants, a participant's signed questions to the coordinator, the orders
+service's submissions, the demo and chaos load. Keep-alive connections per origin, replies
+parsed by httptools (llhttp, the parser uvicorn serves with), one total timeout per call.
 
-Why not aiohttp (docs/decisions.md, "Participant calls on a lean HTTP/1.1 client"): the six
-participant calls of a 2PC transaction were the largest share of the coordinator's CPU, and a
-call here costs a fraction of aiohttp's. What it leaves out, on purpose: redirects (the
-coordinator never follows one), cookies, proxies, compression, request streaming, 1xx
-handling beyond skipping it.
+Why not aiohttp or httpx (docs/decisions.md, "One HTTP client"): a call here costs a fraction
+of theirs in CPU. What it leaves out, on purpose: redirects (never followed), cookies, proxies,
+compression, request streaming, 1xx handling beyond skipping it.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
+import orjson
 
 DEFAULT_CAP = 64 * 1024
 _STALE = "stale keep-alive connection"
@@ -25,6 +27,31 @@ _STALE = "stale keep-alive connection"
 
 class HttpError(Exception):
     """The call failed below HTTP: connect, reset, early close, timeout, unparsable reply."""
+
+
+class ConnectFailed(HttpError):
+    """No connection could be made: nothing was sent."""
+
+
+class NoReply(HttpError):
+    """No complete reply within the call's timeout: the request may have been processed."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes  # at most the client's cap
+    signature: str  # the reply's Txn-Signature header ("" when it has none)
+    truncated: bool  # the body was longer than the cap
+
+    def json(self) -> Any:
+        """The body as JSON, or None when it is not JSON (or was cut at the cap)."""
+        if self.truncated or not self.body:
+            return None
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            return None
 
 
 @dataclass(frozen=True)
@@ -57,7 +84,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
-        self.waiter: asyncio.Future[tuple[int, bytes, str]] | None = None
+        self.waiter: asyncio.Future[Answer] | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -68,6 +95,7 @@ class _Connection(asyncio.Protocol):
         self.framed = False  # Content-Length or chunked: the reply does not end at EOF
         self.keep_alive = False
         self.received = False  # any byte of this reply yet
+        self.truncated = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -111,6 +139,8 @@ class _Connection(asyncio.Protocol):
         room = self.cap - len(self.body)
         if room > 0:
             self.body += chunk[:room]
+        if len(chunk) > room:
+            self.truncated = True
 
     def on_message_complete(self) -> None:
         if 100 <= self.status < 200:  # an interim reply: the real one follows
@@ -123,13 +153,14 @@ class _Connection(asyncio.Protocol):
 
     def _done(self) -> None:
         if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result((self.status, bytes(self.body), self.signature))
+            answer = Answer(self.status, bytes(self.body), self.signature, self.truncated)
+            self.waiter.set_result(answer)
 
     def _fail(self, error: HttpError) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(error)
 
-    def send(self, request: bytes) -> asyncio.Future[tuple[int, bytes, str]]:
+    def send(self, request: bytes) -> asyncio.Future[Answer]:
         assert self.transport is not None
         self._reset()
         self.waiter = asyncio.get_running_loop().create_future()
@@ -146,32 +177,90 @@ class _Connection(asyncio.Protocol):
 
 
 class Client:
-    """POSTs to a few origins over pooled keep-alive connections (at most ``limit`` each)."""
+    """Calls a few origins over pooled keep-alive connections (at most ``limit`` each).
 
-    def __init__(self, limit: int = 64, cap: int = DEFAULT_CAP) -> None:
+    ``headers`` go with every call. ``connect_timeout_s`` bounds making a connection within
+    the call's own timeout (a ``ConnectFailed`` when it runs out). ``on_stale_retry`` is
+    called each time a call is sent a second time on a fresh connection (see ``request``).
+    """
+
+    def __init__(
+        self,
+        limit: int = 64,
+        cap: int = DEFAULT_CAP,
+        headers: dict[str, str] | None = None,
+        connect_timeout_s: float | None = None,
+        on_stale_retry: Callable[[], None] | None = None,
+    ) -> None:
         self.limit = limit
         self.cap = cap
+        self.headers = dict(headers or {})
+        self.connect_timeout_s = connect_timeout_s
+        self.on_stale_retry = on_stale_retry
+        self.stale_retries = 0
         self._idle: dict[Origin, deque[_Connection]] = {}
         self._slots: dict[Origin, asyncio.Semaphore] = {}
+        self._origins: dict[str, tuple[Origin, str]] = {}
         self._ssl: ssl.SSLContext | None = None
 
     async def post(
         self, origin: Origin, path: str, headers: dict[str, str], body: bytes, timeout_s: float
     ) -> tuple[int, bytes]:
         """(status, at most ``cap`` bytes of the body). Raises HttpError."""
-        status, raw, _ = await self.post_signed(origin, path, headers, body, timeout_s)
-        return status, raw
+        answer = await self.request("POST", origin, path, headers, body, timeout_s)
+        return answer.status, answer.body
 
     async def post_signed(
         self, origin: Origin, path: str, headers: dict[str, str], body: bytes, timeout_s: float
     ) -> tuple[int, bytes, str]:
         """``post``, with the reply's ``Txn-Signature`` header ("" when it has none)."""
-        lines = [f"POST {path} HTTP/1.1", f"Host: {origin.host_header}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        lines.append(f"Content-Length: {len(body)}")
+        answer = await self.request("POST", origin, path, headers, body, timeout_s)
+        return answer.status, answer.body, answer.signature
+
+    async def call(
+        self,
+        method: str,
+        url: str,
+        timeout_s: float,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> Answer:
+        """``method`` on an absolute ``url`` with ``body``, or ``json`` (when not None) as
+        the body."""
+        target = self._origins.get(url)
+        if target is None:
+            parts = urlsplit(url)
+            origin, _ = Origin.of(url)
+            path = parts.path or "/"
+            if parts.query:
+                path += "?" + parts.query
+            target = self._origins[url] = (origin, path)
+            if len(self._origins) > 4096:  # URLs with changing queries: keep the map small
+                self._origins.clear()
+        sent = dict(headers or {})
+        if json is not None:
+            body = orjson.dumps(json)
+            sent.setdefault("Content-Type", "application/json")
+        return await self.request(method, target[0], target[1], sent, body, timeout_s)
+
+    async def request(
+        self,
+        method: str,
+        origin: Origin,
+        path: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        timeout_s: float,
+    ) -> Answer:
+        """One call. Raises HttpError (ConnectFailed, NoReply, or another failure)."""
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {origin.host_header}"]
+        lines += [f"{k}: {v}" for k, v in {**self.headers, **headers}.items()]
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            lines.append(f"Content-Length: {len(body or b'')}")
         if any("\r" in line or "\n" in line for line in lines):
             raise ValueError("a line break inside the request line or a header")
-        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
         slots = self._slots.get(origin)
         if slots is None:
             slots = self._slots[origin] = asyncio.Semaphore(self.limit)
@@ -182,19 +271,23 @@ class Client:
                 except HttpError as e:
                     if not e.args or e.args[0] != _STALE:
                         raise
-                # A kept-alive connection the server had closed just as we wrote to it:
-                # nothing reached the handler, so one more try on a fresh connection is safe.
+                # A kept-alive connection that closed before any byte of the reply came. The
+                # server may have closed it idle just as we wrote (nothing was processed), or
+                # may have processed the request and died before answering: sending it again
+                # is safe only because every call the product makes is idempotent (branch
+                # calls by their barrier, questions and submissions by their gid). Counted.
+                self.stale_retries += 1
+                if self.on_stale_retry is not None:
+                    self.on_stale_retry()
                 return await self._exchange(origin, request, fresh=True)
         except TimeoutError as e:
-            raise HttpError(f"no reply within {timeout_s:g} s") from e
+            raise NoReply(f"no reply within {timeout_s:g} s") from e
 
-    async def _exchange(
-        self, origin: Origin, request: bytes, fresh: bool = False
-    ) -> tuple[int, bytes, str]:
+    async def _exchange(self, origin: Origin, request: bytes, fresh: bool = False) -> Answer:
         conn: _Connection | None = None
         try:
             conn, reused = await self._connection(origin, fresh)
-            status, raw, signature = await conn.send(request)
+            answer = await conn.send(request)
         except OSError as e:
             raise HttpError(f"{type(e).__name__}: {e}") from e
         except HttpError as e:
@@ -208,7 +301,7 @@ class Client:
             self._idle.setdefault(origin, deque()).append(conn)
         else:
             conn.close()
-        return status, raw, signature
+        return answer
 
     async def _connection(self, origin: Origin, fresh: bool) -> tuple[_Connection, bool]:
         """A connection to ``origin`` and whether it was used before."""
@@ -223,13 +316,19 @@ class Client:
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             tls = self._ssl
-        _, protocol = await loop.create_connection(
-            lambda: _Connection(self.cap),
-            origin.host,
-            origin.port,
-            ssl=tls,
-            server_hostname=origin.host if tls else None,
-        )
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, protocol = await loop.create_connection(
+                    lambda: _Connection(self.cap),
+                    origin.host,
+                    origin.port,
+                    ssl=tls,
+                    server_hostname=origin.host if tls else None,
+                )
+        except TimeoutError as e:
+            raise ConnectFailed(f"no connection within {self.connect_timeout_s:g} s") from e
+        except OSError as e:
+            raise ConnectFailed(f"{type(e).__name__}: {e}") from e
         return protocol, False
 
     async def close(self) -> None:
