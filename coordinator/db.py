@@ -71,6 +71,7 @@ def server_settings(
 def make_engine(
     dsn: str,
     pool_size: int = 10,
+    max_overflow: int | None = None,
     autocommit: bool = False,
     application_name: str = "",
     lock_timeout_ms: int | None = None,
@@ -78,7 +79,10 @@ def make_engine(
     """A SQLAlchemy engine whose connections asyncpg opens from ``dsn`` itself, as the raw
     asyncpg pools do: the DSN is read once, by one parser, whatever libpq form it has (several
     hosts ``h1:5432,h2:5432`` with ``target_session_attrs``, ``sslmode``, ``sslrootcert``,
-    ...). SQLAlchemy's own URL parsing accepts neither the host list nor the TLS options."""
+    ...). SQLAlchemy's own URL parsing accepts neither the host list nor the TLS options.
+
+    It opens at most ``pool_size + max_overflow`` connections (``max_overflow``: as many as
+    ``pool_size`` unless given)."""
     plain = plain_dsn(dsn)
     settings = server_settings(application_name, lock_timeout_ms=lock_timeout_ms)
 
@@ -93,7 +97,7 @@ def make_engine(
         "postgresql+asyncpg://",
         async_creator=connect,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size if max_overflow is None else max_overflow,
         pool_pre_ping=False,
         json_serializer=_dumps,
         json_deserializer=orjson.loads,

@@ -52,6 +52,7 @@ from coordinator.records import (
     stored_request,
 )
 from coordinator.schema import transactions
+from coordinator.sizing import log_pools
 from participants.sdk.wire import GID_PATTERN
 
 _ARRAYS: dict[str, Any] = {
@@ -239,11 +240,16 @@ class PgLog:
 
     @classmethod
     def connect(cls, dsn: str, pool_size: int = 20, application_name: str = "") -> PgLog:
-        cold = max(2, pool_size // 8)
+        # Sized by coordinator.sizing, which max_connections is counted with.
+        pools = log_pools(pool_size)
         engine = make_engine(
-            dsn, pool_size=cold, autocommit=True, application_name=application_name
+            dsn,
+            pool_size=pools.engine_size,
+            max_overflow=pools.engine_overflow,
+            autocommit=True,
+            application_name=application_name,
         )
-        return cls(engine, dsn, pool_size, application_name)
+        return cls(engine, dsn, pools.asyncpg_size, application_name)
 
     async def _pools(self) -> tuple[asyncpg.Pool, asyncpg.Pool]:
         if self._hot is None or self._progress is None:
@@ -252,7 +258,8 @@ class PgLog:
                     # Opened lazily (connections too: min_size 0), so a coordinator starts
                     # while its log is down and serves once it is back.
                     # Every statement on these two pools goes through a primary key: one plan
-                    # per connection, made once (generic_plans).
+                    # per connection, made once (generic_plans). Two: as
+                    # coordinator.sizing.ASYNCPG_POOLS counts them.
                     self._hot = await self._pool(
                         server_settings(self.application_name, generic_plans=True)
                     )

@@ -26,7 +26,13 @@ from typing import Any
 
 import asyncpg
 
-from devstack.postgres import SUPERUSER, RunAs, free_port
+from devstack.postgres import (
+    DEFAULT_MAX_CONNECTIONS,
+    SUPERUSER,
+    SUPERUSER_RESERVED,
+    RunAs,
+    free_port,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +86,7 @@ class PatroniGroup:
         logs: Path,
         fsync: bool = True,
         nodes: int = 3,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         if not ha_installed():
             raise HaUnavailable(f"Patroni and etcd are needed for an HA database: {INSTALL_HINT}")
@@ -89,6 +96,7 @@ class PatroniGroup:
         self.run_as = run_as
         self.logs = logs
         self.fsync = fsync
+        self.max_connections = max_connections
         self.etcd_port, self.etcd_peer_port = free_port(), free_port()
         self.etcd: subprocess.Popen[bytes] | None = None
         self.nodes = [
@@ -115,6 +123,7 @@ class PatroniGroup:
         for node in self.nodes:
             self._start_node(node)
         self.wait_healthy(timeout_s)
+        self._warn_if_sized_before()
 
     def _spawn(self, argv: list[str], log_name: str, cwd: Path) -> subprocess.Popen[bytes]:
         with open(self.logs / log_name, "ab") as out:
@@ -194,7 +203,10 @@ class PatroniGroup:
                         "use_pg_rewind": True,
                         "parameters": {
                             "max_prepared_transactions": 200,
-                            "max_connections": 300,
+                            # Every node alike (Patroni keeps it in etcd): a standby
+                            # refuses to run with fewer than its primary.
+                            "max_connections": self.max_connections,
+                            "superuser_reserved_connections": SUPERUSER_RESERVED,
                             "wal_level": "replica",
                             "hot_standby": "on",
                             "wal_log_hints": "on",
@@ -254,6 +266,27 @@ class PatroniGroup:
                 return
             time.sleep(0.2)
         raise TimeoutError(f"{self.scope}: no healthy leader with a sync standby: {members}")
+
+    def _warn_if_sized_before(self) -> None:
+        """The bootstrap's max_connections is the group's first start's: on a later start with
+        other pool sizes etcd still holds the old value (`patronictl edit-config` changes it)."""
+        for node in self.nodes:
+            url = f"http://127.0.0.1:{node.rest_port}/config"
+            with (
+                contextlib.suppress(OSError, ValueError),
+                urllib.request.urlopen(url, timeout=1) as reply,
+            ):
+                parameters = json.loads(reply.read()).get("postgresql", {}).get("parameters", {})
+                held = int(parameters.get("max_connections", self.max_connections))
+                if held < self.max_connections:
+                    log.warning(
+                        "%s keeps max_connections %s from its first start, below the %s its "
+                        "services need now: start it in a new state folder",
+                        self.scope,
+                        held,
+                        self.max_connections,
+                    )
+                return
 
     def wait_database(self, database: str, timeout_s: float = 30.0) -> None:
         """Until ``database`` exists on every node: a client listing every host stops at the
@@ -322,6 +355,7 @@ class PatroniGroup:
                 "pid": n.postmaster_pid(),
                 "patroni_pid": n.patroni_pid,
                 "role": roles.get(n.name, "down"),
+                "max_connections": self.max_connections,
             }
             for n in self.nodes
         ]

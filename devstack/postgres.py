@@ -35,6 +35,20 @@ INSTALL_HINT = (
 )
 
 
+# Postgres' own defaults: max_connections, and how many of them only a superuser may use.
+DEFAULT_MAX_CONNECTIONS = 100
+SUPERUSER_RESERVED = 3
+# Room beyond the services' pools: migrations, `txn` tools, the fault tools, psql.
+SPARE_CONNECTIONS = 20
+
+
+def max_connections_for(services: int, spare: int = SPARE_CONNECTIONS) -> int:
+    """``max_connections`` for a server whose services open at most ``services`` connections
+    (coordinator.sizing, participants.sdk.sizing): theirs, the superuser's reserved slots and
+    ``spare``; never below Postgres' default."""
+    return max(DEFAULT_MAX_CONNECTIONS, services + SUPERUSER_RESERVED + spare)
+
+
 class PostgresNotFound(RuntimeError):
     pass
 
@@ -181,7 +195,8 @@ class Cluster:
     log_file: Path
     fsync: bool = True
     max_prepared_transactions: int = 200
-    max_connections: int = 300
+    # The stack sets it from the services that connect (max_connections_for).
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     # More server settings (``-c name=value``), e.g. ssl for a TLS test.
     settings: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -242,6 +257,8 @@ class Cluster:
             "unix_socket_directories": "",
             "max_prepared_transactions": str(self.max_prepared_transactions),
             "max_connections": str(self.max_connections),
+            # Set, not assumed: max_connections_for counts on it.
+            "superuser_reserved_connections": str(SUPERUSER_RESERVED),
             # Without fsync a committed write still reaches the OS before the commit returns,
             # so a crashed server (or `pg_ctl stop -m immediate`) loses nothing; only an OS
             # crash would. synchronous_commit stays on: turning it off would let a server

@@ -22,18 +22,29 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 
+from coordinator.settings import Settings
+from coordinator.sizing import log_pools
 from devstack.faultproxy import FaultProxy
 from devstack.ha import PatroniGroup
-from devstack.postgres import Cluster, RunAs, find_bindir, free_port
+from devstack.postgres import (
+    SPARE_CONNECTIONS,
+    Cluster,
+    RunAs,
+    find_bindir,
+    free_port,
+    max_connections_for,
+)
 from devstack.services import Service
 from migrations import upgrade
+from participants.sdk.settings import ParticipantSettings
+from participants.sdk.sizing import engine_pool
 from participants.sdk.tokens import new_token, token_entry
 
 log = logging.getLogger(__name__)
@@ -81,6 +92,16 @@ class StackConfig:
     # participants' databases.
     log_ha: bool = False
     participant_ha: tuple[str, ...] = ()
+    # Connections each server allows beyond what its services' pools open at most: for
+    # migrations, tools, and whoever else connects (tests' own databases on the log cluster).
+    spare_connections: int = SPARE_CONNECTIONS
+
+
+def pool_size(env: Mapping[str, str], variable: str, default: int) -> int:
+    """The pool size a service started with ``env`` reads: ``env`` added to ours, as Service
+    starts it; names case-insensitive, as the settings read them."""
+    merged = {key.upper(): value for key, value in {**os.environ, **env}.items()}
+    return int(merged.get(variable, default))
 
 
 def run_sync(make: Callable[[], Any]) -> Any:
@@ -190,9 +211,8 @@ class Stack:
         bindir = find_bindir()
         run_as = RunAs.detect()
         root = self._cluster_root(run_as)
-        names = ["log"]
-        if self.config.cluster_per_participant:
-            names += [spec.name for spec in self.participant_specs()]
+        needs = self.connection_needs()
+        names = list(needs)
         unknown = set(self.config.participant_ha) - set(names[1:])
         if unknown:
             raise ValueError(f"--participant-ha names no participant with a database: {unknown}")
@@ -210,6 +230,7 @@ class Stack:
                     run_as,
                     self.state_dir / "logs",
                     fsync=self.config.fsync,
+                    max_connections=self.max_connections(needs[name]),
                 )
                 self.ha[name] = group
                 group.start()
@@ -222,10 +243,39 @@ class Stack:
                 run_as=run_as,
                 log_file=self.state_dir / "logs" / f"pg-{name}.log",
                 fsync=self.config.fsync,
+                max_connections=self.max_connections(needs[name]),
             )
             self.clusters[name] = cluster
             cluster.init()
             cluster.start()
+
+    def connection_needs(self) -> dict[str, int]:
+        """The most connections the stack's services open on each server, by cluster name
+        ("log" first): the coordinators on the log's, each participant service on its own
+        (or on the log's, without cluster_per_participant). A restart() with other pool sizes
+        is not counted: the servers are sized at start."""
+        coordinator = log_pools(
+            pool_size(
+                self.config.coordinator_env,
+                "TXN_POOL_SIZE",
+                Settings.model_fields["pool_size"].default,
+            )
+        )
+        participant = engine_pool(
+            pool_size(
+                self.config.participant_env,
+                "TXNP_POOL_SIZE",
+                ParticipantSettings.model_fields["pool_size"].default,
+            )
+        )
+        needs = {"log": self.config.coordinators * coordinator.most}
+        for spec in self.participant_specs():
+            host = spec.name if self.config.cluster_per_participant else "log"
+            needs[host] = needs.get(host, 0) + participant.most
+        return needs
+
+    def max_connections(self, services: int) -> int:
+        return max_connections_for(services, self.config.spare_connections)
 
     def _reap_leftovers(self) -> None:
         """Services a previous run of this state folder started and could not stop (it was
@@ -446,7 +496,13 @@ class Stack:
             # An admin token of this run's services (Authorization: Bearer <api_token>).
             "api_token": self.api_token,
             "clusters": [
-                {"name": c.name, "port": c.port, "pid": c.pid, "data_dir": str(c.data_dir)}
+                {
+                    "name": c.name,
+                    "port": c.port,
+                    "pid": c.pid,
+                    "data_dir": str(c.data_dir),
+                    "max_connections": c.max_connections,
+                }
                 for c in self.clusters.values()
             ],
             **({"log_nodes": self.ha["log"].state()} if "log" in self.ha else {}),

@@ -84,6 +84,9 @@ def stack(state_root: Path) -> Iterator[Stack]:
             state_dir=state_root / "session",
             fsync=False,
             coordinator_env=dict(TEST_COORDINATOR_ENV),
+            # The tests also run coordinators and SDKs in-process on these servers and make
+            # databases of their own there: room beyond the stack's own services.
+            spare_connections=250,
         )
     )
     s.start()

@@ -44,6 +44,7 @@ from participants.sdk.resolver import DoubtResolver
 from participants.sdk.retention import BarrierRetention
 from participants.sdk.saga import SagaBarrier
 from participants.sdk.settings import ParticipantSettings
+from participants.sdk.sizing import engine_pool
 from participants.sdk.tracing import Tracing
 from participants.sdk.twopc import TwoPhase
 
@@ -162,10 +163,13 @@ class Participant(TwoPhase, SagaBarrier):
         self.check_declarations()
         self._check_security()
         if self._engine is None:
-            # The lock timeout is a connection setting: no SET LOCAL round trip per call.
+            # Sized by participants.sdk.sizing, which max_connections is counted with. The
+            # lock timeout is a connection setting: no SET LOCAL round trip per call.
+            pool = engine_pool(self.settings.pool_size)
             self._engine = make_engine(
                 self.settings.dsn.get_secret_value(),
-                pool_size=self.settings.pool_size,
+                pool_size=pool.size,
+                max_overflow=pool.overflow,
                 lock_timeout_ms=self.settings.lock_timeout_ms,
             )
             self.lock_timeout_set = True
