@@ -221,8 +221,13 @@ def _serve(_args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    if given == ["serve"]:
+        # What compose and Kubernetes run, on every start: straight to the service, without
+        # building the whole parser (it imports the bench and fault tools).
+        args = argparse.Namespace(command="serve", func=_serve)
+    else:
+        args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         result: int = args.func(args)

@@ -14,17 +14,16 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    disable_created_metrics,
     generate_latest,
 )
 
 from coordinator.records import LiveSummary
-from participants.sdk.metrics import Children
 
-# No `*_created` series: they double every counter and histogram and no query here uses them.
-disable_created_metrics()  # type: ignore[no-untyped-call]
+# Importing the SDK's metrics also turns off the `*_created` series, for both.
+from participants.sdk.metrics import CONTENT_TYPE, Children
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
 # Seconds: a participant call or a log statement (milliseconds), a transaction (up to minutes).
 FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
