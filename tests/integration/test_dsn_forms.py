@@ -138,6 +138,14 @@ def self_signed(cert: Path, key: Path, name: str, *extra: str) -> None:
 def tls(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Path]]:
     """A cluster serving TLS with a self-signed certificate for 127.0.0.1; yields it and the
     certificate (the client's root)."""
+    bindir = stack.clusters["log"].bindir
+    configured = subprocess.run(
+        [str(bindir / "pg_config"), "--configure"], capture_output=True, text=True, check=False
+    ).stdout
+    if "--with-openssl" not in configured and "--with-ssl=openssl" not in configured:
+        # The pgbinaries wheel (what `./run` installs on a machine without PostgreSQL) is
+        # built without SSL; the -ra summary names the reason.
+        pytest.skip(f"the PostgreSQL in {bindir} is built without SSL: no TLS server to test")
     cluster = extra_cluster(stack, "tls", {})
     cert, key = cluster.data_dir / "server.crt", cluster.data_dir / "server.key"
     self_signed(cert, key, "127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1")
