@@ -57,7 +57,7 @@ async def ledger(
 
 
 def signed(g: str, op: str = "prepare", **over: Any) -> dict[str, str]:
-    fields = {
+    fields: dict[str, Any] = {
         "secret": TEST_SECRET,
         "participant": "ledger1",
         "path": ADJUST,
@@ -85,9 +85,14 @@ async def test_every_forged_or_malformed_call_is_refused_and_changes_nothing(
             401,
         ),
         "signed for another path": (signed(g, path="/accounts/adjust/undo"), 401),
+        "signed for another gid": ({**signed(gid()), wire.H_GID: g}, 401),
         "signed for another branch": ({**signed(g, branch=1), wire.H_BRANCH: "0"}, 401),
         "signed as another op": ({**signed(g, op="action"), wire.H_OP: "prepare"}, 401),
         "signed for another body": (signed(g, body=b'{"account": "acct", "delta": 500}'), 401),
+        "signed as a reply over this body": (
+            {**signed(g), wire.H_SIGNATURE: wire.sign_reply(TEST_SECRET.encode(), BODY)},
+            401,
+        ),
         "too old": (signed(g, now=now - 301), 401),
         "from the future": (signed(g, now=now + 301), 401),
         "non-ASCII signature": ({**signed(g), wire.H_SIGNATURE: "é" * 64}, 401),
@@ -119,10 +124,23 @@ async def test_an_unauthenticated_rollback_cannot_undo_a_prepared_branch(
     assert (await client.post(ADJUST, content=BODY, headers=signed(g))).status_code == 200
     xid = wire.xid(g, 0)
     unsigned = {wire.H_GID: g, wire.H_BRANCH: "0"}
-    forged = signed(g, op="rollback", path=wire.ROLLBACK_PATH, body=b"", secret="guess")
-    for headers in (unsigned, forged):
+
+    def rollback(g: str, path: str = wire.ROLLBACK_PATH, **over: Any) -> dict[str, str]:
+        return signed(g, "rollback", path=path, body=b"", **over)
+
+    forged = {
+        "unsigned": unsigned,
+        "wrong secret": rollback(g, secret="guess"),
+        # Signed as a rollback for another path: only the path tells the two phase-two calls
+        # apart, so a scheme that left it out would take this for a rollback.
+        "signed for the commit path": rollback(g, wire.COMMIT_PATH),
+        "a commit's signature": signed(g, "commit", path=wire.COMMIT_PATH, body=b""),
+        "signed for another gid": {**rollback(gid()), wire.H_GID: g},
+        "signed for another branch": {**rollback(g, branch=1), wire.H_BRANCH: "0"},
+    }
+    for why, headers in forged.items():
         reply = await client.post(wire.ROLLBACK_PATH, headers=headers)
-        assert reply.status_code == 401, reply.text
+        assert reply.status_code == 401, (why, reply.text)
     assert xid in await prepared_here(ledger_dsn)
     commit = signed(g, op="commit", path=wire.COMMIT_PATH, body=b"")
     assert (await client.post(wire.COMMIT_PATH, headers=commit)).status_code == 200
@@ -172,8 +190,21 @@ async def test_the_catalogue_is_signed_and_declares_each_operation(
         {"path": ADJUST, "kind": "action", "compensation": "/accounts/adjust/undo"},
         {"path": "/accounts/adjust/undo", "kind": "compensation"},
     ]
+    # The signature covers the body: the same catalogue with one more operation does not verify.
+    grown = orjson.dumps(
+        {**answer, "operations": [*answer["operations"], {"path": "/x", "kind": "2pc"}]}
+    )
+    assert not wire.check_reply([TEST_SECRET.encode()], grown, reply.headers[wire.H_SIGNATURE])
     unsigned = await client.post(wire.CATALOGUE_PATH, content=body)
     assert unsigned.status_code == 401
+    # Nor is it served for a request signed for another path or participant.
+    for path, participant in ((ADJUST, "ledger1"), (wire.CATALOGUE_PATH, "ledger2")):
+        headers = wire.signed_headers(
+            TEST_SECRET.encode(), path, participant, "", None, "catalogue", body
+        )
+        refused = await client.post(wire.CATALOGUE_PATH, content=body, headers=headers)
+        assert refused.status_code == 401, (path, participant, refused.text)
+        assert wire.H_SIGNATURE not in refused.headers
 
 
 async def test_business_endpoints_need_the_api_token(ledger: Callable[..., Any]) -> None:
