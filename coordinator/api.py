@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from coordinator import access
@@ -40,7 +39,7 @@ from coordinator.submission import (
     to_out,
 )
 from coordinator.transport import HttpTransport, Transport
-from participants.sdk import wire
+from participants.sdk import problems, wire
 from participants.sdk.asgi import outermost
 from participants.sdk.guard import Guard
 from participants.sdk.wire import GID_PATTERN
@@ -54,9 +53,9 @@ def create_app(
     transport: Transport | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
-    problems = access.startup_problems(settings)
-    if problems:
-        raise ValueError("; ".join(problems))
+    unfit = access.startup_problems(settings)
+    if unfit:
+        raise ValueError("; ".join(unfit))
     if settings.insecure_no_auth:
         log.warning("INSECURE: the API needs no token (TXN_INSECURE_NO_AUTH)")
     for name in settings.unsigned_participants():
@@ -124,17 +123,9 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's own handler echoes the offending input, which fails on undecodable bytes:
-        # answer with where and what, never the input itself.
-        detail = [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
-            for e in exc.errors()
-        ]
-        return JSONResponse({"detail": detail}, status_code=422)
+    problems.install(app)
 
-    async def log_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    async def log_unavailable(request: Request, exc: Exception) -> Response:
         return log_error_answer(exc)
 
     for error in LOG_ERRORS:
@@ -148,13 +139,13 @@ def create_app(
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["ops"])
-    async def readyz(request: Request) -> JSONResponse:
+    async def readyz(request: Request) -> Response:
         try:
             await coord(request).store.ping()
         except Exception as e:
             # The exception's text may name hosts and users: the log says it, the answer not.
             log.warning("readyz: log unreachable: %s", type(e).__name__)
-            return JSONResponse({"status": "log unreachable"}, status_code=503)
+            return problems.response(503, {"detail": "the log is unreachable"})
         # Informative, not gating: a participant that is down must not take every coordinator
         # out of service (its submissions are refused with 503 until its catalogue is read).
         catalogues = coord(request).declared.read()
@@ -397,5 +388,5 @@ def _signed(secrets: list[bytes], answer: dict[str, Any]) -> Response:
     return Response(content, media_type="application/json", headers={wire.H_SIGNATURE: signature})
 
 
-def _refusal(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status)
+def _refusal(status: int, detail: str) -> Response:
+    return problems.response(status, {"detail": detail})

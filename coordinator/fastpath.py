@@ -15,7 +15,6 @@ import math
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
-import orjson
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -30,6 +29,7 @@ from coordinator.submission import (
     log_error_answer,
     submit_txn,
 )
+from participants.sdk import problems
 from participants.sdk.guard import read_body, refuse, replay, send_json
 
 PATH = "/v1/transactions"
@@ -81,8 +81,8 @@ class SubmitFastPath:
             await self.app(scope, replay(body, receive), send)
             return
         except HTTPException as e:
-            detail = orjson.dumps({"detail": e.detail})
-            await send_json(send, e.status_code, detail, e.headers)
+            detail = e.detail if isinstance(e.detail, str) else problems.title_of(e.status_code)
+            await refuse(send, e.status_code, detail, e.headers)
             return
         except LOG_ERRORS as e:
             refusal = log_error_answer(e)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from starlette.responses import Response
 
 from coordinator.declared import CatalogueUnavailable
 from coordinator.errors import LOG_ERRORS
@@ -16,6 +16,7 @@ from coordinator.models import BranchOut, EventOut, TxnIn, TxnOut, new_gid
 from coordinator.normalize import Invalid, normalize
 from coordinator.records import BranchSpec, Inserted, NewTxn, TxnRecord
 from coordinator.service import Coordinator
+from participants.sdk import problems
 from participants.sdk.base import sqlstate
 from participants.sdk.tracing import TRACEPARENT
 
@@ -109,22 +110,17 @@ async def _submit(
     return (200 if outcome is Inserted.EXISTING else 201), to_out(record)
 
 
-def log_error_answer(exc: Exception) -> JSONResponse:
+def log_error_answer(exc: Exception) -> Response:
     """The answer to a log failure during a request: 422 for data it cannot store, else 503."""
     if not isinstance(exc, OSError) and (sqlstate(exc) or "").startswith("22"):
         # A data exception: the request carried something the log cannot store.
-        return JSONResponse(
-            {"detail": f"the request holds data the log cannot store ({sqlstate(exc)})"},
-            status_code=422,
-        )
+        detail = f"the request holds data the log cannot store ({sqlstate(exc)})"
+        return problems.response(422, {"detail": detail})
     # The log is down or unreachable: nothing was decided by this request that a retry could
     # not repeat (a submission with the same gid is idempotent).
     log.warning("log unavailable: %s", exc)
-    return JSONResponse(
-        {"detail": "the transaction log is unavailable; retry (with the same gid)"},
-        status_code=503,
-        headers={"Retry-After": "1"},
-    )
+    detail = "the transaction log is unavailable; retry (with the same gid)"
+    return problems.response(503, {"detail": detail}, {"Retry-After": "1"})
 
 
 __all__ = ["LOG_ERRORS", "MAX_BODY_BYTES", "MAX_WAIT_S", "log_error_answer", "submit_txn"]

@@ -73,19 +73,23 @@ def exit_code(status: int) -> int:
 
 
 def detail_text(body: bytes) -> str:
-    """The ``detail`` of an error answer as one line (422: each problem's place and message)."""
+    """An error answer (a problem) as one line; a 422 lists each field at fault."""
     try:
-        detail = json.loads(body)["detail"]
+        answer = json.loads(body)
+        detail, errors = answer["detail"], answer.get("errors")
     except (ValueError, KeyError, TypeError):
         return clean(body.decode("utf-8", "replace"))[:200] or "(no detail)"
-    return clean("; ".join(_problem(p) for p in (detail if isinstance(detail, list) else [detail])))
+    if isinstance(errors, list) and errors:
+        return clean("; ".join(_field_error(e) for e in errors))
+    return clean(str(detail))
 
 
-def _problem(item: Any) -> str:
+def _field_error(item: Any) -> str:
     if not isinstance(item, dict):
         return str(item)
-    where = ".".join(str(p) for p in item.get("loc", []) if p != "body")
-    return f"{where}: {item.get('msg', '')}" if where else str(item.get("msg", ""))
+    where = ".".join(p for p in str(item.get("field", "")).split(".") if p != "body")
+    message = str(item.get("message", ""))
+    return f"{where}: {message}" if where else message
 
 
 def clean(text: str) -> str:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import orjson
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from participants.sdk import wire
-from participants.sdk.guard import MAX_BODY_BYTES, read_body, send_json
+from participants.sdk.guard import MAX_BODY_BYTES, read_body, refuse, send_json
 from participants.sdk.participant import Participant
+from participants.sdk.problems import encode
 
 __all__ = ["BranchCalls", "outermost", "send_json"]
 
@@ -37,8 +37,7 @@ class BranchCalls:
             return
         body = await read_body(receive, MAX_BODY_BYTES)
         if body is None:
-            status, answer = 413, {"detail": f"request body over {MAX_BODY_BYTES} bytes"}
-            await send_json(send, status, orjson.dumps(answer))
+            await refuse(send, 413, f"request body over {MAX_BODY_BYTES} bytes")
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         if scope["path"] == wire.CATALOGUE_PATH:
@@ -46,7 +45,7 @@ class BranchCalls:
             await send_json(send, status, content, extra)
             return
         status, answer = await self.participant.answer(scope["path"], headers, body)
-        await send_json(send, status, orjson.dumps(answer))
+        await send_json(send, status, encode(status, answer)[0])
 
 
 def outermost(app: Starlette, wrap: Callable[[ASGIApp], ASGIApp]) -> None:

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from participants.sdk.problems import PROBLEM_JSON, problem
 from participants.sdk.tokens import Token, authorize, bearer, token_hash
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 _JSON = (b"content-type", b"application/json")
+_PROBLEM = (b"content-type", PROBLEM_JSON.encode())
 
 
 @dataclass(frozen=True)
@@ -35,13 +37,15 @@ Policy = Callable[[str, str], Rule]  # (method, path) -> Rule
 async def send_json(
     send: Send, status: int, content: bytes, headers: Mapping[str, str] | None = None
 ) -> None:
-    """A whole JSON response, straight to ASGI."""
+    """A whole JSON response, straight to ASGI; an error's ``content`` is a problem
+    (``participants.sdk.problems``), and its media type says so."""
     extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    kind = _PROBLEM if status >= 400 else _JSON
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [_JSON, (b"content-length", str(len(content)).encode()), *extra],
+            "headers": [kind, (b"content-length", str(len(content)).encode()), *extra],
         }
     )
     await send({"type": "http.response.body", "body": content})
@@ -50,7 +54,7 @@ async def send_json(
 async def refuse(
     send: Send, status: int, detail: str, headers: Mapping[str, str] | None = None
 ) -> None:
-    await send_json(send, status, orjson.dumps({"detail": detail}), headers)
+    await send_json(send, status, orjson.dumps(problem(status, detail)), headers)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -27,7 +27,7 @@ from coordinator.crash import (
     PausePoint,
 )
 from coordinator.db import make_engine
-from participants.sdk import tracing, wire
+from participants.sdk import problems, tracing, wire
 from participants.sdk.base import (
     DATABASE_ERRORS,
     BarrierHook,
@@ -69,7 +69,7 @@ def _first_line(doc: str | None) -> str:
 
 
 def _reply(status: int, body: dict[str, Any]) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+    return problems.response(status, body)
 
 
 def _unavailable(what: str, e: Exception) -> tuple[int, dict[str, Any]]:
@@ -132,7 +132,8 @@ class Participant(TwoPhase, SagaBarrier):
     async def _catalogue_endpoint(self, request: Request) -> Response:
         """The branch operations this participant serves, signed with its secret."""
         status, content, headers = self.catalogue_reply(request.headers, await request.body())
-        return Response(content, status, headers, media_type="application/json")
+        kind = problems.PROBLEM_JSON if status >= 400 else problems.JSON
+        return Response(content, status, headers, media_type=kind)
 
     def check_declarations(self) -> None:
         """Every saga action names a compensation this participant serves (checked at start)."""
@@ -302,6 +303,7 @@ class Participant(TwoPhase, SagaBarrier):
         from participants.sdk.guard import Guard
 
         app.include_router(self.router)
+        problems.install(app)
         tokens = self.settings.tokens()
         open_all = not require_token or self.settings.insecure_no_auth
         if require_token and self.settings.insecure_no_auth:
@@ -341,14 +343,14 @@ class Participant(TwoPhase, SagaBarrier):
         """The signed catalogue, for a signed request whose body is ``{"nonce": ...}``."""
         refused = self._verify(wire.CATALOGUE_PATH, "", None, "catalogue", headers, body)
         if refused is not None:
-            return refused[0], orjson.dumps(refused[1]), {}
+            return refused[0], problems.encode(*refused)[0], {}
         try:
             nonce = orjson.loads(body).get("nonce")
         except (orjson.JSONDecodeError, AttributeError):
             nonce = None
         if not wire.valid_nonce(nonce):
             detail = 'body must be {"nonce": <16-64 of [A-Za-z0-9_-]>}'
-            return 422, orjson.dumps({"detail": detail}), {}
+            return 422, orjson.dumps(problems.problem(422, detail)), {}
         content = orjson.dumps(
             {"participant": self.settings.name, "nonce": nonce, "operations": self.catalogue()}
         )

@@ -102,12 +102,13 @@ async def wait_status(
 
 def assert_invalid(r: httpx.Response, loc: list[Any], *msg_parts: str) -> None:
     assert r.status_code == 422, r.text
-    detail = r.json()["detail"]
-    assert isinstance(detail, list) and detail, detail
-    first = detail[0]
-    assert first["loc"] == loc, detail
+    assert r.headers["content-type"] == "application/problem+json", r.headers
+    errors = r.json()["errors"]
+    assert isinstance(errors, list) and errors, r.text
+    first = errors[0]
+    assert first["field"] == ".".join(str(part) for part in loc), errors
     for part in msg_parts:
-        assert part.lower() in first["msg"].lower(), first["msg"]
+        assert part.lower() in first["message"].lower(), first["message"]
 
 
 # -- fixtures ------------------------------------------------------------------------------

@@ -58,18 +58,16 @@ MISSING = object()  # a key left out of the body
 
 
 def check_rejection(r: httpx.Response, sent: object) -> None:
-    """A 4xx is JSON with a non-empty detail: a message, or errors with loc and msg."""
+    """A 4xx is a problem (RFC 9457) with a detail, and for a 422 errors naming each field."""
     assert 400 <= r.status_code < 500
-    assert r.headers.get("content-type", "").startswith("application/json"), (sent, r.text)
-    detail = r.json().get("detail")
-    assert detail, (sent, r.text)
-    if isinstance(detail, list):
-        for err in detail:
-            assert isinstance(err, dict), (sent, r.text)
-            assert isinstance(err.get("loc"), list), (sent, r.text)
-            assert isinstance(err.get("msg"), str) and err["msg"], (sent, r.text)
-    else:
-        assert isinstance(detail, str), (sent, r.text)
+    assert r.headers.get("content-type") == "application/problem+json", (sent, r.text)
+    problem = r.json()
+    assert problem["status"] == r.status_code and problem["title"], (sent, r.text)
+    assert isinstance(problem.get("detail"), str) and problem["detail"], (sent, r.text)
+    for err in problem.get("errors") or []:
+        assert isinstance(err, dict), (sent, r.text)
+        assert isinstance(err.get("field"), str) and err["field"], (sent, r.text)
+        assert isinstance(err.get("message"), str) and err["message"], (sent, r.text)
 
 
 def check_reply(r: httpx.Response, sent: object) -> None:

@@ -175,5 +175,6 @@ async def test_readiness_names_the_dependency_down_not_its_error() -> None:
     async with client_of(app) as client:
         reply = await client.get("/readyz", headers=bearer("metrics"))
         assert reply.status_code == 503
-        assert reply.json() == {"status": "log unreachable"}
+        assert reply.headers["content-type"] == "application/problem+json"
+        assert reply.json()["detail"] == "the log is unreachable"
         assert "10.1.2.3" not in reply.text and "txn_owner" not in reply.text

@@ -152,7 +152,7 @@ async def test_a_dot_or_dash_gid_is_refused_and_nothing_logged(
     body = twopc_transfer(gid, "nobody", {"ledger1": 1})
     r = await api.post("/v1/transactions", params={"wait": 1}, json=body)
     assert r.status_code == 422, r.text
-    assert r.json()["detail"][0]["loc"] == ["body", "gid"], r.text
+    assert r.json()["errors"][0]["field"] == "body.gid", r.text
     assert await logged(stack.log_dsn, gid) == 0
 
 
@@ -173,7 +173,7 @@ async def test_get_of_a_dot_segment_gid_never_answers_a_transaction(
     status, body = await raw_get(stack.coordinator_url, path)
     # The route's gid pattern refuses it: no read of the log, no transaction, no list.
     assert status == 422, (status, body)
-    assert orjson.loads(body)["detail"][0]["loc"] == ["path", "gid"], body
+    assert orjson.loads(body)["errors"][0]["field"] == "path.gid", body
 
 
 async def test_an_http_client_normalises_dot_segments_away(api: httpx.AsyncClient) -> None:

@@ -232,7 +232,7 @@ async def test_the_client_cannot_set_the_price(shop: Stack) -> None:
         body = {"gid": cheap, "saga": "place_order", "input": {**inp, "amount": 1}}
         refused = await client.post(submit, json=body)
         assert refused.status_code == 422, refused.text
-        assert [e["loc"] for e in refused.json()["detail"]] == [["body", "input", "amount"]]
+        assert [e["field"] for e in refused.json()["errors"]] == ["body.input.amount"]
         assert (
             await client.get(f"{shop.coordinator_url}/v1/transactions/{cheap}")
         ).status_code == 404
@@ -288,7 +288,7 @@ async def test_a_step_cannot_mint_money_through_the_wallets_endpoint(
         body = {"gid": gid, "mode": mode, "branches": [branch]}
         reply = await client.post("/v1/transactions?wait=5", json=body)
         assert reply.status_code == 422, reply.text
-        assert "payments: /wallets is not a" in reply.json()["detail"][0]["msg"]
+        assert "payments: /wallets is not a" in reply.json()["errors"][0]["message"]
         assert (await client.get(f"/v1/transactions/{gid}")).status_code == 404
         wallets = (await client.get(f"{url(shop, 'payments')}/wallets")).json()
     assert customer not in {w["customer"] for w in wallets}

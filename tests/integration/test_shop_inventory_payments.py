@@ -322,7 +322,13 @@ async def test_inventory_http_seeding_listing_and_a_saga_step(inv_dsn: str) -> N
                 return await branch_call(client, "inventory", path, op, g, 0, payload)
 
             short = await step("/stock/reserve", "action", order("o1", ("SKU-7", 3)))
-            assert short.status_code == 409 and short.json() == {"reason": "only 2 left of SKU-7"}
+            assert short.status_code == 409
+            assert short.json() == {
+                "type": "about:blank",
+                "title": "Conflict",
+                "status": 409,
+                "detail": "only 2 left of SKU-7",
+            }
             g = gid()
             done = await step("/stock/reserve", "action", order("o2", ("SKU-7", 2), ("SKU-1", 1)))
             assert done.status_code == 200, done.text

@@ -244,9 +244,19 @@ async def test_payments_http_wallets_listing_and_a_2pc_branch(pay_dsn: str) -> N
             made = await client.post("/wallets", json={"customer": "alice", "balance": 5000})
             assert made.status_code == 201 and made.json() == {"customer": "alice", "balance": 5000}
             dup = await client.post("/wallets", json={"customer": "alice", "balance": 1})
-            assert dup.status_code == 409 and dup.json()["detail"] == "alice already has a wallet"
+            # Errors are problem details (RFC 9457), from the service's routes and the SDK alike.
+            assert dup.status_code == 409
+            assert dup.headers["content-type"] == "application/problem+json"
+            assert dup.json() == {
+                "type": "about:blank",
+                "title": "Conflict",
+                "status": 409,
+                "detail": "alice already has a wallet",
+            }
             neg = await client.post("/wallets", json={"customer": "bob", "balance": -1})
             assert neg.status_code == 422
+            assert neg.headers["content-type"] == "application/problem+json"
+            assert [e["field"] for e in neg.json()["errors"]] == ["body.balance"], neg.text
             g = gid()
             charge = pay_for("o1", "alice", ("SKU-5", 1))
             voted = await branch_call(
@@ -271,7 +281,11 @@ async def test_payments_http_wallets_listing_and_a_2pc_branch(pay_dsn: str) -> N
                 client, "payments", "/payments/charge", "prepare", gid(), 0, charge
             )
             assert no.status_code == 409
+            assert no.headers["content-type"] == "application/problem+json"
             assert no.json() == {
-                "reason": "insufficient funds: alice has 31.00, the order costs 39.00"
+                "type": "about:blank",
+                "title": "Conflict",
+                "status": 409,
+                "detail": "insufficient funds: alice has 31.00, the order costs 39.00",
             }
     assert await wallets(pay_dsn) == {"alice": 3100}

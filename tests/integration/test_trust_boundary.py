@@ -71,8 +71,8 @@ async def test_undeclared_operations_are_refused_and_nothing_is_logged(
     async with api_client(base_url=stack.coordinator_url, timeout=30) as client:
         reply = await client.post("/v1/transactions", json=body)
         assert reply.status_code == 422, reply.text
-        [error] = reply.json()["detail"]
-        assert error["loc"] == ["body", "branches", 1] and refusal in error["msg"], error
+        [error] = reply.json()["errors"]
+        assert error["field"] == "body.branches.1" and refusal in error["message"], error
         assert (await client.get(f"/v1/transactions/{gid}")).status_code == 404
 
 

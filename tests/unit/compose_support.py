@@ -480,28 +480,12 @@ def dependency_cycle(svcs: dict[str, dict[str, Any]]) -> list[str] | None:
 # -- checks of commands --------------------------------------------------------------------
 
 
-class _Parsed(Exception):
-    def __init__(self, namespace: argparse.Namespace) -> None:
-        super().__init__("parsed")
-        self.namespace = namespace
-
-
-def parse_txn(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
+def parse_txn(argv: list[str]) -> argparse.Namespace:
     """Parse ``txn <argv>`` with coordinator.cli's real parser, without running anything."""
-    original = argparse.ArgumentParser.parse_args
-
-    def parse_only(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> Any:
-        raise _Parsed(original(self, *args, **kwargs))
-
-    with monkeypatch.context() as m:
-        m.setattr(argparse.ArgumentParser, "parse_args", parse_only)
-        try:
-            cli.main(argv)
-        except _Parsed as done:
-            return done.namespace
-        except SystemExit as e:
-            pytest.fail(f"txn {shlex.join(argv)} does not parse (exit {e.code})")
-    pytest.fail(f"txn {shlex.join(argv)}: the parser was never reached")
+    try:
+        return cli.build_parser().parse_args(argv)
+    except SystemExit as e:
+        pytest.fail(f"txn {shlex.join(argv)} does not parse (exit {e.code})")
 
 
 def check_txn_subcommand(sub: str) -> None:
@@ -529,7 +513,7 @@ def check_project_command(
     if line[0] == "txn":
         assert len(line) >= 2, f"service {name}: bare 'txn'"
         check_txn_subcommand(line[1])
-        return parse_txn(line[1:], monkeypatch)
+        return parse_txn(line[1:])
     if line[0] in ("python", "python3") and len(line) >= 3 and line[1] == "-m":
         check_module(line[2])
         return line[2]

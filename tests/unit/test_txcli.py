@@ -137,10 +137,14 @@ def test_detail_text() -> None:
         "transaction g is committed"
     )
     problems = {
-        "detail": [
-            {"loc": ["body", "note"], "msg": "String should have at least 1 character"},
-            {"loc": ["query", "limit"], "msg": "too big"},
-        ]
+        "type": "about:blank",
+        "title": "Unprocessable Content",
+        "status": 422,
+        "detail": "body.note: String should have at least 1 character (and 1 more)",
+        "errors": [
+            {"field": "body.note", "message": "String should have at least 1 character"},
+            {"field": "query.limit", "message": "too big"},
+        ],
     }
     assert txcli.detail_text(json.dumps(problems).encode()) == (
         "note: String should have at least 1 character; query.limit: too big"
@@ -382,8 +386,9 @@ def test_status_to_exit_code(
 
 
 def test_422_lists_the_problems(served: Canned, capsys: pytest.CaptureFixture[str]) -> None:
-    problem = {"loc": ["body", "note"], "msg": "a note is required: say why", "type": "x"}
-    served.answer("/v1/transactions/g-1/retry", 422, {"detail": [problem]})
+    field = {"field": "body.note", "message": "a note is required: say why", "type": "x"}
+    problem = {"status": 422, "detail": "body.note: a note is required", "errors": [field]}
+    served.answer("/v1/transactions/g-1/retry", 422, problem)
     assert tx(served, "retry", "g-1", "--note", "x") == 2
     assert capsys.readouterr().err == "txn tx: 422: note: a note is required: say why\n"
 
