@@ -16,6 +16,7 @@ from participants.sdk import wire
 from participants.sdk.guard import OPEN, Policy, Rule, refuse
 
 SUBMIT_PATH = "/v1/transactions"
+ACTIONS = ("/retry", "/abort", "/resolve")  # the last segments of the operators' POSTs
 DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 OPS_PATHS = frozenset({"/readyz", "/metrics"})
 SCHEME = "bearerAuth"
@@ -49,7 +50,9 @@ def policy(settings: Settings) -> Policy:
             return Rule("submit", json=True)
         if path.startswith(SUBMIT_PATH) and method in ("GET", "HEAD"):
             return Rule("read")
-        return Rule("admin", json=True)
+        # An operator's action takes a JSON note; anything else the router answers (404, or
+        # 405 with the methods the path has), after the admin token.
+        return Rule("admin", json=method == "POST" and path.endswith(ACTIONS))
 
     return rule
 

@@ -123,7 +123,7 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    problems.install(app)
+    problems.install(app, json_bodies=True)
 
     async def log_unavailable(request: Request, exc: Exception) -> Response:
         return log_error_answer(exc)
@@ -191,7 +191,12 @@ def create_app(
             ]
         return to_out(record, timeline)
 
-    @app.get("/v1/transactions/{gid}", response_model=TxnOut, tags=["transactions"])
+    @app.get(
+        "/v1/transactions/{gid}",
+        response_model=TxnOut,
+        responses={404: {"description": "No transaction with this gid."}},
+        tags=["transactions"],
+    )
     async def get_one(
         request: Request,
         gid: Annotated[str, Path(pattern=GID_PATTERN.pattern)],
@@ -297,7 +302,8 @@ def create_app(
         wire.RESOLVE_PATH,
         tags=["participants"],
         summary="A participant's doubt resolver asks what became of a gid",
-        responses={401: {"description": "Not signed with the named participant's secret."}},
+        responses=SIGNED_REFUSALS,
+        openapi_extra=question_body({"gid": GID_SCHEMA}),
     )
     async def resolve(request: Request) -> Response:
         """For participants only: a call signed with the participant's secret (headers
@@ -321,7 +327,17 @@ def create_app(
         wire.ENDED_PATH,
         tags=["participants"],
         summary="A participant's barrier retention asks which gids ended, and how long ago",
-        responses={401: {"description": "Not signed with the named participant's secret."}},
+        responses=SIGNED_REFUSALS,
+        openapi_extra=question_body(
+            {
+                "gids": {
+                    "type": "array",
+                    "items": GID_SCHEMA,
+                    "minItems": 1,
+                    "maxItems": MAX_ENDED_GIDS,
+                }
+            }
+        ),
     )
     async def ended(request: Request) -> Response:
         """For participants only, signed as for ``/v1/resolve``; body ``{"gids": [...],
@@ -380,6 +396,21 @@ async def _participant_question(
         log.warning("refused a question (%s) from %s: %s", op, name, why)
         return _refusal(401, why)
     return name, secrets, body
+
+
+GID_SCHEMA = {"type": "string", "pattern": GID_PATTERN.pattern}
+SIGNED_REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Not signed with the named participant's secret."},
+    422: {"description": "The body is not the question's."},
+}
+
+
+def question_body(fields: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI request body of a participant's signed question (read raw by the route,
+    which must check the signature over the exact bytes)."""
+    properties = {**fields, "nonce": {"type": "string", "pattern": wire.NONCE_PATTERN.pattern}}
+    schema = {"type": "object", "properties": properties, "required": list(properties)}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def _signed(secrets: list[bytes], answer: dict[str, Any]) -> Response:

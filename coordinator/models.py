@@ -116,6 +116,7 @@ class NoteIn(BaseModel):
     note: str = Field(
         min_length=1,
         max_length=1000,
+        pattern=r"\S",  # not only white space
         description="Why: kept in the transaction's timeline with the token's name.",
     )
 

@@ -18,6 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import Scope
 
 PROBLEM_JSON = "application/problem+json"
 JSON = "application/json"
@@ -103,15 +105,20 @@ def validation_problem(exc: RequestValidationError) -> dict[str, Any]:
     return problem(422, detail, errors=errors)
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, json_bodies: bool = False) -> None:
     """Answer HTTPException and validation errors of ``app``'s routes as problems, and say so
-    in its OpenAPI document (``openapi_problems``)."""
+    in its OpenAPI document (``openapi_problems``; ``json_bodies``: the guard refuses a body
+    that is not ``application/json`` with 415)."""
 
-    async def http_error(_request: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         detail = exc.detail if isinstance(exc.detail, str) else title_of(exc.status_code)
-        headers = dict(exc.headers) if exc.headers else None
-        return response(exc.status_code, {"detail": detail}, headers)
+        headers = dict(exc.headers) if exc.headers else {}
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route matching the path only; a path
+            # served by several routes (GET and POST /v1/transactions) has all of theirs.
+            headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
+        return response(exc.status_code, {"detail": detail}, headers or None)
 
     async def invalid(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -123,19 +130,34 @@ def install(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = openapi_problems(plain())
+            app.openapi_schema = openapi_problems(plain(), json_bodies)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-# Answered by the guard in front of every app, whatever the route.
-_EVERY_BODY = {413: "The request body is over the limit."}
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
-def openapi_problems(schema: dict[str, Any]) -> dict[str, Any]:
+# Answered in front of every route that takes a body, whatever the route.
+_EVERY_BODY = {
+    400: "The body cannot be read (not UTF-8 JSON).",
+    413: "The request body is over the limit.",
+}
+# Answered by the guard for an operation that needs a token.
+_SECURED = {401: "No token, or an unknown one.", 403: "The token lacks the scope."}
+
+
+def openapi_problems(schema: dict[str, Any], json_bodies: bool = False) -> dict[str, Any]:
     """Every error response of every operation documented as a problem (and a 422 for each
-    operation that takes input), replacing FastAPI's own validation error schema."""
+    operation that takes input, what the guard answers), replacing FastAPI's own validation
+    error schema."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     for name, sub in components["Problem"].pop("$defs", {}).items():
@@ -151,6 +173,11 @@ def openapi_problems(schema: dict[str, Any]) -> dict[str, Any]:
                 responses.setdefault("422", {"description": "The request does not validate."})
             if operation.get("requestBody"):
                 for code, description in _EVERY_BODY.items():
+                    responses.setdefault(str(code), {"description": description})
+                if json_bodies:
+                    responses.setdefault("415", {"description": "The body is not JSON."})
+            if operation.get("security", schema.get("security")):
+                for code, description in _SECURED.items():
                     responses.setdefault(str(code), {"description": description})
             for code, answer in responses.items():
                 if code.isdigit() and int(code) >= 400:

@@ -50,6 +50,7 @@ _BRANCH = re.compile(r"[0-9]{1,2}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+NONCE_PATTERN = re.compile(rf"^{_NONCE.pattern}$")  # for JSON schemas: anchored
 
 
 def valid_gid(gid: str) -> bool:

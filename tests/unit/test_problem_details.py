@@ -86,3 +86,17 @@ def test_the_openapi_document_names_the_problem_for_every_error() -> None:
                     ref = content[PROBLEM]["schema"]["$ref"]
                     assert ref == "#/components/schemas/Problem", (method, path, code)
     assert errors >= 10
+
+
+async def test_a_method_a_path_does_not_serve_is_a_405_naming_all_it_does() -> None:
+    app = create_app(settings(), MemLog(), YesTransport())
+    admin = bearer("admin")
+    async with client_of(app) as c:
+        # GET and POST /v1/transactions are two routes: the Allow header names both.
+        options = await c.request("OPTIONS", SUBMIT, headers=admin)
+        problem_of(options, 405)
+        assert options.headers["allow"] == "GET, POST"
+        # No POST route at this path: a 405 (not the 415 of a body check meant for actions).
+        post = await c.post(f"{SUBMIT}/g1", content=b"x", headers=admin)
+        problem_of(post, 405)
+        assert post.headers["allow"] == "GET"
