@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from coordinator import access
 from coordinator.console import pages as console
+from coordinator.cursor import CURSOR_PATTERN
 from coordinator.db import LOG_APPLICATION_NAME
 from coordinator.fastpath import SubmitFastPath
 from coordinator.intervention import Act, Refusal, check_note
@@ -222,7 +223,14 @@ def create_app(
             float | None, Query(ge=0, le=10**9, description="Created at most this long ago.")
         ] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        cursor: Annotated[str | None, Query(max_length=512)] = None,
+        cursor: Annotated[
+            str | None,
+            Query(
+                pattern=CURSOR_PATTERN.pattern,
+                description="Where to go on: the next_cursor of the page before (opaque to "
+                "you; any other value is a 422).",
+            ),
+        ] = None,
     ) -> PageOut:
         if status is not None and status not in STATUSES:
             raise invalid(("query", "status"), f"status must be one of {', '.join(STATUSES)}")

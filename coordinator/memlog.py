@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
+from coordinator.cursor import decode_cursor, encode_cursor
 from coordinator.errors import OwnershipLost
-from coordinator.pglog import decode_cursor, encode_cursor
 from coordinator.records import (
     BranchProgress,
     BranchRecord,

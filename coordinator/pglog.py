@@ -10,7 +10,6 @@ asyncpg"). The SQL is the same text either way (``coordinator.queries``).
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import queries
 from coordinator.batch import Coalescer
+from coordinator.cursor import decode_cursor, encode_cursor
 from coordinator.db import make_engine, plain_dsn, server_settings
 from coordinator.errors import OwnershipLost
 from coordinator.records import (
@@ -53,7 +53,6 @@ from coordinator.records import (
 )
 from coordinator.schema import transactions
 from coordinator.sizing import log_pools
-from participants.sdk.wire import GID_PATTERN
 
 _ARRAYS: dict[str, Any] = {
     "idx": ARRAY(Integer),
@@ -190,30 +189,6 @@ def _progress_params(progress: Sequence[BranchProgress]) -> dict[str, Any]:
         "battempts": [p.attempts for p in progress],
         "berror": [p.last_error for p in progress],
     }
-
-
-def encode_cursor(created_at: datetime, gid: str) -> str:
-    raw = orjson.dumps([created_at.isoformat(), gid])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Raise ValueError on anything that is not a cursor this store handed out."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, gid = orjson.loads(raw)
-        when = datetime.fromisoformat(at)
-    except Exception as e:
-        raise ValueError("cursor is not one this API returned") from e
-    # Only what encode_cursor can produce: an aware time Postgres can hold, and a real gid.
-    if (
-        when.tzinfo is None
-        or not 1970 <= when.year <= 9000
-        or not isinstance(gid, str)
-        or not GID_PATTERN.match(gid)
-    ):
-        raise ValueError("cursor is not one this API returned")
-    return when, gid
 
 
 class PgLog:

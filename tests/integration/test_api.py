@@ -552,8 +552,9 @@ async def test_list_filters_by_mode_and_status(api: httpx.AsyncClient) -> None:
     ("params", "loc", "part"),
     [
         ({"status": "done"}, ["query", "status"], "committed"),
-        ({"cursor": "not-a-cursor!"}, ["query", "cursor"], "cursor"),
-        ({"cursor": "WzEsMl0"}, ["query", "cursor"], "cursor"),  # base64 of [1,2]
+        ({"cursor": "not-a-cursor!"}, ["query", "cursor"], "pattern"),
+        ({"cursor": "WzEsMl0"}, ["query", "cursor"], "pattern"),  # the old base64 form
+        ({"cursor": "1_"}, ["query", "cursor"], "pattern"),  # no gid
         ({"limit": 0}, ["query", "limit"], "greater than"),
         ({"limit": 501}, ["query", "limit"], "less than"),
         ({"mode": "xa"}, ["query", "mode"], "pattern"),
