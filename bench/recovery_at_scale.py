@@ -36,14 +36,14 @@ METRICS_CAP = 16 * 1024 * 1024  # the /metrics page, whole
 
 
 async def _submit_all(
-    base: str, token: str, gids: list[str], concurrency: int, wait_s: float, mode: str = "2pc"
+    base: str, token: str, gids: list[str], accounts: list[str], wait_s: float, mode: str = "2pc"
 ) -> None:
-    """Submit with ``concurrency`` clients; with ``wait_s`` each waits for the outcome, so at most
-    ``concurrency`` transactions are in flight (a client-paced load, as in production)."""
+    """Submit with one client per account; with ``wait_s`` each waits for the outcome, so at
+    most ``len(accounts)`` transactions are in flight (a client-paced load, as in production)."""
     queue: asyncio.Queue[str] = asyncio.Queue()
     for gid in gids:
         queue.put_nowait(gid)
-    client = Client(limit=max(concurrency, 1), headers=auth_headers(token))
+    client = Client(limit=max(len(accounts), 1), headers=auth_headers(token))
 
     async def worker(account: str) -> None:
         while not queue.empty():
@@ -67,7 +67,7 @@ async def _submit_all(
 
     try:
         # One account per client: the load measures the protocol, not contention on one row.
-        await asyncio.gather(*(worker(f"bench{i}") for i in range(concurrency)))
+        await asyncio.gather(*(worker(account) for account in accounts))
     finally:
         await client.close()
 
@@ -105,12 +105,12 @@ async def _metric(base: str, token: str, name: str) -> float:
     return 0.0
 
 
-async def _open_accounts(stack: Stack, n: int) -> None:
+async def _open_accounts(stack: Stack, accounts: list[str]) -> None:
     client = Client(limit=1, headers=auth_headers(stack.api_token))
     try:
         for p in stack.participants:
-            for i in range(n):
-                body = {"id": f"bench{i}", "balance": 0}
+            for account in accounts:
+                body = {"id": account, "balance": 0}
                 reply = await client.call("POST", f"{p.url}/accounts", REQUEST_TIMEOUT_S, json=body)
                 if reply.status not in (201, 409):
                     raise RuntimeError(reply.body.decode(errors="replace"))
@@ -119,12 +119,22 @@ async def _open_accounts(stack: Stack, n: int) -> None:
 
 
 def run(
-    stack: Stack, n: int, concurrency: int, timeout_s: float = 600, mode: str = "2pc"
+    stack: Stack,
+    n: int,
+    concurrency: int,
+    timeout_s: float = 600,
+    mode: str = "2pc",
+    tag: str | None = None,
 ) -> dict[str, Any]:
-    """The two phases on a running stack, in one mode; returns the measured figures."""
+    """The two phases on a running stack, in one mode; returns the measured figures, and what
+    this run wrote: its gids start with ``base_prefix`` and ``crash_prefix``, and the only
+    accounts it moves (opened at 0 on every ledger) with ``account_prefix``. ``tag`` names them
+    (unique when not given), so that the run's own can be told from others' on a shared stack."""
     coord = stack.coordinators[0]
-    tag = f"{os.getpid()}-{time.monotonic_ns()}"
-    asyncio.run(_open_accounts(stack, concurrency))
+    tag = tag or f"{os.getpid()}-{time.monotonic_ns()}"
+    account_prefix = f"bench-{tag}-"
+    accounts = [f"{account_prefix}{i}" for i in range(concurrency)]
+    asyncio.run(_open_accounts(stack, accounts))
 
     base_prefix = f"base-{tag}-"
     started = time.monotonic()
@@ -133,7 +143,7 @@ def run(
             coord.url,
             stack.api_token,
             [f"{base_prefix}{i}" for i in range(n)],
-            concurrency,
+            accounts,
             60,
             mode,
         )
@@ -150,7 +160,7 @@ def run(
                 coord.url,
                 stack.api_token,
                 [f"{crash_prefix}{i}" for i in range(n)],
-                concurrency,
+                accounts,
                 0,
                 mode,
             )
@@ -179,6 +189,9 @@ def run(
         "throughput_ratio": round(baseline / recovery, 2),
         "recovered": int(recovered),
         "claim_statements": int(batches),
+        "base_prefix": base_prefix,
+        "crash_prefix": crash_prefix,
+        "account_prefix": account_prefix,
     }
 
 

@@ -9,14 +9,16 @@ the moment that matters, then check the store once.
 from __future__ import annotations
 
 import asyncio
+import random
 from datetime import datetime, timedelta
 
 import pytest
 
+from coordinator.cursor import encode_cursor
 from coordinator.errors import OwnershipLost
 from coordinator.logstore import LogStore
 from coordinator.memlog import MemLog
-from coordinator.pglog import PgLog, encode_cursor
+from coordinator.pglog import PgLog
 from coordinator.records import (
     BranchProgress,
     BranchSpec,
@@ -620,34 +622,165 @@ async def test_claim_own_takes_only_rows_written_before_the_restart(store: LogSt
     assert await store.claim("a", 10, LONG) == []  # and the own-claim needs a start time
 
 
-async def test_lease_renewal_and_coalesced_writes_never_deadlock(store: LogStore) -> None:
-    """The renewal and the coalesced progress and outcome writes each update many transactions
-    rows in one statement; run together over the same rows, in opposite orders, they must all
-    succeed (found by the bench: before the rows were locked in gid order, Postgres broke
-    such cycles by failing one statement, and leases lapsed)."""
-    sagas = [f"s{i:03}" for i in range(64)]
-    for gid in sagas:
-        await store.insert(new_txn(gid, n=1), "a", LONG)
-    for i in range(300):  # history, so that the planner looks the rows up one by one
-        await store.insert(new_txn(f"h{i:03}", n=1), "b", LONG)
-    held = dict.fromkeys(reversed(sagas), 1)
+DEADLOCK = "40P01"  # Postgres's SQLSTATE for a statement it failed to break a lock cycle
 
-    async def renewing() -> None:
-        for _ in range(100):
-            assert await store.renew("a", held, LONG) == set(sagas)
 
-    async def progressing() -> None:
-        for round_ in range(20):
-            await asyncio.gather(
-                *(
-                    store.write_progress(
-                        gid, 1, 0, BranchProgress("succeeded", round_, None), "step", None
+def sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE behind ``error``: asyncpg's own, or the one SQLAlchemy wraps (``orig``)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        state = getattr(seen, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
+
+
+def leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaves(inner)]
+    return [error]
+
+
+async def test_lease_renewal_and_coalesced_writes_never_deadlock(log_dsn: str) -> None:
+    """Postgres only: the fake takes no row locks, so it cannot deadlock and this test could
+    not fail on it. The lease renewal, the coalesced saga progress (WRITE_PROGRESS_MANY) and the
+    coalesced 2PC outcome (finish: WRITE_STATUS_MANY, after each one-row decide) each lock many
+    transactions rows in one statement. Here they run at once over the same rows, fed in opposite
+    and shuffled orders: two renewals (gids ascending and descending), a round of progress
+    writes and a round of outcomes at a time, and another instance claiming, in an order
+    opposite to gid order, the rows whose lease ran out while the owner still renews them and
+    writes to them (a takeover). They must all succeed (found by the bench: before the rows
+    were locked in gid order, Postgres broke such cycles after deadlock_timeout by failing one
+    statement, and leases lapsed). A deadlock (SQLSTATE 40P01) or a statement that never
+    finishes fails the test; so does any error but the fencing of the rows taken over."""
+    rounds, lease_gone = 6, 0.2
+    base = [f"x{i:03}" for i in range(64)]  # one coalesced batch's worth (Coalescer.limit)
+    taken = set(base[3::4])  # their lease runs out: "c" takes them over during the run
+    sagas = [g for g in base if g not in taken]
+    twopc = {r: [f"{g}.{r}" for g in base[::2]] for r in range(rounds)}  # between the sagas
+    a = PgLog.connect(log_dsn, pool_size=4)
+    c = PgLog.connect(log_dsn, pool_size=1)
+    try:
+        # Inserted in reverse gid order: the claim (oldest due first) locks them downwards.
+        for gid in sorted(taken, reverse=True):
+            _, last = await a.insert(new_txn(gid, n=2), "a", lease_gone)
+        for gid in sagas:
+            await a.insert(new_txn(gid, n=2), "a", LONG)
+        for gids_of_round in twopc.values():
+            for gid in gids_of_round:
+                await a.insert(new_txn(gid, mode="2pc", n=2), "a", LONG)
+        for i in range(300):  # history, so that the planner looks the rows up one by one
+            await a.insert(new_txn(f"h{i:03}", n=1), "b", LONG)
+        await wait_past(a, lease_end(last, lease_gone), sagas[0])
+        every_2pc = {g for gids_of_round in twopc.values() for g in gids_of_round}
+        held = sorted([*base, *every_2pc])
+
+        def order(r: int, gids: list[str]) -> list[str]:
+            """Round ``r``'s order: ascending, descending or shuffled."""
+            if r % 3 == 0:
+                return sorted(gids)
+            if r % 3 == 1:
+                return sorted(gids, reverse=True)
+            return random.Random(r).sample(gids, len(gids))
+
+        renewals: list[set[str]] = []
+        claimed: list[str] = []
+
+        async def renewing(gids: list[str]) -> None:
+            while True:
+                renewals.append(await a.renew("a", dict.fromkeys(gids, 1), LONG))
+                if all(w.done() for w in writers):
+                    return
+
+        async def progressing() -> None:
+            for r in range(rounds):
+                writes = [
+                    a.write_progress(
+                        gid, 1, r % 2, BranchProgress("succeeded", r, None), "step", None
                     )
-                    for gid in sagas
-                )
-            )
+                    for gid in order(r, base)
+                ]
+                for gid, result in zip(
+                    order(r, base),
+                    await asyncio.gather(*writes, return_exceptions=True),
+                    strict=True,
+                ):
+                    # Fenced (rule 5) once "c" has taken it over; nothing else may fail.
+                    if result is not None and not (
+                        isinstance(result, OwnershipLost) and gid in taken
+                    ):
+                        raise result
 
-    await asyncio.gather(renewing(), renewing(), progressing())
+        async def deciding_and_finishing() -> None:
+            prepared = progress(("prepared", 1, None), ("prepared", 1, None))
+            committed = progress(("committed", 1, None), ("committed", 1, None))
+            for r, gids_of_round in twopc.items():
+                await asyncio.gather(
+                    *(
+                        a.write_status(gid, 1, "committing", None, prepared, "decided")
+                        for gid in order(r + 1, gids_of_round)
+                    )
+                )
+                await asyncio.gather(
+                    *(
+                        a.write_status(
+                            gid, 1, "committed", None, committed, "finished", redoable=True
+                        )
+                        for gid in order(r + 2, gids_of_round)
+                    )
+                )
+
+        async def claiming() -> None:
+            while len(claimed) < len(taken):
+                claimed.extend(claim.record.gid for claim in await c.claim("c", 3, LONG))
+                await asyncio.sleep(0.02)
+
+        try:
+            async with asyncio.timeout(30), asyncio.TaskGroup() as tg:
+                writers = [
+                    tg.create_task(work())
+                    for work in (progressing, deciding_and_finishing, claiming)
+                ]
+                tg.create_task(renewing(held))
+                tg.create_task(renewing(held[::-1]))
+        except TimeoutError:
+            pytest.fail("the writes and renewals did not finish in 30 s: a statement is stuck")
+        except BaseExceptionGroup as group:
+            deadlocks = [e for e in leaves(group) if sqlstate(e) == DEADLOCK]
+            if deadlocks:
+                first = deadlocks[0]
+                detail = getattr(first, "detail", None) or getattr(
+                    getattr(first, "orig", None), "detail", ""
+                )
+                pytest.fail(f"deadlock (SQLSTATE {DEADLOCK}): {first!r} {detail or ''}")
+            raise
+
+        # Everything named was run, the coalesced writes several to a statement.
+        assert a.progress_writes.batches < a.progress_writes.writes == rounds * len(base)
+        assert a.status_writes.batches < a.status_writes.writes == len(every_2pc)
+        assert len(renewals) >= 2
+        for renewed in renewals:
+            assert set(sagas) <= renewed <= set(sagas) | every_2pc  # never a lapsed lease
+        assert sorted(claimed) == sorted(taken)  # each taken over once, by one claim
+        for gid in sagas:
+            rec = await must_get(a, gid)
+            assert (rec.owner, rec.epoch) == ("a", 1)
+            # Each round wrote one branch (alternately); the last two rounds' writes stand.
+            assert [(b.status, b.attempts) for b in rec.branches] == [
+                ("succeeded", rounds - 2),
+                ("succeeded", rounds - 1),
+            ]
+        for gid in taken:
+            rec = await must_get(a, gid)
+            assert (rec.owner, rec.epoch) == ("c", 2)
+        for gid in every_2pc:
+            rec = await must_get(a, gid)
+            assert (rec.status, rec.epoch, rec.owner) == ("committed", 1, "a")
+            assert [b.status for b in rec.branches] == ["committed", "committed"]
+    finally:
+        await a.close()
+        await c.close()
 
 
 async def test_the_hot_statements_are_planned_once_per_connection(log_dsn: str) -> None:
