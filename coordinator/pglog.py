@@ -405,7 +405,7 @@ class PgLog:
             # Fenced out, or a decided or terminal status may not move there (NEXT_STATUS).
             raise OwnershipLost(
                 f"transaction {gid}: epoch {epoch} is no longer current, or its logged status "
-                f"may not move to {status!r}"
+                f"may not move to '{status}'"
             )
         return written
 

@@ -13,8 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.crash import CRASH_EXIT_CODE
+from devstack.services import Service
 from devstack.stack import Stack, StackConfig
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import (
@@ -32,6 +34,12 @@ from tests.helpers import (
 OPENING = 100
 MOVES = {"ledger1": -30, "ledger2": 20, "ledger3": 10}
 RESOLVER_ENV = {"TXNP_ORPHAN_SAFETY_S": "1", "TXNP_RESOLVER_INTERVAL_S": "0.3"}
+SAFETY_S = float(RESOLVER_ENV["TXNP_ORPHAN_SAFETY_S"])
+RESOLVER_INTERVAL_S = float(RESOLVER_ENV["TXNP_RESOLVER_INTERVAL_S"])
+# A resolver asks about a prepared branch at its first look after the branch is SAFETY_S old:
+# within SAFETY_S + RESOLVER_INTERVAL_S of the prepare, and again RESOLVER_INTERVAL_S later
+# (plus the time its questions take). Waits for that are bounded at five times as much.
+RESOLVE_BOUND_S = 5 * (SAFETY_S + 2 * RESOLVER_INTERVAL_S)
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +90,36 @@ async def wait_for(check: Any, what: str, timeout_s: float = 30.0) -> None:
         await asyncio.sleep(0.2)
 
 
+def log_size(service: Service) -> int:
+    try:
+        return service.log_file.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def log_since(service: Service, offset: int) -> str:
+    with open(service.log_file, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+async def resolver_actions(
+    client: httpx.AsyncClient, stack: Stack, action: str
+) -> dict[str, float]:
+    """Each ledger's txnp_resolver_actions_total{action=...}, from its /metrics."""
+    out = {}
+    for name in MOVES:
+        reply = await client.get(f"{stack.service(name).url}/metrics")
+        assert reply.status_code == 200, reply.text
+        out[name] = sum(
+            sample.value
+            for family in text_string_to_metric_families(reply.text)
+            for sample in family.samples
+            if sample.name == "txnp_resolver_actions_total" and sample.labels["action"] == action
+        )
+    return out
+
+
 async def log_status(stack: Stack, gid: str) -> str:
     rows = await fetch(stack.log_dsn, "SELECT status FROM transactions WHERE gid = $1", gid)
     return str(rows[0]["status"])
@@ -116,28 +154,46 @@ async def test_a_alone_after_decision_participants_block_then_commit(
     stack.service("coord2").restart = False
     stack.service("coord2").stop()
     crash_once(stack, "coord1", "after_decision", tmp_path / "crashed")
+    offsets = {name: log_size(stack.service(name)) for name in MOVES}
     async with api_client(timeout=5) as client:
+        committed_before = await resolver_actions(client, stack, "committed")
         account, gid = await transfer_until_crash(stack, client, "coord1", tmp_path / "crashed")
-        # Well past the safety interval, with no coordinator answering: still prepared.
+        xids = {name: f"txn:{gid}:{i}" for i, name in enumerate(MOVES)}
+        # No coordinator answers: once its branch is past the safety interval, each resolver
+        # asks, gets no answer from either coordinator and leaves it prepared. Two looks each.
+        nobody = f"no usable answer about {gid} from {stack.service('coord1').url}:"
+
+        async def each_resolver_asked_twice() -> bool:
+            return all(
+                log_since(stack.service(name), offsets[name]).count(nobody) >= 2 for name in MOVES
+            )
+
+        await wait_for(each_resolver_asked_twice, "each resolver to ask twice", RESOLVE_BOUND_S)
         # Blocking is right here: the decision was commit, a rollback would break atomicity.
-        await asyncio.sleep(3.0)
         held = await all_prepared(stack)
-        assert all(f"txn:{gid}:{i}" in held[name] for i, name in enumerate(MOVES)), held
+        assert all(xid in held[name] for name, xid in xids.items()), held
         assert await balances(dsns(stack), account) == {n: OPENING for n in MOVES}
-        # A coordinator comes back: the participants commit.
+        assert await resolver_actions(client, stack, "committed") == committed_before
+        # A coordinator comes back, its recovery loop off: it drives nothing, it only answers
+        # the resolvers' questions ("committing"), and they commit their own branches.
         stack.service("coord1").restart = True
-        stack.restart("coord1", env=dict(NORMAL))
+        stack.restart("coord1", env={**NORMAL, "TXN_RECOVERY": "false"})
 
         async def drained() -> bool:
             return not any(gid in x for xs in (await all_prepared(stack)).values() for x in xs)
 
-        await wait_for(drained, "the prepared transactions to commit")
+        await wait_for(drained, "the resolvers to commit their branches", RESOLVE_BOUND_S)
+        # Each ledger's resolver committed exactly its branch (its metric and its log say so).
+        assert await resolver_actions(client, stack, "committed") == {
+            n: c + 1 for n, c in committed_before.items()
+        }
+    for name, xid in xids.items():
+        text = log_since(stack.service(name), offsets[name])
+        assert f"resolved in-doubt transactions: committed ['{xid}']" in text, (name, text[-2000:])
     assert await balances(dsns(stack), account) == {n: OPENING + d for n, d in MOVES.items()}
-
-    async def committed() -> bool:
-        return await log_status(stack, gid) == "committed"
-
-    await wait_for(committed, "the log to say committed")
+    # Nobody drove phase two: coord1 died after the decision, came back without recovery, and
+    # coord2 is down. The log still says committing; the commits were the participants'.
+    assert await log_status(stack, gid) == "committing"
 
 
 async def test_b_preparing_orphan_is_aborted_by_the_question(

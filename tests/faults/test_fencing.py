@@ -1,23 +1,31 @@
 """Fencing (DESIGN.md rules 5 and 6, "Recovery and high availability") with real processes.
 
 coord1 starts a 2PC transfer whose third prepare hangs (ledger3 is frozen with SIGSTOP), then
-coord1 itself is frozen past its lease. coord2 claims the transaction under a higher epoch,
-presumes abort and finishes it once ledger3 is thawed. When coord1 wakes up it still believes it
-drives the transaction under its old epoch: every write it attempts must be fenced out (zero
-rows), it must stop, and nothing it does may change the outcome, the owner or the timeline.
+coord1 itself is frozen past its lease. coord2 claims the transaction under a higher epoch and
+presumes abort; its rollback to ledger3 hangs too, so the log says `aborting`. coord1 wakes up
+still believing it drives the transaction under its old epoch, and nothing tells it otherwise
+first: its lease renewal waits on a row lock the test holds (on a second transaction coord1
+drives, whose row that statement locks first). Its prepare times out and it decides abort: a
+write under the old epoch that the log must refuse (zero rows; the status alone would allow
+it), after which its driver stops. Nothing it does may change the outcome, the owner or the
+timeline; coord2 finishes the abort once ledger3 is thawed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.errors import OwnershipLost
 from coordinator.pglog import PgLog
@@ -41,6 +49,7 @@ from tests.helpers import (
 T = TypeVar("T")
 
 LEASE_S = float(TEST_COORDINATOR_ENV["TXN_LEASE_S"])
+CALL_TIMEOUT_S = float(TEST_COORDINATOR_ENV["TXN_CALL_TIMEOUT_S"])
 MOVES = {"ledger1": -30, "ledger2": 20, "ledger3": 10}
 OPENING = 100
 
@@ -136,12 +145,53 @@ def log_since(service: Service, offset: int) -> str:
 class Takeover:
     gid: str
     account: str
-    old_epoch: int  # coord1's epoch when it was frozen
+    old_epoch: int  # coord1's epoch when it lost the transaction
     opening: dict[str, int]
+    fenced_line: str  # coord1's driver saying its write was refused ("" if it said nothing)
+    fenced_writes: float  # how many writes coord1's drivers had refused meanwhile (metrics)
+    log_at_decision: dict[str, Any]  # all the log held when coord2 had decided abort
+    log_after_fence: dict[str, Any]  # all it held once coord1's stale write had been refused
     events_at_abort: list[dict[str, Any]]  # the timeline when coord2 had finished
     row_at_abort: dict[str, Any]
-    coord1_log: str  # what coord1 logged after it was thawed
-    fenced_line: str  # the line showing coord1 dropped its write / its lease
+
+
+async def logged(log_dsn: str, gid: str) -> dict[str, Any]:
+    """Everything the log holds about ``gid`` (its row with its branches and its timeline),
+    read in one statement."""
+    rows = await fetch(
+        log_dsn,
+        "SELECT status, reason, owner, epoch, attempts, updated_at, branches, timeline"
+        " FROM transactions WHERE gid = $1",
+        gid,
+    )
+    assert len(rows) == 1, gid
+    return dict(rows[0])
+
+
+async def fenced_writes(url: str) -> float:
+    """The coordinator's txn_fenced_writes_total, from its /metrics."""
+    async with api_client(timeout=10) as client:
+        reply = await client.get(f"{url}/metrics")
+    assert reply.status_code == 200, reply.text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(reply.text)
+        for sample in family.samples
+        if sample.name == "txn_fenced_writes_total"
+    )
+
+
+@asynccontextmanager
+async def row_locked(log_dsn: str, gid: str) -> AsyncIterator[None]:
+    """Hold ``gid``'s row locked in the log (FOR UPDATE) until the block ends."""
+    conn = await asyncpg.connect(log_dsn)
+    try:
+        async with conn.transaction():
+            rows = await conn.fetch("SELECT gid FROM transactions WHERE gid = $1 FOR UPDATE", gid)
+            assert len(rows) == 1, gid
+            yield
+    finally:
+        await conn.close()
 
 
 # -- the scenario --------------------------------------------------------------------------
@@ -155,18 +205,21 @@ async def takeover(fencing_stack: Stack) -> AsyncIterator[Takeover]:
     log_dsn = stack.log_dsn
     dsns = {p.name: p.dsn for p in stack.participants if p.dsn is not None}
     assert set(dsns) == set(MOVES)
-    gid = unique("fence")
+    # Two transactions on coord1: coord1 renews their leases in one statement that locks the
+    # rows in gid order, so while `other`'s row is locked that statement waits, before it has
+    # locked (or learnt anything about) `gid`'s.
+    other = unique("fence-a")
+    gid = unique("fence-b")
+    assert other < gid
     account = unique("acct")
+    other_account = unique("acct")  # its own rows: its prepared branches must not block ours
     seen: list[Any] = []
 
-    async with api_client(timeout=10) as client:
-        await open_accounts(client, {p.name: p.url for p in stack.participants}, account, OPENING)
-        opening = await balances(dsns, account)
-        assert opening == dict.fromkeys(MOVES, OPENING)
-        body = {
-            "gid": gid,
+    def transfer(txn: str, account: str) -> dict[str, Any]:
+        return {
+            "gid": txn,
             "mode": "2pc",
-            # Long enough that coord1's own prepare deadline never ends the transaction here.
+            # Long enough that no prepare deadline ends the transaction here.
             "timeout_s": 120,
             "branches": [
                 {
@@ -177,91 +230,115 @@ async def takeover(fencing_stack: Stack) -> AsyncIterator[Takeover]:
                 for name, delta in MOVES.items()
             ],
         }
+
+    async with api_client(timeout=10) as client:
+        urls = {p.name: p.url for p in stack.participants}
+        await open_accounts(client, urls, account, OPENING)
+        await open_accounts(client, urls, other_account, OPENING)
+        opening = await balances(dsns, account)
+        assert opening == dict.fromkeys(MOVES, OPENING)
+        fenced_before = await fenced_writes(coord1.url)
         ledger3.signal(signal.SIGSTOP)
         try:
-            reply = await client.post(f"{coord1.url}/v1/transactions", json=body)
-            assert reply.status_code == 201, reply.text
-            assert reply.json()["status"] == "preparing"
+            for txn, acct in ((other, other_account), (gid, account)):
+                reply = await client.post(f"{coord1.url}/v1/transactions", json=transfer(txn, acct))
+                assert reply.status_code == 201, reply.text
+                assert reply.json()["status"] == "preparing"
             row = await txn_row(log_dsn, gid)
             assert row["owner"] == "coord1", row
             old_epoch = int(row["epoch"])
 
-            # coord1's driver is stuck on ledger3's prepare: ledger1 and ledger2 voted yes.
+            # coord1's drivers are stuck on ledger3's prepares: ledger1 and ledger2 voted yes.
             async def prepared_elsewhere() -> bool | None:
                 names = [
                     *await prepared_xacts(dsns["ledger1"]),
                     *await prepared_xacts(dsns["ledger2"]),
                 ]
                 seen.append(names)
-                want = {wire.xid(gid, 0), wire.xid(gid, 1)}
+                want = {wire.xid(t, i) for t in (other, gid) for i in (0, 1)}
                 return True if want <= set(names) else None
 
             await until(prepared_elsewhere, "ledger1 and ledger2 never prepared", 15, seen)
             assert await prepared_xacts(dsns["ledger3"]) == []
-            assert (await txn_row(log_dsn, gid))["status"] == "preparing"
 
-            coord1.signal(signal.SIGSTOP)
-            try:
-                # The deliberate wait: coord1 cannot renew, so its lease runs out.
-                await asyncio.sleep(LEASE_S + 1)
+            async with row_locked(log_dsn, other):
+                # coord1 is frozen past its lease (so that coord2, not coord1's own recovery,
+                # takes the transaction over); its next lease renewal waits on `other`'s row.
+                coord1.signal(signal.SIGSTOP)
+                try:
 
-                async def claimed_by_coord2() -> int | None:
-                    events = await txn_events(log_dsn, gid)
-                    seen.append(events)
-                    for e in events:
-                        d = e["detail"] or {}
-                        if e["kind"] == "claimed" and d.get("owner") == "coord2":
-                            return int(d["epoch"])
-                    return None
+                    async def claimed_by_coord2() -> int | None:
+                        events = await txn_events(log_dsn, gid)
+                        seen.append(events)
+                        for e in events:
+                            d = e["detail"] or {}
+                            if e["kind"] == "claimed" and d.get("owner") == "coord2":
+                                return int(d["epoch"])
+                        return None
 
-                new_epoch = await until(claimed_by_coord2, "coord2 never claimed", 15, seen)
-                assert new_epoch > old_epoch
+                    new_epoch = await until(
+                        claimed_by_coord2, "coord2 never claimed", LEASE_S + 10, seen
+                    )
+                    assert new_epoch > old_epoch
 
-                async def decided_abort() -> bool | None:
-                    events = await txn_events(log_dsn, gid)
-                    seen.append(events)
-                    kinds = [(e["kind"], (e["detail"] or {}).get("status")) for e in events]
-                    return True if ("decided", "aborting") in kinds else None
+                    async def decided_abort() -> dict[str, Any] | None:
+                        state = await logged(log_dsn, gid)
+                        seen.append(state)
+                        return state if state["status"] == "aborting" else None
 
-                await until(decided_abort, "coord2 never decided abort", 15, seen)
-                # ledger3 comes back: its queued prepare (from coord1) and rollback (from
-                # coord2) run, and coord2 can finish.
-                ledger3.signal(signal.SIGCONT)
+                    at_decision = await until(decided_abort, "coord2 never decided abort", 15, seen)
+                    offset = log_size(coord1)
+                finally:
+                    coord1.signal(signal.SIGCONT)
+                # coord1 is awake and still believes it drives `gid` under old_epoch; its lease
+                # renewal, stuck behind the lock, cannot tell it otherwise. Its prepare to the
+                # frozen ledger3 times out (TXN_CALL_TIMEOUT_S), no retry is sent (its lease ran
+                # out by its own clock), so it decides abort: a write under old_epoch, to a row
+                # whose status (aborting, coord2's decision) would let that decision through. Only
+                # the epoch refuses it.
+                stale = f"stopping: transaction {gid}: epoch {old_epoch} is no longer current"
 
-                async def aborted() -> dict[str, Any] | None:
-                    row = await txn_row(log_dsn, gid)
-                    seen.append(row)
-                    return row if row["status"] == "aborted" else None
+                async def coord1_wrote() -> tuple[str, dict[str, Any]] | None:
+                    # Its driver says the log refused its write, or the log shows the write.
+                    text = log_since(coord1, offset)
+                    line = next((x for x in text.splitlines() if stale in x), None)
+                    state = await logged(log_dsn, gid)
+                    seen.append((text[-2000:], state))
+                    return (line or "", state) if line or state != at_decision else None
 
-                row_at_abort = await until(aborted, "coord2 never finished the abort", 30, seen)
-                events_at_abort = await txn_events(log_dsn, gid)
-                offset = log_size(coord1)
-            finally:
-                coord1.signal(signal.SIGCONT)
-        finally:
+                fenced_line, after_fence = await until(
+                    coord1_wrote, "coord1's driver never wrote", CALL_TIMEOUT_S + 10, seen
+                )
+                fenced_writes_meanwhile = await fenced_writes(coord1.url) - fenced_before
+            # ledger3 comes back: coord2's rollback is answered and it finishes the abort
+            # (`other`, unlocked, is aborted by whichever coordinator gets to it).
             ledger3.signal(signal.SIGCONT)
 
-    # coord1 wakes up still holding epoch old_epoch: its renewal or its next write is fenced.
-    stale = f"transaction {gid}: epoch {old_epoch} is no longer current"
+            async def aborted(txn: str) -> dict[str, Any] | None:
+                row = await txn_row(log_dsn, txn)
+                seen.append(row)
+                return row if row["status"] == "aborted" else None
 
-    async def coord1_fenced() -> str | None:
-        text = log_since(coord1, offset)
-        seen.append(text[-2000:])
-        for line in text.splitlines():
-            if stale in line or "lease lost" in line:
-                return line
-        return None
+            row_at_abort = await until(
+                lambda: aborted(gid), "coord2 never finished the abort", 30, seen
+            )
+            events_at_abort = await txn_events(log_dsn, gid)
+            await until(lambda: aborted(other), "the other transaction never aborted", 30, seen)
+        finally:
+            coord1.signal(signal.SIGCONT)
+            ledger3.signal(signal.SIGCONT)
 
-    fenced_line = await until(coord1_fenced, "coord1 never logged it was fenced out", 15, seen)
     yield Takeover(
         gid=gid,
         account=account,
         old_epoch=old_epoch,
         opening=opening,
+        fenced_line=fenced_line,
+        fenced_writes=fenced_writes_meanwhile,
+        log_at_decision=at_decision,
+        log_after_fence=after_fence,
         events_at_abort=events_at_abort,
         row_at_abort=row_at_abort,
-        coord1_log=log_since(coord1, offset),
-        fenced_line=fenced_line,
     )
 
 
@@ -273,19 +350,19 @@ async def test_coord1_is_fenced_out_after_coord2_takes_over(
 ) -> None:
     stack, t = fencing_stack, takeover
     log_dsn = stack.log_dsn
-    # Give the thawed coord1 time to try anything else: the outcome must not move.
-    loop = asyncio.get_running_loop()
-    watch_until = loop.time() + 2.5
-    while loop.time() < watch_until:
-        row = await txn_row(log_dsn, t.gid)
-        assert row["status"] == "aborted", row
-        assert row["owner"] == "coord2", row
-        await asyncio.sleep(0.2)
+    # coord1's stale decision reached the log and changed nothing there: not the status, the
+    # reason, the branches, the owner, the epoch, nor the timeline.
+    assert t.log_after_fence == t.log_at_decision, (t.log_after_fence, t.log_at_decision)
+    # It was really attempted, and refused by the log (zero rows: OwnershipLost), as the
+    # decision it was; coord1's driver stopped there, counting exactly that one fenced write.
+    assert re.search(r"may not move to .*'aborting'", t.fenced_line), t.fenced_line
+    assert t.fenced_writes == 1, t.fenced_writes
 
     row = await txn_row(log_dsn, t.gid)
     assert row == t.row_at_abort, (row, t.row_at_abort)
+    assert row["status"] == "aborted" and row["owner"] == "coord2", row
     events = await txn_events(log_dsn, t.gid)
-    # coord1 added nothing to the timeline once thawed (neither did anyone else).
+    # coord1 added nothing to the timeline (neither did anyone else once coord2 had finished).
     assert events == t.events_at_abort, events
 
     claims = [e for e in events if e["kind"] == "claimed"]
@@ -315,9 +392,6 @@ async def test_coord1_is_fenced_out_after_coord2_takes_over(
     for name, dsn in dsns.items():
         assert await prepared_xacts(dsn) == [], name
     assert await balances(dsns, t.account) == t.opening
-
-    # What coord1 said when it woke up.
-    assert t.fenced_line, t.coord1_log
 
 
 async def test_a_write_under_the_old_epoch_affects_zero_rows(
