@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from devstack.services import Service
 from devstack.stack import Stack
 from participants.ledger.app import create_app as create_ledger_app
 from participants.sdk import Handler, ParticipantSettings, wire
@@ -291,3 +292,17 @@ async def serving(app: FastAPI) -> AsyncIterator[str]:
         server.should_exit = True
         await task
         sock.close()
+
+
+def log_size(service: Service) -> int:
+    """How long ``service``'s log is now: read what it writes after with ``log_since``."""
+    try:
+        return service.log_file.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def log_since(service: Service, offset: int) -> str:
+    with open(service.log_file, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")

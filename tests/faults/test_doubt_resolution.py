@@ -16,7 +16,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.crash import CRASH_EXIT_CODE
-from devstack.services import Service
 from devstack.stack import Stack, StackConfig
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import (
@@ -25,6 +24,8 @@ from tests.helpers import (
     api_client,
     balances,
     fetch,
+    log_since,
+    log_size,
     open_accounts,
     prepared_xacts,
     twopc_transfer,
@@ -88,19 +89,6 @@ async def wait_for(check: Any, what: str, timeout_s: float = 30.0) -> None:
     while not await check():
         assert asyncio.get_running_loop().time() < deadline, f"timed out waiting: {what}"
         await asyncio.sleep(0.2)
-
-
-def log_size(service: Service) -> int:
-    try:
-        return service.log_file.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def log_since(service: Service, offset: int) -> str:
-    with open(service.log_file, "rb") as f:
-        f.seek(offset)
-        return f.read().decode(errors="replace")
 
 
 async def resolver_actions(

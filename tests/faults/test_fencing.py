@@ -30,7 +30,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from coordinator.errors import OwnershipLost
 from coordinator.pglog import PgLog
 from coordinator.records import BranchProgress
-from devstack.services import Service
 from devstack.stack import Stack, StackConfig
 from participants.sdk import wire
 from tests.conftest import TEST_COORDINATOR_ENV
@@ -41,6 +40,8 @@ from tests.helpers import (
     api_client,
     balances,
     fetch,
+    log_since,
+    log_size,
     open_accounts,
     prepared_xacts,
     unique,
@@ -126,19 +127,6 @@ async def txn_events(log_dsn: str, gid: str) -> list[dict[str, Any]]:
             detail = json.loads(detail)
         out.append({"id": r["id"], "kind": r["kind"], "branch": r["branch"], "detail": detail})
     return out
-
-
-def log_size(service: Service) -> int:
-    try:
-        return service.log_file.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def log_since(service: Service, offset: int) -> str:
-    with open(service.log_file, "rb") as f:
-        f.seek(offset)
-        return f.read().decode(errors="replace")
 
 
 @dataclass
