@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -258,3 +259,156 @@ def test_resume_after_a_logged_failure_of_a_parallel_branch_compensates_every_br
         m.SendCompensation(2),
     ]
     assert state.steps == (Step.MAYBE, Step.FAILED, Step.COMPENSATING)
+
+
+# Each guard and each recorded fact, pinned down one by one (found by ./run mutation: these are
+# what the randomized test above cannot see, because its world never delivers a stale reply).
+
+TIMED_OUT = "timed out before every step succeeded"
+
+
+def test_new_sagas_start_running_every_step_pending() -> None:
+    assert m.sequential(3) == (frozenset(), frozenset({0}), frozenset({1}))
+    state = m.State.new(m.sequential(2))
+    assert state.status is Status.RUNNING and state.steps == (Step.PENDING, Step.PENDING)
+    assert state.deps == m.sequential(2) and state.reason is None
+    assert state.deferred == frozenset()
+
+
+def test_timeout_compensates_once_what_is_in_flight_settles() -> None:
+    state, _ = m.step(m.State.new(m.sequential(2)), m.Start())
+    state, _ = m.step(state, m.ActionDone(0))
+    state, commands = m.step(state, m.TimedOut())
+    # Step 1 is in flight: step 0 (which it depends on) waits for it to settle.
+    assert commands == [m.Decide(TIMED_OUT)]
+    assert state.status is Status.COMPENSATING and state.reason == TIMED_OUT
+    same, commands = m.step(state, m.TimedOut())
+    assert commands == [] and same == state
+    state, commands = m.step(state, m.ActionDone(1))
+    assert commands == [m.Progress(1, Step.SUCCEEDED), m.SendCompensation(1)]
+    state, commands = m.step(state, m.CompensationDone(1))
+    assert commands == [m.Progress(1, Step.COMPENSATED), m.SendCompensation(0)]
+    state, commands = m.step(state, m.CompensationDone(0))
+    assert commands == [m.Progress(0, Step.COMPENSATED), m.Finish(Status.ABORTED)]
+    assert state.status is Status.ABORTED and state.reason == TIMED_OUT
+
+
+def test_an_action_failing_while_compensating_is_recorded_and_compensated() -> None:
+    state, _ = m.step(m.State.new((frozenset(), frozenset())), m.Start())
+    decided, commands = m.step(state, m.ActionFailed(0, "no"))
+    assert commands == [m.Progress(0, Step.FAILED), m.Decide("no"), m.SendCompensation(0)]
+    # Step 1 was in flight: its failure does not decide again, its result is recorded.
+    state, commands = m.step(decided, m.ActionFailed(1, "also no"))
+    assert commands == [m.Progress(1, Step.FAILED), m.SendCompensation(1)]
+    assert state.reason == "no" and state.steps == (Step.COMPENSATING, Step.COMPENSATING)
+    state, commands = m.step(decided, m.ActionDone(1))
+    assert commands == [m.Progress(1, Step.SUCCEEDED), m.SendCompensation(1)]
+
+
+def test_a_deferred_compensation_waits_for_the_others_in_flight_before_rescheduling() -> None:
+    state, _ = m.step(m.State.new((frozenset(), frozenset(), frozenset())), m.Start())
+    state, _ = m.step(state, m.ActionDone(0))
+    state, commands = m.step(state, m.ActionFailed(1, "no"))
+    assert commands == [
+        m.Progress(1, Step.FAILED),
+        m.Decide("no"),
+        m.SendCompensation(0),
+        m.SendCompensation(1),
+    ]
+    state, commands = m.step(state, m.CompensationDeferred(0, "503"))
+    assert commands == [m.Progress(0, Step.COMPENSATING)]  # 1 and 2 are still in flight
+    state, commands = m.step(state, m.CompensationDone(1))
+    assert commands == [m.Progress(1, Step.COMPENSATED)]  # 2 still runs
+    state, commands = m.step(state, m.ActionDone(2))
+    assert commands == [m.Progress(2, Step.SUCCEEDED), m.SendCompensation(2)]
+    state, commands = m.step(state, m.CompensationDone(2))
+    assert commands == [m.Progress(2, Step.COMPENSATED), m.Reschedule()]
+    assert state.status is Status.COMPENSATING and state.deferred == {0}
+
+
+def test_replies_for_a_deferred_compensation_are_ignored() -> None:
+    state, _ = m.step(m.State.new(m.sequential(2)), m.Start())
+    state, _ = m.step(state, m.ActionDone(0))
+    state, _ = m.step(state, m.ActionFailed(1, "no"))
+    state, _ = m.step(state, m.CompensationDeferred(1, "503"))
+    for stale in (m.CompensationDone(1), m.CompensationDeferred(1, "503")):
+        same, commands = m.step(state, stale)
+        assert commands == [] and same == state, stale
+    # Nor does a reply for a step whose compensation was never sent count.
+    for stray in (m.CompensationDone(0), m.CompensationDeferred(0, "503"), m.ActionDone(0)):
+        same, commands = m.step(state, stray)
+        assert commands == [] and same == state, stray
+
+
+def test_resume_owes_again_what_a_previous_drive_deferred() -> None:
+    state = m.State(
+        Status.COMPENSATING,
+        (Step.COMPENSATED, Step.COMPENSATING),
+        (frozenset(), frozenset()),
+        reason="no",
+        deferred=frozenset({1}),
+    )
+    state, commands = m.step(state, m.Resume())
+    assert commands == [m.SendCompensation(1)]
+    assert state.deferred == frozenset() and state.steps == (Step.COMPENSATED, Step.COMPENSATING)
+    state, commands = m.step(state, m.CompensationDone(1))
+    assert commands == [m.Progress(1, Step.COMPENSATED), m.Finish(Status.ABORTED)]
+
+
+def test_resume_while_compensating_keeps_the_decision() -> None:
+    logged = m.State(
+        Status.COMPENSATING, (Step.SUCCEEDED, Step.FAILED), m.sequential(2), reason="no"
+    )
+    for past_deadline in (False, True):
+        state, commands = m.step(logged, m.Resume(past_deadline=past_deadline))
+        assert commands == [m.SendCompensation(1)], past_deadline
+        assert state.status is Status.COMPENSATING and state.reason == "no"
+
+
+def test_resume_while_running_sends_again_what_may_have_been_sent() -> None:
+    logged = m.State(Status.RUNNING, (Step.SUCCEEDED, Step.RUNNING, Step.PENDING), m.sequential(3))
+    state, commands = m.step(logged, m.Resume())
+    assert commands == [m.SendAction(1)]
+    # Step 2 waits for 1, but may have been sent by a previous driver if it looks pending.
+    assert state.steps == (Step.SUCCEEDED, Step.RUNNING, Step.MAYBE)
+    state, commands = m.step(state, m.ActionDone(1))
+    assert commands == [m.Progress(1, Step.SUCCEEDED), m.SendAction(2)]
+
+
+def test_resume_of_a_compensated_saga_finishes_it() -> None:
+    logged = m.State(Status.COMPENSATING, (Step.COMPENSATED, Step.COMPENSATED), m.sequential(2))
+    state, commands = m.step(logged, m.Resume())
+    assert commands == [m.Finish(Status.ABORTED)] and state.status is Status.ABORTED
+
+
+def test_an_ended_saga_ignores_everything() -> None:
+    for status in m.TERMINAL:
+        done = m.State(status, (Step.RUNNING, Step.COMPENSATING), m.sequential(2))
+        for event in (
+            m.Start(),
+            m.Resume(past_deadline=True),
+            m.ActionDone(0),
+            m.ActionFailed(0, "x"),
+            m.TimedOut(),
+            m.CompensationDone(1),
+            m.CompensationDeferred(1, "x"),
+        ):
+            assert m.step(done, event) == (done, []), (status, event)
+
+
+def test_a_failed_action_of_a_step_not_running_is_ignored() -> None:
+    state, _ = m.step(m.State.new(m.sequential(2)), m.Start())
+    for stray in (m.ActionFailed(1, "never sent"), m.ActionDone(1)):
+        same, commands = m.step(state, stray)
+        assert commands == [] and same == state, stray
+
+
+def test_dependents_are_the_reverse_of_the_dependencies() -> None:
+    deps: tuple[frozenset[int], ...] = (frozenset(), frozenset({0}), frozenset({0, 1}))
+    state = m.State.new(deps)
+    assert m.dependents(state) == (frozenset({1, 2}), frozenset({2}), frozenset())
+
+
+def test_an_unknown_event_fails_loudly() -> None:
+    with pytest.raises(AssertionError, match="unknown event 'stray'"):
+        m.step(m.State.new(m.sequential(1)), "stray")  # type: ignore[arg-type]
