@@ -11,7 +11,7 @@ import orjson
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from coordinator import access
+from coordinator import access, openapi_contract
 from coordinator.console import pages as console
 from coordinator.cursor import CURSOR_PATTERN
 from coordinator.db import LOG_APPLICATION_NAME
@@ -126,6 +126,13 @@ def create_app(
 
     problems.install(app, json_bodies=True)
 
+    def catalogues() -> dict[str, Any]:
+        c = getattr(app.state, "coordinator", None)
+        return c.declared.snapshot() if c is not None else {}
+
+    # The document served is the deployment's: its participants, operations and sagas.
+    openapi_contract.install(app, list(settings.participants), catalogues)
+
     async def log_unavailable(request: Request, exc: Exception) -> Response:
         return log_error_answer(exc)
 
@@ -139,7 +146,7 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get("/readyz", tags=["ops"], responses={503: {"description": "The log is unreachable."}})
     async def readyz(request: Request) -> Response:
         try:
             await coord(request).store.ping()
@@ -163,8 +170,11 @@ def create_app(
         status_code=201,
         response_model=TxnOut,
         responses={
-            200: {"description": "Same gid, same body: the existing transaction."},
+            200: {"model": TxnOut, "description": "Same gid, same body: the existing one."},
             409: {"description": "Same gid, different body."},
+            422: {"description": SUBMIT_422},
+            429: {"description": "This coordinator drives its most transactions; retry."},
+            503: {"description": SUBMIT_503},
         },
         tags=["transactions"],
     )
@@ -195,7 +205,7 @@ def create_app(
     @app.get(
         "/v1/transactions/{gid}",
         response_model=TxnOut,
-        responses={404: {"description": "No transaction with this gid."}},
+        responses={404: {"description": "No transaction with this gid."}, **LOG_DOWN},
         tags=["transactions"],
     )
     async def get_one(
@@ -205,10 +215,18 @@ def create_app(
     ) -> TxnOut:
         return await read_out(coord(request), gid, events)
 
-    @app.get("/v1/transactions", response_model=PageOut, tags=["transactions"])
+    @app.get(
+        "/v1/transactions",
+        response_model=PageOut,
+        tags=["transactions"],
+        responses={422: {"description": LIST_422}, **LOG_DOWN},
+    )
     async def list_page(
         request: Request,
-        status: Annotated[str | None, Query(description=f"One of {', '.join(STATUSES)}.")] = None,
+        status: Annotated[
+            str | None,
+            Query(description="Only those in this status.", json_schema_extra={"enum": STATUSES}),
+        ] = None,
         mode: Annotated[str | None, Query(pattern="^(2pc|saga)$")] = None,
         participant: Annotated[
             str | None, Query(max_length=64, description="Only those with a branch on it.")
@@ -259,6 +277,7 @@ def create_app(
     refusals: dict[int | str, dict[str, Any]] = {
         404: {"description": "No such transaction (or branch)."},
         409: {"description": "Not allowed in the transaction's state; the detail says why."},
+        **LOG_DOWN,
     }
 
     @app.post(
@@ -407,10 +426,26 @@ async def _participant_question(
 
 
 GID_SCHEMA = {"type": "string", "pattern": GID_PATTERN.pattern}
+LOG_DOWN: dict[int | str, dict[str, Any]] = {
+    503: {"description": "The log is unavailable; retry."},
+}
 SIGNED_REFUSALS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Not signed with the named participant's secret."},
     422: {"description": "The body is not the question's."},
+    **LOG_DOWN,
 }
+SUBMIT_422 = (
+    "The body or `wait` does not validate: the schema's rules, and those it cannot state "
+    "(see the body's description), each naming the field."
+)
+SUBMIT_503 = (
+    "The log, or the catalogue of a participant the body names, cannot be read; retry "
+    "(with the same gid)."
+)
+LIST_422 = (
+    "A filter does not validate, or `cursor` is not a next_cursor this API returned (the "
+    "cursor is opaque: pass it back as it came)."
+)
 
 
 def question_body(fields: dict[str, Any]) -> dict[str, Any]:

@@ -93,6 +93,11 @@ class Declared:
         ops = self.cached(participant)
         return ops, (fresh if isinstance(fresh, str) else None)
 
+    def snapshot(self) -> dict[str, Operations]:
+        """The operations last verified for each participant whose catalogue was read (what
+        the OpenAPI document the coordinator serves is made of)."""
+        return {name: dict(entry.operations) for name, entry in self._cache.items()}
+
     def cached(self, participant: str) -> list[tuple[str, str]]:
         """The operations last verified for ``participant``, as (kind, path), sorted."""
         entry = self._cache.get(participant)

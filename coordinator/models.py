@@ -11,6 +11,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from participants.sdk.strict import Integer
 from participants.sdk.wire import GID_PATTERN, MAX_BRANCHES
 from sagas.policy import RetryPolicy
 
@@ -28,7 +29,9 @@ STATUSES = (
 
 
 class BranchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # Strict, as the OpenAPI document states the body: a number is a JSON number (not a string
+    # or a boolean), a string a JSON string.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     participant: str = Field(
         min_length=1, max_length=64, description="A participant name from the registry."
@@ -41,7 +44,7 @@ class BranchIn(BaseModel):
         None, pattern=PATH_PATTERN, description="Saga: the path that undoes the action."
     )
     payload: dict[str, Any] = Field(default_factory=dict)
-    depends_on: list[int] | None = Field(
+    depends_on: list[Integer] | None = Field(
         None,
         max_length=MAX_BRANCHES,
         description="Saga: indexes of the branches this one waits for. When no branch gives "
@@ -50,7 +53,7 @@ class BranchIn(BaseModel):
 
 
 class TxnIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     gid: str | None = Field(
         None,
@@ -110,13 +113,18 @@ class TxnOut(BaseModel):
     events: list[EventOut] | None = None
 
 
+# Something besides white space (as str.strip() has it), and no NUL (which the log refuses).
+_SPACE = r"\u0009-\u000d\u001c-\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOTE_PATTERN = rf"^[^\u0000]*[^\u0000{_SPACE}][^\u0000]*$"
+
+
 class NoteIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     note: str = Field(
         min_length=1,
         max_length=1000,
-        pattern=r"\S",  # not only white space
+        pattern=NOTE_PATTERN,
         description="Why: kept in the transaction's timeline with the token's name.",
     )
 

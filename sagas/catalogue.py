@@ -33,6 +33,20 @@ class StepSpec:
 
 
 @dataclass(frozen=True)
+class Uses:
+    """A saga action (and the compensation that undoes it) the saga's steps call, on a fixed
+    ``participant`` or on the one an input ``field`` names. The coordinator's OpenAPI document
+    checks them against its registry and the participants' catalogues, to list only the named
+    sagas it can run and, for such a field, the participants it accepts
+    (``coordinator/openapi_contract.py``)."""
+
+    action: str
+    compensation: str
+    participant: str | None = None
+    field: str | None = None
+
+
+@dataclass(frozen=True)
 class SagaDefinition(Generic[InputT]):
     name: str
     description: str
@@ -40,6 +54,9 @@ class SagaDefinition(Generic[InputT]):
     build: Callable[[InputT], list[StepSpec]]
     parallel: bool = False
     retry: RetryPolicy | None = None
+    # Every operation its steps call; None: not said (the document then lists the saga with
+    # its input as the model states it).
+    uses: tuple[Uses, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,11 +86,14 @@ def saga(
     description: str,
     parallel: bool = False,
     retry: RetryPolicy | None = None,
+    uses: tuple[Uses, ...] | None = None,
 ) -> Callable[[Callable[[InputT], list[StepSpec]]], Callable[[InputT], list[StepSpec]]]:
     def register(build: Callable[[InputT], list[StepSpec]]) -> Callable[[InputT], list[StepSpec]]:
         if name in REGISTRY:
             raise ValueError(f"saga {name!r} is defined twice")
-        REGISTRY[name] = SagaDefinition(name, description, input_model, build, parallel, retry)
+        REGISTRY[name] = SagaDefinition(
+            name, description, input_model, build, parallel, retry, uses
+        )
         return build
 
     return register

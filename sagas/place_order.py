@@ -7,18 +7,19 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sagas.catalogue import StepSpec, saga
+from participants.sdk.strict import Integer
+from sagas.catalogue import StepSpec, Uses, saga
 
 
 class Item(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     sku: str = Field(min_length=1, max_length=32)
-    qty: int = Field(gt=0, le=100)
+    qty: Integer = Field(gt=0, le=100)
 
 
 class PlaceOrderInput(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     order_id: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")
     customer: str = Field(min_length=1, max_length=64)
@@ -28,7 +29,16 @@ class PlaceOrderInput(BaseModel):
     # ``amount`` given here is refused (422, extra fields forbidden).
 
 
-@saga("place_order", PlaceOrderInput, "Reserve stock, charge the wallet, ship the order.")
+@saga(
+    "place_order",
+    PlaceOrderInput,
+    "Reserve stock, charge the wallet, ship the order.",
+    uses=(
+        Uses("/stock/reserve", "/stock/reserve/undo", participant="inventory"),
+        Uses("/payments/charge", "/payments/charge/undo", participant="payments"),
+        Uses("/shipments/create", "/shipments/create/undo", participant="shipping"),
+    ),
+)
 def place_order(inp: PlaceOrderInput) -> list[StepSpec]:
     items = [i.model_dump() for i in inp.items]
     return [

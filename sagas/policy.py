@@ -7,11 +7,16 @@ import random
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from participants.sdk.strict import Integer
+
 
 class RetryPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # Strict: a number is a JSON number, not a string or a boolean (as the API documents it).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
-    max_attempts: int = Field(8, ge=1, le=100, description="Attempts of an action, first included.")
+    max_attempts: Integer = Field(
+        8, ge=1, le=100, description="Attempts of an action, first included."
+    )
     initial_s: float = Field(0.2, gt=0, le=60, description="Wait before the first retry.")
     multiplier: float = Field(2.0, ge=1, le=10, description="Growth of the wait per retry.")
     max_s: float = Field(5.0, gt=0, le=300, description="Cap of the wait between retries.")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from participants.ledger.schema import accounts
 from participants.sdk import BusinessError, Participant, ParticipantSettings
 from participants.sdk.oneshot import Statement
+from participants.sdk.strict import Integer
 
 ACCOUNT_ID = r"^[A-Za-z0-9._:-]{1,64}$"
 
@@ -26,8 +27,11 @@ class LedgerSettings(ParticipantSettings):
 
 
 class NewAccount(BaseModel):
+    # Strict, as its OpenAPI schema says: the balance is a JSON number, not a string or boolean.
+    model_config = ConfigDict(strict=True)
+
     id: str = Field(pattern=ACCOUNT_ID)
-    balance: int = Field(ge=0, le=2**62)
+    balance: Integer = Field(ge=0, le=2**62)
 
 
 class Account(BaseModel):
@@ -107,7 +111,7 @@ def create_app(settings: ParticipantSettings | None = None) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/accounts", status_code=201)
+    @app.post("/accounts", status_code=201, responses={409: {"description": "The account exists."}})
     async def create_account(body: NewAccount) -> Account:
         async with sdk.engine.begin() as conn:
             stmt = insert(accounts).values(id=body.id, balance=body.balance)

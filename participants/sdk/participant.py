@@ -299,6 +299,7 @@ class Participant(TwoPhase, SagaBarrier):
         path, and with ``require_token`` (the default) a bearer token from ``TXNP_API_TOKENS``
         on the app's own endpoints (GET needs scope read, other methods submit; ``/healthz``
         is open). Pass ``require_token=False`` when the app authenticates its own routes."""
+        from participants.sdk import openapi
         from participants.sdk.asgi import BranchCalls, outermost
         from participants.sdk.guard import Guard
 
@@ -306,6 +307,16 @@ class Participant(TwoPhase, SagaBarrier):
         problems.install(app)
         tokens = self.settings.tokens()
         open_all = not require_token or self.settings.insecure_no_auth
+        openapi.install(
+            app,
+            lambda schema: openapi.participant_openapi(
+                schema,
+                {path: list(served) for path, served in self._handlers.items()},
+                DEFAULT_OP,
+                not open_all,
+                METRICS_PATH,
+            ),
+        )
         if require_token and self.settings.insecure_no_auth:
             log.warning("INSECURE: %s's business endpoints need no token", self.settings.name)
 
