@@ -22,6 +22,7 @@ def may_follow(current: str, new: str) -> str:
     return f"CASE {current} {whens} ELSE true END"
 
 
+# pragma: no mutate block (the timeline and branch SQL below is not the status guard)
 def capped(timeline: str) -> str:
     """SQL: ``timeline`` kept to TIMELINE_MAX events: the first TIMELINE_HEAD (how it began),
     every operator's action (an audit record is never dropped) and the latest (how it goes

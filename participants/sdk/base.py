@@ -107,6 +107,7 @@ async def run_once(conn: AsyncConnection, sql: str) -> str:
         raise
 
 
+# pragma: no mutate start (connection handling, not the barrier)
 async def driver_of(conn: AsyncConnection) -> Any:
     """The asyncpg connection under ``conn``: of a live connection, read without the greenlet
     hop ``get_raw_connection`` takes (one per statement showed in the profile)."""
@@ -119,6 +120,7 @@ async def driver_of(conn: AsyncConnection) -> Any:
     return driver
 
 
+# pragma: no mutate end
 def literal(value: str) -> str:
     """``value`` as an SQL string literal, for the few statements sent as text in one round trip
     (``BEGIN; INSERT ...``). Only gids and names made of them pass: nothing to escape."""
@@ -177,6 +179,7 @@ class _Core:
     _spare: list[AsyncConnection]
     _spare_cap: int = 1
 
+    # pragma: no mutate start (connection pooling, not the barrier)
     @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:
@@ -251,6 +254,7 @@ class _Core:
             await conn.invalidate()
             await conn.close()
 
+    # pragma: no mutate end
     async def _limit_lock_wait(self, conn: AsyncConnection) -> None:
         """A call that finds its barrier key held by another call waits at most this long,
         then answers 503: no request blocks for long behind another."""
@@ -263,11 +267,13 @@ class _Core:
         carries it already."""
         return None if self.lock_timeout_set else int(self.settings.lock_timeout_ms)
 
+    # pragma: no mutate start (tests' pause points)
     async def _pause_at(self, point: str) -> None:
         """Tests only (``pause_at``): hold the call here until the test releases it."""
         if self.pause is not None:
             await self.pause.hit(point)
 
+    # pragma: no mutate end
     def _one_shot_allowed(self) -> bool:
         """Tests' pause points and barrier hooks need the path with those stops."""
         return bool(self.settings.one_shot) and not self._stops_armed()

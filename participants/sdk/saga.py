@@ -116,7 +116,7 @@ class SagaBarrier(_Core):
                         return _answer_existing_action(existing)
                     await self._at_barrier(ACTION, gid, branch)
                     result = await call_handler(handler, conn, payload, gid, branch)
-                    await self._pause_at("before_action_commit")
+                    await self._pause_at("before_action_commit")  # pragma: no mutate
                     # The business change and its 'done' row together.
                     await run_once(conn, "COMMIT")
                     ended = True
@@ -173,7 +173,7 @@ class SagaBarrier(_Core):
                         )
                     else:  # the action refused: there is nothing to undo
                         answer["nothing_to_undo"] = True
-                    await self._pause_at("before_compensate_commit")
+                    await self._pause_at("before_compensate_commit")  # pragma: no mutate
                     await trans.commit()
                 except BusinessError as e:
                     # Nothing is recorded, barrier rows included: the coordinator retries.

@@ -124,7 +124,7 @@ class TwoPhase(_Core):
                         ) from e
                     # The barrier row and the business change are prepared together: after
                     # this they survive a crash, and only COMMIT/ROLLBACK PREPARED ends them.
-                    await self._pause_at("before_prepare_statement")
+                    await self._pause_at("before_prepare_statement")  # pragma: no mutate
                     await run_once(conn, f"PREPARE TRANSACTION {literal(xid)}")
                     ended = True  # the session has no open transaction any more
                 except BusinessError as e:
@@ -165,7 +165,7 @@ class TwoPhase(_Core):
         key = {"gid": gid, "branch": branch}
         async with self._autocommit() as conn:
             try:
-                await self._pause_at("before_commit_prepared")
+                await self._pause_at("before_commit_prepared")  # pragma: no mutate
                 await run_once(conn, f"COMMIT PREPARED '{xid}'")
                 return 200, {"committed": True}
             except STATEMENT_ERRORS as e:
