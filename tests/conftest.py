@@ -37,8 +37,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--chaos-duration",
         type=float,
-        default=60.0,
-        help="seconds of load and faults in the chaos run (the default run's short form: 60)",
+        default=40.0,
+        help="seconds of load and faults in the chaos run (the default run's short form: 40)",
     )
 
 

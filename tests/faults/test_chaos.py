@@ -1,4 +1,4 @@
-"""The chaos soak in its short form (60 s of load and faults by default): the shop's orders in
+"""The chaos soak in its short form (40 s of load and faults by default): the shop's orders in
 both modes while faults drawn from the seed hit every process, database and link; afterwards
 every transaction is terminal and every invariant holds, read from the databases.
 
@@ -17,7 +17,7 @@ from devstack.faults import KINDS
 
 pytestmark = pytest.mark.chaos
 
-SHORT_S = 60.0  # --chaos-duration's default: the short form
+SHORT_S = 40.0  # --chaos-duration's default: the short form
 # The replicated log's short form: its failovers among a few other faults.
 SHORT_HA_KINDS = (
     "kill_log_primary",
@@ -60,7 +60,7 @@ def test_chaos_on_a_replicated_log_settles_with_every_invariant_holding(
     seed = int(request.config.getoption("--chaos-seed"))
     given = float(request.config.getoption("--chaos-duration"))
     short = given == SHORT_S
-    duration = 30.0 if short else given
+    duration = 20.0 if short else given
     kinds = SHORT_HA_KINDS if short else KINDS
     config = ChaosConfig(
         state_dir=state_root / f"chaos-ha-{seed}",
