@@ -17,7 +17,7 @@ from http.cookiejar import CookieJar
 from typing import Any
 
 from bench import growth
-from participants.sdk.http11 import Client
+from txn_client.http11 import Client
 
 PROBE = "console-probe-"  # one finished transaction, there before and with the history
 PAGES = (

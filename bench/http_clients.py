@@ -1,4 +1,4 @@
-"""Benchmark the product's lean client (participants/sdk/http11.py) against httpx and aiohttp,
+"""Benchmark the product's lean client (txn_client/http11.py) against httpx and aiohttp,
 for the calls the product makes (a signed JSON POST and its small JSON reply) over loopback.
 
 Runs a tiny FastAPI app under uvicorn in a subprocess; a minimal raw asyncio keep-alive client
@@ -30,7 +30,7 @@ import orjson
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from participants.sdk.http11 import Client, Origin
+from txn_client.http11 import Client, Origin
 
 HOST = "127.0.0.1"
 PATH = "/txn/prepare"

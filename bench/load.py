@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from participants.sdk.http11 import Client, Origin
+from txn_client.http11 import Client, Origin
 
 WAIT_S = 30.0  # the coordinator's ?wait=: long enough for any outcome under load
 ERROR_PAUSE_S = 0.01  # a failing client pauses this long, so a dead target is not a busy loop
@@ -202,7 +202,7 @@ class ProductLoad:
     """POST /v1/transactions?wait=…: one adjust per ledger; the reply is the logged outcome
     (the API waits until the status is terminal, rule 3), so a 201 ``committed`` is a commit.
 
-    The clients speak through the product's lean HTTP/1.1 client (``participants.sdk.http11``,
+    The clients speak through the product's lean HTTP/1.1 client (``txn_client.http11``,
     keep-alive, one connection per client): the load generator shares the machine with what
     it measures, and this client costs it half the CPU per request of the general-purpose one
     it replaced (``docs/decisions.md``, ``docs/performance.md``)."""

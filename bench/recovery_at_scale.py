@@ -28,7 +28,7 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devstack.stack import Stack, StackConfig, auth_headers
-from participants.sdk.http11 import Client
+from txn_client.http11 import Client
 
 TERMINAL = ("committed", "aborted")
 REQUEST_TIMEOUT_S = 300.0  # one call's bound (5 min, as before); a submission waits <= ?wait=

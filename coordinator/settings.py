@@ -13,9 +13,9 @@ import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from participants.sdk.http11 import Origin
 from participants.sdk.settings import SECRETS_DIR
 from participants.sdk.tokens import Token, parse_tokens, tokens_setting
+from txn_client.http11 import Origin
 
 PARTICIPANT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

@@ -1,6 +1,6 @@
 """Participant transport: the one place the coordinator talks HTTP to participants.
 
-The product's lean HTTP/1.1 client (``participants.sdk.http11``), chosen by measurement
+The product's lean HTTP/1.1 client (``txn_client.http11``), chosen by measurement
 (docs/decisions.md). Participants are addressed by registry name only; a name outside the
 registry is a programming error here (the API refuses it first). Every call is signed with the
 participant's own secret (``participants.sdk.wire``); a prepare counts as a yes vote only when
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import orjson
 
 from participants.sdk import wire
-from participants.sdk.http11 import Client, HttpError, Origin
+from txn_client.http11 import Client, HttpError, Origin
 
 
 class Kind(StrEnum):

@@ -32,8 +32,8 @@ from devstack.shop_demo import (
     settled_check,
 )
 from devstack.stack import Stack, StackConfig, auth_headers
-from participants.sdk.http11 import Client, HttpError
 from participants.shop.catalogue import PRODUCTS
+from txn_client.http11 import Client, HttpError
 
 # Deep stock and full wallets so a long run is not all "out of stock"; one scarce SKU and a few
 # poor customers keep business refusals in the mix.

@@ -29,8 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from participants.orders.schema import orders
 from participants.sdk import BusinessError, Participant, ParticipantSettings
 from participants.sdk.base import sqlstate
-from participants.sdk.http11 import Client, ConnectFailed, HttpError, NoReply
 from participants.shop.catalogue import PRODUCTS, price_of
+from txn_client.http11 import Client, ConnectFailed, HttpError, NoReply
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from participants.sdk import wire
-from participants.sdk.http11 import Client, HttpError
+from txn_client.http11 import Client, HttpError
 
 MAX_ANSWER_BYTES = 1024 * 1024
 

@@ -26,8 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from participants.sdk import wire
 from participants.sdk.ask import ask, question_client
-from participants.sdk.http11 import Client
 from participants.sdk.metrics import ParticipantMetrics
+from txn_client.http11 import Client
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from participants.sdk.http11 import Client, ConnectFailed, HttpError, NoReply, Origin
+from txn_client.http11 import Client, ConnectFailed, HttpError, NoReply, Origin
 
 # What the scripted server does with one request: write to the writer, or not.
 Script = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]

@@ -1,4 +1,4 @@
-"""The product makes its HTTP calls with one client (participants/sdk/http11.py): no module it
+"""The product makes its HTTP calls with one client (txn_client/http11.py): no module it
 ships imports aiohttp or httpx, and neither is a runtime dependency (docs/decisions.md, "One
 HTTP client")."""
 
@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["coordinator", "participants", "sagas", "migrations", "devstack", "bench"]
+PACKAGES = ["coordinator", "participants", "sagas", "txn_client", "migrations", "devstack", "bench"]
 OTHER_CLIENTS = {"aiohttp", "httpx", "requests", "urllib3"}
 # Run from the source tree with the dev extra, never by `txn`: the comparison of the other
 # clients with ours, and the takeover bench, which drives a test's scenario (tests use httpx).

@@ -1,0 +1,1 @@
+"""txn_client: submit and follow distributed transactions on a txn coordinator."""
