@@ -50,10 +50,10 @@ from bench.load import (
     protocol,
 )
 from coordinator import queries
-from coordinator.db import server_settings
 from coordinator.pglog import Raw
 from coordinator.records import stored_request
 from coordinator.schema import FILLFACTOR
+from participants.sdk.db import server_settings
 from participants.sdk.saga import begin_and_take
 from participants.sdk.twopc import begin_and_claim
 from sagas.policy import RetryPolicy

@@ -23,10 +23,10 @@ import asyncpg
 
 from bench import growth
 from bench.load import run_product
-from coordinator.db import make_engine
 from coordinator.pglog import PgLog
 from coordinator.retention import purge_in_batches
 from participants.sdk.ask import question_client
+from participants.sdk.db import make_engine
 from participants.sdk.metrics import ParticipantMetrics
 from participants.sdk.retention import BarrierRetention
 

@@ -14,7 +14,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from coordinator import access, openapi_contract
 from coordinator.console import pages as console
 from coordinator.cursor import CURSOR_PATTERN
-from coordinator.db import LOG_APPLICATION_NAME
 from coordinator.fastpath import SubmitFastPath
 from coordinator.intervention import Act, Refusal, check_note
 from coordinator.logstore import LogStore
@@ -30,7 +29,7 @@ from coordinator.models import (
 from coordinator.pglog import PgLog
 from coordinator.records import ListFilter
 from coordinator.service import Coordinator
-from coordinator.settings import Settings, get_settings
+from coordinator.settings import LOG_APPLICATION_NAME, Settings, get_settings
 from coordinator.submission import (
     LOG_ERRORS,
     MAX_WAIT_S,

@@ -112,8 +112,8 @@ def _demo_transfers(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from coordinator.db import redacted
     from migrations import upgrade
+    from participants.sdk.db import redacted
 
     upgrade(args.dsn, args.target)
     print(f"{args.target} schema at head on {redacted(args.dsn)}")
@@ -178,9 +178,9 @@ def _retention(args: argparse.Namespace) -> int:
 
     from pydantic import TypeAdapter, ValidationError
 
-    from coordinator.db import redacted
     from coordinator.pglog import PgLog
     from coordinator.retention import purge_in_batches
+    from participants.sdk.db import redacted
 
     dsn = args.dsn or os.environ.get("TXN_LOG_DSN", "")
     if not dsn:

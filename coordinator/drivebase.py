@@ -13,13 +13,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
-from coordinator.crash import CrashPoints
 from coordinator.logstore import LogStore
 from coordinator.metrics import Metrics
 from coordinator.records import BranchProgress, Claim, TxnRecord
 from coordinator.retry import call_in_burst
 from coordinator.settings import Settings
 from coordinator.transport import Kind, Reply, Transport
+from participants.sdk.crash import CrashPoints
 from participants.sdk.tracing import TRACEPARENT, Tracing
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator import queries
 from coordinator.batch import Coalescer
 from coordinator.cursor import decode_cursor, encode_cursor
-from coordinator.db import make_engine, plain_dsn, server_settings
 from coordinator.errors import OwnershipLost
 from coordinator.records import (
     BranchProgress,
@@ -53,6 +52,7 @@ from coordinator.records import (
 )
 from coordinator.schema import transactions
 from coordinator.sizing import log_pools
+from participants.sdk.db import make_engine, plain_dsn, server_settings
 
 _ARRAYS: dict[str, Any] = {
     "idx": ARRAY(Integer),

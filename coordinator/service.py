@@ -12,7 +12,6 @@ import time
 from datetime import datetime
 from typing import Any
 
-from coordinator.crash import COORDINATOR_POINTS, CrashPoints
 from coordinator.declared import Declared
 from coordinator.drivebase import Deps
 from coordinator.driver import TwoPCDriver
@@ -26,6 +25,7 @@ from coordinator.schema import TERMINAL
 from coordinator.settings import Settings
 from coordinator.transport import HttpTransport, Transport
 from participants.sdk import tracing
+from participants.sdk.crash import COORDINATOR_POINTS, CrashPoints
 from sagas.driver import SagaDriver
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,8 @@ from participants.sdk.settings import SECRETS_DIR
 from participants.sdk.tokens import Token, parse_tokens, tokens_setting
 from txn_client.http11 import Origin
 
+# The log connections' application_name prefix (pg_stat_activity; the fault tools find them).
+LOG_APPLICATION_NAME = "txn-coordinator"
 PARTICIPANT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from coordinator.db import LOG_APPLICATION_NAME
+from coordinator.settings import LOG_APPLICATION_NAME
 from devstack.faultproxy import FaultProxy
 from devstack.stack import Stack
 

@@ -9,7 +9,7 @@ from alembic import context
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection
 
-from coordinator.db import make_engine
+from participants.sdk.db import make_engine
 
 # Any fixed key works; it only has to be the same for every process migrating one database.
 _MIGRATION_LOCK = 7_340_001

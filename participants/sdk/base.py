@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import QueuePool
 
-from coordinator.crash import PausePoint
+from participants.sdk.crash import PausePoint
 from participants.sdk.settings import ParticipantSettings
 
 Handler = Callable[[AsyncConnection, dict[str, Any]], Awaitable[dict[str, Any] | None]]

@@ -20,13 +20,6 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.crash import (
-    PARTICIPANT_PAUSE_POINTS,
-    PARTICIPANT_POINTS,
-    CrashPoints,
-    PausePoint,
-)
-from coordinator.db import make_engine
 from participants.sdk import problems, tracing, wire
 from participants.sdk.base import (
     DATABASE_ERRORS,
@@ -36,6 +29,13 @@ from participants.sdk.base import (
     _Transient,
     sqlstate,
 )
+from participants.sdk.crash import (
+    PARTICIPANT_PAUSE_POINTS,
+    PARTICIPANT_POINTS,
+    CrashPoints,
+    PausePoint,
+)
+from participants.sdk.db import make_engine
 from participants.sdk.guard import OPEN, Rule
 from participants.sdk.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from participants.sdk.metrics import ParticipantMetrics

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from coordinator.crash import CRASH_EXIT_CODE
 from devstack.stack import Stack, StackConfig
+from participants.sdk.crash import CRASH_EXIT_CODE
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import (
     LOG_EVENTS,

@@ -30,9 +30,9 @@ import httpx
 import orjson
 import pytest
 
-from coordinator.crash import PARTICIPANT_PAUSE_POINTS, PausePoint
 from devstack.services import Service
 from devstack.stack import Stack
+from participants.sdk.crash import PARTICIPANT_PAUSE_POINTS, PausePoint
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import (
     api_client,

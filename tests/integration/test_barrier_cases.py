@@ -23,8 +23,6 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coordinator.crash import PARTICIPANT_PAUSE_POINTS, PausePoint
-from coordinator.db import make_engine
 from participants.ledger.app import adjust, adjust_statement, undo_adjust
 from participants.sdk import (
     BusinessError,
@@ -36,6 +34,8 @@ from participants.sdk import (
     twopc,
 )
 from participants.sdk.base import BarrierHook, _Transient, current_branch, run_once
+from participants.sdk.crash import PARTICIPANT_PAUSE_POINTS, PausePoint
+from participants.sdk.db import make_engine
 from participants.sdk.oneshot import Statement
 from tests.helpers import Counting
 from tests.shared_pg import SharedDatabases, shared_dbs

@@ -18,10 +18,10 @@ import orjson
 import pytest
 
 from coordinator.api import create_app
-from coordinator.db import make_engine
 from coordinator.settings import Settings
 from participants.sdk import wire
 from participants.sdk.ask import question_client
+from participants.sdk.db import make_engine
 from participants.sdk.metrics import ParticipantMetrics
 from participants.sdk.retention import BarrierRetention
 from tests.conftest import create_db

@@ -17,8 +17,7 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.api import create_app as create_coordinator
-from coordinator.db import LOG_APPLICATION_NAME
-from coordinator.settings import Settings
+from coordinator.settings import LOG_APPLICATION_NAME, Settings
 from coordinator.sizing import ASYNCPG_POOLS, max_log_connections
 from devstack.postgres import SUPERUSER_RESERVED
 from devstack.stack import Stack

@@ -16,13 +16,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import MetaData
 
-from coordinator.db import make_engine
 from coordinator.schema import metadata as log_metadata
 from devstack.postgres import Cluster
 from migrations import config, upgrade
 from participants.inventory.schema import metadata as inventory_metadata
 from participants.ledger.schema import metadata as ledger_metadata
 from participants.payments.schema import metadata as payments_metadata
+from participants.sdk.db import make_engine
 from tests.conftest import create_db
 from tests.helpers import fetch
 

@@ -25,10 +25,10 @@ import pytest
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.db import make_engine
 from participants.ledger.app import adjust
 from participants.sdk import Participant, wire
 from participants.sdk.ask import question_client
+from participants.sdk.db import make_engine
 from participants.sdk.resolver import Resolution
 from tests.helpers import TEST_SECRET, secured
 

@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.db import make_engine
 from participants.ledger.app import adjust
 from participants.sdk import BusinessError, Participant, ParticipantSettings
 from participants.sdk.base import _Transient, run_once
+from participants.sdk.db import make_engine
 from tests.helpers import prepared_here
 
 

@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.db import make_engine
 from participants.ledger.app import adjust, adjust_statement, undo_adjust
 from participants.sdk import Participant, ParticipantSettings, base, saga, twopc
+from participants.sdk.db import make_engine
 from participants.sdk.oneshot import Statement, business_text, render, sql_value
 from tests.helpers import Counting, prepared_here
 

@@ -16,10 +16,10 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.db import make_engine
 from participants.ledger.app import adjust, undo_adjust
 from participants.sdk import BusinessError, Participant, ParticipantSettings, wire
 from participants.sdk.base import BarrierHook, _Transient
+from participants.sdk.db import make_engine
 from tests.helpers import TEST_SECRET, Counting, api_client, branch_headers, ledger_app, secured
 
 GUARD_S = 10  # a failure guard on every wait: a broken race fails instead of hanging

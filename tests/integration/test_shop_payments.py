@@ -12,12 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from coordinator.db import make_engine
 from devstack.postgres import Cluster
 from participants.payments.app import PaymentsSettings, charge, refund
 from participants.payments.app import create_app as payments_app
 from participants.sdk import Participant, ParticipantSettings, wire
 from participants.sdk.base import call_handler
+from participants.sdk.db import make_engine
 from participants.shop.catalogue import PRODUCTS
 from tests.conftest import create_db
 from tests.helpers import SECURE, Counting, api_client, branch_call, prepared_here, unique

@@ -16,7 +16,6 @@ import pytest
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.db import make_engine
 from devstack.postgres import Cluster
 from participants.orders import app as orders_service
 from participants.orders.app import (
@@ -28,6 +27,7 @@ from participants.orders.app import (
     confirm_order,
 )
 from participants.sdk import Participant, ParticipantSettings
+from participants.sdk.db import make_engine
 from participants.shipping import app as shipping_service
 from participants.shipping.app import (
     ShippingSettings,

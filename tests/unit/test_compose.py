@@ -376,7 +376,7 @@ def test_connections_fit_in_max_connections(
     participants = 0
     for name, svc in svcs.items():
         if participant_module(svc) is not None:
-            # coordinator.db.make_engine: pool_size, and as much overflow.
+            # participants.sdk.db.make_engine: pool_size, and as much overflow.
             total += 2 * service_settings(compose, name, folder, monkeypatch).pool_size
             participants += 1
     assert total <= available, f"the stack may open {total} connections; {available} allowed"

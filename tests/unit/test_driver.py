@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from coordinator.crash import COORDINATOR_POINTS, CrashPoints
 from coordinator.drivebase import Deps
 from coordinator.driver import TwoPCDriver
 from coordinator.memlog import MemLog
@@ -16,6 +15,7 @@ from coordinator.metrics import Metrics
 from coordinator.records import BranchSpec, Inserted, NewTxn
 from coordinator.settings import Settings
 from coordinator.transport import Kind, Reply
+from participants.sdk.crash import COORDINATOR_POINTS, CrashPoints
 
 
 class Scripted:

@@ -6,9 +6,9 @@ import pytest
 from pydantic import ValidationError
 
 from coordinator.access import startup_problems
-from coordinator.crash import COORDINATOR_POINTS, CrashPoints
 from coordinator.settings import Settings
 from participants.ledger.app import LedgerSettings, create_app
+from participants.sdk.crash import COORDINATOR_POINTS, CrashPoints
 from tests.helpers import token_entries
 
 

@@ -10,9 +10,6 @@ import asyncpg
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-# The coordinator's log connections' application_name prefix (pg_stat_activity; fault tools).
-LOG_APPLICATION_NAME = "txn-coordinator"
-
 
 def plain_dsn(dsn: str) -> str:
     """The DSN as asyncpg takes it (``postgresql://``), from that or SQLAlchemy's form."""
