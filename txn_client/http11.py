@@ -43,6 +43,7 @@ class Answer:
     body: bytes  # at most the client's cap
     signature: str  # the reply's Txn-Signature header ("" when it has none)
     truncated: bool  # the body was longer than the cap
+    retry_after: str = ""  # the reply's Retry-After header ("" when it has none)
 
     def json(self) -> Any:
         """The body as JSON, or None when it is not JSON (or was cut at the cap)."""
@@ -91,6 +92,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.body = bytearray()
         self.signature = ""  # the reply's Txn-Signature (a signed answer), if any
+        self.retry_after = ""  # a 429's or 503's Retry-After, for txn_client's retries
         self.headers_done = False
         self.framed = False  # Content-Length or chunked: the reply does not end at EOF
         self.keep_alive = False
@@ -130,6 +132,8 @@ class _Connection(asyncio.Protocol):
             self.framed = True
         elif lower == b"txn-signature":
             self.signature = value.decode("latin-1")
+        elif lower == b"retry-after":
+            self.retry_after = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -153,7 +157,9 @@ class _Connection(asyncio.Protocol):
 
     def _done(self) -> None:
         if self.waiter is not None and not self.waiter.done():
-            answer = Answer(self.status, bytes(self.body), self.signature, self.truncated)
+            answer = Answer(
+                self.status, bytes(self.body), self.signature, self.truncated, self.retry_after
+            )
             self.waiter.set_result(answer)
 
     def _fail(self, error: HttpError) -> None:
