@@ -3,8 +3,9 @@ it to a coordinator, as a 2PC transaction (inventory, payments and this service'
 ``/orders/confirm`` branch) or as the ``place_order`` saga, and applies the logged outcome.
 ``GET /orders/{id}`` settles a still-pending order by asking the coordinator again.
 
-The coordinator client is injected (``create_app(settings, coordinator=...)``): any async
-``(method, path, json body) -> Reply``; by default :class:`HttpCoordinator` over
+The coordinator client is injected (``create_app(settings, coordinator=...)``): anything with
+``submit(body, wait)`` and ``get(gid)`` answering a ``Reply``; by default
+:class:`ClientCoordinator`, the project's client library (``txn_client``) over
 ``settings.coordinators``."""
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
-from urllib.parse import quote
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
@@ -30,7 +30,7 @@ from participants.orders.schema import orders
 from participants.sdk import BusinessError, Participant, ParticipantSettings
 from participants.sdk.base import sqlstate
 from participants.shop.catalogue import PRODUCTS, price_of
-from txn_client.http11 import Client, ConnectFailed, HttpError, NoReply
+from txn_client import NO_RETRIES, Aborted, AsyncClient, Transaction, TxnError
 
 log = logging.getLogger(__name__)
 
@@ -77,53 +77,46 @@ class Reply:
     error: str | None = None
 
 
-# A coordinator's answer is a transaction's view: far below this.
-MAX_REPLY_BYTES = 1024 * 1024
+class Coordinator(Protocol):
+    async def submit(self, body: dict[str, Any], wait: float) -> Reply: ...
 
-# (method, path with query, JSON body or None) -> Reply
-Coordinator = Callable[[str, str, dict[str, Any] | None], Awaitable[Reply]]
+    async def get(self, gid: str) -> Reply: ...
 
 
-class HttpCoordinator:
-    """Asks the coordinators in turn: the next one on a connection error or a 502/503/504.
-    A coordinator that accepted the request but did not answer in time ends the attempt
-    (``Reply(None)``): the order stays pending and a later GET settles it."""
+class ClientCoordinator:
+    """The coordinators through ``txn_client``: the next one on no connection or a 502/503/504,
+    in one pass and without retries. A submission that got no answer leaves its order pending,
+    and the reconciler settles it (asking again is safe: the gid is the order's)."""
 
-    def __init__(
-        self, urls: list[str], timeout_s: float, connect_timeout_s: float = 3.0, token: str = ""
-    ) -> None:
-        self.urls = [u.rstrip("/") for u in urls]
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.timeout_s = timeout_s
-        self.client = Client(
-            limit=64, cap=MAX_REPLY_BYTES, headers=self.headers, connect_timeout_s=connect_timeout_s
+    def __init__(self, urls: list[str], timeout_s: float, token: str = "") -> None:
+        self.client = (
+            AsyncClient(
+                urls, token or None, timeout_s=timeout_s, retries=NO_RETRIES, connections=64
+            )
+            if urls
+            else None
         )
 
-    async def __call__(self, method: str, path: str, body: dict[str, Any] | None) -> Reply:
-        last = Reply(None, error="no coordinator configured")
-        for base in self.urls:
-            try:
-                answer = await self.client.call(method, base + path, self.timeout_s, json=body)
-            except ConnectFailed as e:
-                last = Reply(None, error=f"{base}: cannot connect: {e}")
-                continue
-            except NoReply:
-                return Reply(None, error=f"{base}: no answer within {self.timeout_s}s")
-            except HttpError as e:
-                # Connection lost, even mid-answer: asking again (here or at the next
-                # coordinator) is safe, since a resubmitted gid with the same body is idempotent.
-                last = Reply(None, error=f"{base}: {e}")
-                continue
-            data = answer.json()
-            reply = Reply(answer.status, data if isinstance(data, dict) else None)
-            if reply.status in (502, 503, 504):
-                last = reply
-                continue
-            return reply
-        return last
+    async def submit(self, body: dict[str, Any], wait: float) -> Reply:
+        return await self._reply(lambda c: c.submit(body, wait=wait))
+
+    async def get(self, gid: str) -> Reply:
+        return await self._reply(lambda c: c.get(gid, events=False))
+
+    async def _reply(self, call: Callable[[AsyncClient], Awaitable[Transaction]]) -> Reply:
+        if self.client is None:
+            return Reply(None, error="no coordinator configured")
+        try:
+            txn: Transaction = await call(self.client)
+        except Aborted as e:
+            txn = e.transaction
+        except TxnError as e:
+            return Reply(e.status or None, e.problem or None, error=str(e))
+        return Reply(201 if txn.created else 200, txn.raw)
 
     async def close(self) -> None:
-        await self.client.close()
+        if self.client is not None:
+            await self.client.close()
 
 
 # -- models ----------------------------------------------------------------------------------
@@ -176,11 +169,6 @@ def _order(row: Row[Any]) -> Order:
 async def load_order(conn: AsyncConnection, order_id: str) -> Order | None:
     row = (await conn.execute(select(orders).where(orders.c.id == order_id))).first()
     return None if row is None else _order(row)
-
-
-def txn_path(gid: str) -> str:
-    """The coordinator's URL path of one transaction: the gid as one encoded path segment."""
-    return f"/v1/transactions/{quote(gid, safe='')}?events=false"
 
 
 def transaction_for(order: Order) -> dict[str, Any]:
@@ -320,9 +308,9 @@ def create_app(
     sdk.twopc("/orders/confirm")(confirm_order)
     owned = None
     if coordinator is None:
-        owned = HttpCoordinator(
+        owned = ClientCoordinator(
             settings.coordinators,
-            settings.submit_wait_s + settings.coordinator_timeout_s,
+            settings.coordinator_timeout_s,
             token=settings.coordinator_token.get_secret_value(),
         )
         coordinator = owned
@@ -354,14 +342,14 @@ def create_app(
         async with sdk.engine.connect() as conn:
             pending = list(await conn.execute(stale))
         for row in pending:
-            reply = await ask("GET", txn_path(row.gid), None)
+            reply = await ask.get(row.gid)
             if reply.status == 404 and float(row.age_s) < settings.unknown_after_s:
                 # It never reached a coordinator (none answered when it was placed): submit it
                 # now. Safe to repeat: the same gid with the same body is idempotent.
                 async with sdk.engine.connect() as conn:
                     order = await load_order(conn, row.id)
                 if order is not None and order.status == "pending":
-                    reply = await ask("POST", "/v1/transactions?wait=0", transaction_for(order))
+                    reply = await ask.submit(transaction_for(order), 0)
                     log.warning("order %s resubmitted: %s", row.id, reply.status)
                 continue
             await settle(row.id, reply, settings.unknown_after_s)
@@ -413,8 +401,7 @@ def create_app(
         )
         async with sdk.engine.begin() as conn:
             await conn.execute(orders.insert().values(**order.model_dump()))
-        path = f"/v1/transactions?wait={settings.submit_wait_s:g}"
-        reply = await ask("POST", path, transaction_for(order))
+        reply = await ask.submit(transaction_for(order), settings.submit_wait_s)
         return await settle(order_id, reply, None)
 
     @app.get("/orders/{order_id}")
@@ -425,7 +412,7 @@ def create_app(
             raise HTTPException(404, detail=f"no order {order_id}")
         if order.status != "pending":
             return order
-        reply = await ask("GET", txn_path(order.gid), None)
+        reply = await ask.get(order.gid)
         return await settle(order_id, reply, settings.unknown_after_s)
 
     @app.get("/orders")

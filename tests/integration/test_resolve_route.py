@@ -29,7 +29,6 @@ from coordinator.records import BranchSpec, NewTxn
 from coordinator.settings import Settings
 from coordinator.transport import Kind, Reply
 from devstack.stack import Stack
-from participants.orders.app import txn_path
 from participants.sdk import wire
 from tests.helpers import (
     AUTH,
@@ -41,6 +40,7 @@ from tests.helpers import (
     twopc_transfer,
     unique,
 )
+from txn_client._core import get_request
 
 BAD_GIDS = ["..", ".", "-x", ".hidden", "-", "_x"]
 
@@ -384,7 +384,8 @@ async def test_a_question_about_a_live_preparing_transaction_decides_nothing(
         ("%2e%2e", "%252e%252e"),
     ],
 )
-def test_the_orders_service_puts_a_gid_in_its_url_as_one_encoded_segment(
+def test_the_client_library_puts_a_gid_in_its_url_as_one_encoded_segment(
     gid: str, segment: str
 ) -> None:
-    assert txn_path(gid) == f"/v1/transactions/{segment}?events=false"
+    # txn_client, which the orders service asks the coordinator with.
+    assert get_request(gid, False, 1.0).path == f"/v1/transactions/{segment}?events=false"

@@ -20,7 +20,7 @@ from devstack.postgres import Cluster
 from participants.orders import app as orders_service
 from participants.orders.app import (
     NEVER_REACHED,
-    HttpCoordinator,
+    ClientCoordinator,
     OrdersSettings,
     Reply,
     apply_outcome,
@@ -111,14 +111,19 @@ async def order_row(dsn: str, order_id: str) -> tuple[str, str | None]:
 
 
 class FakeCoordinator:
-    """Answers every call with ``reply`` and records the calls."""
+    """Answers every call with ``reply`` and records the calls as the HTTP requests they stand
+    for (method, path, body)."""
 
     def __init__(self, reply: Reply) -> None:
         self.reply = reply
         self.calls: list[tuple[str, str, dict[str, Any] | None]] = []
 
-    async def __call__(self, method: str, path: str, body: dict[str, Any] | None) -> Reply:
-        self.calls.append((method, path, body))
+    async def submit(self, body: dict[str, Any], wait: float) -> Reply:
+        self.calls.append(("POST", f"/v1/transactions?wait={wait:g}", body))
+        return self.reply
+
+    async def get(self, gid: str) -> Reply:
+        self.calls.append(("GET", f"/v1/transactions/{gid}?events=false", None))
         return self.reply
 
 
@@ -421,9 +426,23 @@ def free_port() -> int:
         return port
 
 
-async def test_http_coordinator_tries_the_next_on_connection_errors() -> None:
+TRANSACTION = {
+    "gid": "g",
+    "mode": "saga",
+    "status": "committed",
+    "reason": None,
+    "created_at": "2026-12-01T00:00:00Z",
+    "updated_at": "2026-12-01T00:00:01Z",
+    "branches": [],
+}
+
+
+async def test_client_coordinator_tries_the_next_on_connection_errors() -> None:
+    seen: list[str] = []
+
     async def answer(request: web.Request) -> web.Response:
-        return web.json_response({"status": "committed", "path": request.path_qs}, status=201)
+        seen.append(request.path_qs)
+        return web.json_response(TRANSACTION, status=201)
 
     app = web.Application()
     app.router.add_post("/v1/transactions", answer)
@@ -433,16 +452,20 @@ async def test_http_coordinator_tries_the_next_on_connection_errors() -> None:
     await site.start()
     port = runner.addresses[0][1]
     dead = f"http://127.0.0.1:{free_port()}"
-    client = HttpCoordinator([dead, f"http://127.0.0.1:{port}/"], timeout_s=5)
+    client = ClientCoordinator([dead, f"http://127.0.0.1:{port}/"], timeout_s=5)
     try:
-        reply = await client("POST", "/v1/transactions?wait=1", {"gid": "g"})
-        assert reply == Reply(201, {"status": "committed", "path": "/v1/transactions?wait=1"})
-        alone = HttpCoordinator([dead], timeout_s=5)
+        reply = await client.submit({"gid": "g"}, 1)
+        assert reply == Reply(201, TRANSACTION)
+        assert seen == ["/v1/transactions?wait=1"]
+        alone = ClientCoordinator([dead], timeout_s=5)
         try:
-            nobody = await alone("GET", "/v1/transactions/g", None)
+            nobody = await alone.get("g")
             assert nobody.status is None and nobody.error
         finally:
             await alone.close()
+        assert await ClientCoordinator([], timeout_s=5).get("g") == Reply(
+            None, error="no coordinator configured"
+        )
     finally:
         await client.close()
         await runner.cleanup()
