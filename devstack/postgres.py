@@ -299,6 +299,11 @@ class Cluster:
             f"postgres {self.name} not ready after {timeout_s}s; see {self.log_file}"
         )
 
+    def begin_stop(self) -> None:
+        """Ask for a fast shutdown without waiting for it (``stop`` then waits)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+
     def stop(self, timeout_s: float = 30.0) -> None:
         """Fast shutdown (SIGINT) of the server we started, by its PID."""
         self._signal_and_wait(signal.SIGINT, timeout_s)

@@ -29,6 +29,8 @@ class Service:
     dsn: str | None = None
     restart: bool = True
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # The process ``begin_stop`` sent SIGTERM to: ``stop`` only waits for it.
+    terminating: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     restarts: int = 0
     exits: list[int] = field(default_factory=list)
 
@@ -75,13 +77,20 @@ class Service:
             return None
         return self.proc.poll()
 
+    def begin_stop(self) -> None:
+        """SIGTERM without waiting (``stop`` then waits, and does not send it again)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.terminating = self.proc
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM the process we started, by PID; SIGKILL if it will not go."""
         proc, self.proc = self.proc, None
         if proc is None:
             return
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            if self.terminating is not proc:
+                proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
