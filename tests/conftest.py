@@ -18,6 +18,7 @@ from devstack.postgres import Cluster
 from devstack.stack import Stack, StackConfig, run_in_thread, run_sync
 from migrations import upgrade
 from tests.helpers import TEST_API_TOKEN
+from tests.shared_pg import let_postgres_in
 
 # Fast clocks for tests: short leases and claim intervals so recovery is quick to observe.
 TEST_COORDINATOR_ENV = {
@@ -62,13 +63,7 @@ def state_root(request: pytest.FixtureRequest) -> Iterator[Path]:
     pytest's basetemp (a second pytest session resets that to mode 0700, which would lock the
     unprivileged Postgres of this one out of its data). Kept when a test failed, for its logs."""
     root = Path(tempfile.mkdtemp(prefix="txn-tests-"))
-    # Postgres runs as an unprivileged user when the tests run as root: let it in.
-    root.chmod(0o711)
-    for folder in root.parents:
-        if folder == Path("/") or folder.stat().st_mode & 0o001:
-            break
-        if os.geteuid() == 0:
-            folder.chmod(folder.stat().st_mode | 0o011)
+    let_postgres_in(root)
     yield root
     if request.session.testsfailed:
         print(f"\nthe embedded stacks' data and logs are kept in {root}")

@@ -63,6 +63,17 @@ async def _limit_statements(server_dsn: str, database: str) -> None:
         await conn.close()
 
 
+def let_postgres_in(folder: Path) -> None:
+    """Postgres runs as an unprivileged user when the tests run as root: it must reach its data
+    under ``folder`` (searchable, not readable, up to the first folder anyone can enter)."""
+    folder.chmod(0o711)
+    for above in folder.parents:
+        if above == Path("/") or above.stat().st_mode & 0o001:
+            break
+        if os.geteuid() == 0:
+            above.chmod(above.stat().st_mode | 0o011)
+
+
 def boot(folder: Path) -> None:
     """Boot the cluster, make and migrate the databases; print ``PID DSN`` of the server."""
     import asyncio
@@ -71,13 +82,7 @@ def boot(folder: Path) -> None:
     from migrations import upgrade
 
     folder.mkdir(parents=True, exist_ok=True)
-    # The unprivileged server must reach its data folder (as tests/conftest.py's state_root).
-    folder.chmod(0o711)
-    for above in folder.parents:
-        if above == Path("/") or above.stat().st_mode & 0o001:
-            break
-        if os.geteuid() == 0:
-            above.chmod(above.stat().st_mode | 0o011)
+    let_postgres_in(folder)
     cluster = Cluster(
         name="mutation",
         data_dir=folder / "data",

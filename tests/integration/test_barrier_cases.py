@@ -38,6 +38,7 @@ from participants.sdk.crash import PARTICIPANT_PAUSE_POINTS, PausePoint
 from participants.sdk.db import make_engine
 from participants.sdk.oneshot import Statement
 from tests.helpers import Counting
+from tests.helpers import fetch as sql
 from tests.shared_pg import SharedDatabases, shared_dbs
 
 __all__ = ["shared_dbs"]  # the fixture, imported so that pytest finds it here
@@ -75,14 +76,6 @@ async def sdk(engine: AsyncEngine) -> AsyncIterator[Participant]:
         yield p
     finally:
         await p._drop_spare()
-
-
-async def sql(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return list(await conn.fetch(query, *args))
-    finally:
-        await conn.close()
 
 
 async def account(dsn: str, amount: int) -> str:
