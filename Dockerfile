@@ -15,9 +15,10 @@ COPY pyproject.toml README.m[d] ./
 COPY coordinator ./coordinator
 COPY participants ./participants
 COPY sagas ./sagas
+COPY txn_client ./txn_client
 COPY migrations ./migrations
-COPY devstack ./devstack
-COPY bench ./bench
+COPY txn_devstack ./txn_devstack
+COPY txn_bench ./txn_bench
 # With the tracing extra: TXN_TRACING / TXNP_TRACING=otlp then needs no other image.
 RUN pip install ".[tracing]" && rm -rf /src
 

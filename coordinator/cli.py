@@ -17,18 +17,18 @@ from types import FrameType
 from pydantic import ValidationError
 
 from coordinator.errors import LOG_ERRORS, briefly
-from devstack.ha import INSTALL_HINT
-from devstack.postgres import PostgresNotFound
 from migrations import TARGETS
+from txn_devstack.ha import INSTALL_HINT
+from txn_devstack.postgres import PostgresNotFound
 
 # What a one-shot command meets when its database is down, refuses it, or is not there.
 DATABASE_UNREACHABLE: tuple[type[BaseException], ...] = (*LOG_ERRORS, TimeoutError)
 
 
 def _dev(args: argparse.Namespace) -> int:
-    from devstack.fault_control import FaultControl
-    from devstack.faults import Injector
-    from devstack.stack import Stack, StackConfig
+    from txn_devstack.fault_control import FaultControl
+    from txn_devstack.faults import Injector
+    from txn_devstack.stack import Stack, StackConfig
 
     stack = Stack(
         StackConfig(
@@ -95,7 +95,7 @@ def _in_state_dir(state_dir: str, run: Callable[[Path], int]) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from devstack.shop_demo import run_demo
+    from txn_devstack.shop_demo import run_demo
 
     if args.against:
         return run_demo(None, Path(args.against), args.orders, args.concurrency, args.seed)
@@ -106,7 +106,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _demo_transfers(args: argparse.Namespace) -> int:
-    from devstack.demo import run_demo
+    from txn_devstack.demo import run_demo
 
     return _in_state_dir(args.state_dir, run_demo)
 
@@ -121,8 +121,8 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _chaos(args: argparse.Namespace) -> int:
-    from devstack.chaos import ChaosConfig, report, run_chaos, write_json
-    from devstack.faults import KINDS
+    from txn_devstack.chaos import ChaosConfig, report, run_chaos, write_json
+    from txn_devstack.faults import KINDS
 
     kinds = tuple(k for k in args.kinds.split(",") if k) if args.kinds else KINDS
     unknown = set(kinds) - set(KINDS)
@@ -149,7 +149,7 @@ def _chaos(args: argparse.Namespace) -> int:
 
 
 def _fault(args: argparse.Namespace) -> int:
-    from devstack.fault_cli import run_fault
+    from txn_devstack.fault_cli import run_fault
 
     return run_fault(args)
 
@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chaos.set_defaults(func=_chaos)
 
-    from devstack.fault_cli import add_arguments as add_fault_arguments
+    from txn_devstack.fault_cli import add_arguments as add_fault_arguments
 
     fault = sub.add_parser(
         "fault",
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fault_arguments(fault)
     fault.set_defaults(func=_fault)
 
-    from bench.cli import add_parser as add_bench_parser
+    from txn_bench.cli import add_parser as add_bench_parser
 
     add_bench_parser(sub)
 

@@ -14,11 +14,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from devstack.postgres import Cluster
-from devstack.stack import Stack, StackConfig, run_in_thread, run_sync
 from migrations import upgrade
 from tests.helpers import TEST_API_TOKEN
 from tests.shared_pg import let_postgres_in
+from txn_devstack.postgres import Cluster
+from txn_devstack.stack import Stack, StackConfig, run_in_thread, run_sync
 
 # Fast clocks for tests: short leases and claim intervals so recovery is quick to observe.
 TEST_COORDINATOR_ENV = {

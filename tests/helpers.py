@@ -18,13 +18,13 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from devstack.services import Service
-from devstack.stack import Stack
 from participants.ledger.app import create_app as create_ledger_app
 from participants.sdk import Handler, ParticipantSettings, wire
 from participants.sdk.asgi import BranchCalls
 from participants.sdk.guard import Guard
 from participants.sdk.tokens import token_entry
+from txn_devstack.services import Service
+from txn_devstack.stack import Stack
 
 TERMINAL = ("committed", "aborted")
 

@@ -78,8 +78,8 @@ def boot(folder: Path) -> None:
     """Boot the cluster, make and migrate the databases; print ``PID DSN`` of the server."""
     import asyncio
 
-    from devstack.postgres import Cluster, RunAs, find_bindir, free_port
     from migrations import upgrade
+    from txn_devstack.postgres import Cluster, RunAs, find_bindir, free_port
 
     folder.mkdir(parents=True, exist_ok=True)
     let_postgres_in(folder)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from devstack.stack import Stack, StackConfig
 from participants.sdk.tokens import token_entry
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import TEST_API_TOKEN, VIEWER_TOKEN
+from txn_devstack.stack import Stack, StackConfig
 
 
 @pytest.fixture(scope="session")

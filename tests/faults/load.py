@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from devstack.stack import Stack
 from tests.helpers import TERMINAL, adjust_body, fetch, open_accounts, prepared_xacts, unique
+from txn_devstack.stack import Stack
 
 LEDGERS = ("ledger1", "ledger2", "ledger3")
 OPENING = 10**9

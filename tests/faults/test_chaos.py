@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from devstack.chaos import ChaosConfig, ChaosResult, report, run_chaos
-from devstack.faults import KINDS
+from txn_devstack.chaos import ChaosConfig, ChaosResult, report, run_chaos
+from txn_devstack.faults import KINDS
 
 pytestmark = pytest.mark.chaos
 

@@ -23,7 +23,6 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from devstack.stack import Stack
 from tests.helpers import (
     TEST_API_TOKEN,
     VIEWER_TOKEN,
@@ -37,6 +36,7 @@ from tests.helpers import (
     unique,
     wait_terminal,
 )
+from txn_devstack.stack import Stack
 
 OPENING = 100
 

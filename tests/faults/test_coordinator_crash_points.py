@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devstack.stack import Stack
 from tests.helpers import api_client, fetch, prepared_xacts, twopc_transfer, unique, wait_terminal
+from txn_devstack.stack import Stack
 
 MOVES = {"ledger1": -30, "ledger2": 20, "ledger3": 10}
 OPENING = 100

@@ -15,7 +15,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack.stack import Stack, StackConfig
 from participants.sdk.crash import CRASH_EXIT_CODE
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import (
@@ -31,6 +30,7 @@ from tests.helpers import (
     twopc_transfer,
     unique,
 )
+from txn_devstack.stack import Stack, StackConfig
 
 OPENING = 100
 MOVES = {"ledger1": -30, "ledger2": 20, "ledger3": 10}

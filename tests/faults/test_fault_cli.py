@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from coordinator.cli import main
-from devstack.fault_control import FaultControl
-from devstack.faults import Injector
-from devstack.stack import Stack
 from tests.helpers import AUTH
+from txn_devstack.fault_control import FaultControl
+from txn_devstack.faults import Injector
+from txn_devstack.stack import Stack
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from coordinator.errors import OwnershipLost
 from coordinator.pglog import PgLog
 from coordinator.records import BranchProgress
-from devstack.stack import Stack, StackConfig
 from participants.sdk import wire
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import (
@@ -46,6 +45,7 @@ from tests.helpers import (
     prepared_xacts,
     unique,
 )
+from txn_devstack.stack import Stack, StackConfig
 
 T = TypeVar("T")
 

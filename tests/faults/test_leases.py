@@ -7,7 +7,6 @@ import os
 import signal
 import time
 
-from devstack.stack import Stack
 from tests.helpers import (
     api_client,
     balances,
@@ -18,6 +17,7 @@ from tests.helpers import (
     unique,
     wait_terminal,
 )
+from txn_devstack.stack import Stack
 
 LONG_LEASE = 30.0
 

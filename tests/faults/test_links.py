@@ -1,4 +1,4 @@
-"""Faults on the links, through the dev stack's fault proxies (devstack/faultproxy.py) in front
+"""Faults on the links, through the dev stack's fault proxies (txn_devstack/faultproxy.py) in front
 of every participant service: a black hole during prepare (aborted at the deadline), a black
 hole during commit (committed once the link heals), and every operation delivered twice
 (effects applied exactly once)."""
@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from devstack.stack import Stack, StackConfig
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import (
     TEST_API_TOKEN,
@@ -25,6 +24,7 @@ from tests.helpers import (
     unique,
     wait_terminal,
 )
+from txn_devstack.stack import Stack, StackConfig
 
 OPENING = 100
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from devstack.stack import Stack, StackConfig
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.faults.load import TransferLoad
 from tests.faults.test_participant_db_crash import paused
@@ -31,6 +30,7 @@ from tests.helpers import (
     unique,
     wait_terminal,
 )
+from txn_devstack.stack import Stack, StackConfig
 
 RTO_BOUND_S = 20.0  # Patroni's ttl is 10 s; a crashed primary fails over in about 2-3 s
 SETTLE_BOUND_S = 120.0

@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 
-from devstack.stack import Stack
 from tests.helpers import (
     api_client,
     balances,
@@ -25,6 +24,7 @@ from tests.helpers import (
     unique,
     wait_terminal,
 )
+from txn_devstack.stack import Stack
 
 OPENING = 100
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from devstack.postgres import free_port
-from devstack.stack import Stack, StackConfig
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import TEST_API_TOKEN, api_client, fetch, prepared_xacts, unique
+from txn_devstack.postgres import free_port
+from txn_devstack.stack import Stack, StackConfig
 
 SERVER = Path(__file__).with_name("misbehaving_participant.py")
 

@@ -30,8 +30,6 @@ import httpx
 import orjson
 import pytest
 
-from devstack.services import Service
-from devstack.stack import Stack
 from participants.sdk.crash import PARTICIPANT_PAUSE_POINTS, PausePoint
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import (
@@ -46,6 +44,8 @@ from tests.helpers import (
     unique,
     wait_terminal,
 )
+from txn_devstack.services import Service
+from txn_devstack.stack import Stack
 
 OPENING = 100
 MOVES = {"ledger1": -30, "ledger2": 20, "ledger3": 10}

@@ -1,4 +1,4 @@
-"""Recovery at scale, short form (the full 1,000-transaction run is bench/recovery_at_scale.py):
+"""Recovery at scale, short form (the full 1,000-transaction run is txn_bench/recovery_at_scale.py):
 transactions left in flight by a killed coordinator are all driven to a terminal status by the
 restarted one, claimed in batches rather than one row at a time, and the money adds up.
 
@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from bench.recovery_at_scale import run
-from devstack.stack import Stack, run_sync
 from tests.helpers import TERMINAL, fetch, participant_dsns, unique
+from txn_bench.recovery_at_scale import run
+from txn_devstack.stack import Stack, run_sync
 
 N = 60
 

@@ -29,8 +29,6 @@ import httpx
 import pytest
 from aiohttp import web
 
-from devstack.services import Service
-from devstack.stack import Stack
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import (
     api_client,
@@ -42,6 +40,8 @@ from tests.helpers import (
     twopc_transfer,
     unique,
 )
+from txn_devstack.services import Service
+from txn_devstack.stack import Stack
 
 OPENING = 100
 MOVES = {"ledger1": -30, "ledger2": 20, "ledger3": 10}

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 
-from devstack.stack import Stack
 from tests.helpers import (
     api_client,
     balances,
@@ -25,6 +24,7 @@ from tests.helpers import (
     unique,
     wait_terminal,
 )
+from txn_devstack.stack import Stack
 
 OPENING = 100
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from devstack.shop_demo import run_against
-from devstack.stack import Stack, StackConfig
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import TEST_API_TOKEN
+from txn_devstack.shop_demo import run_against
+from txn_devstack.stack import Stack, StackConfig
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ database's clock. Afterwards no transaction may have two outcomes, every partici
 rows must match the log's final status, no prepared transaction may remain, and each ledger's
 balance must be its opening plus exactly the deltas of the committed transactions.
 
-``run_scenario`` and ``check_invariants`` are also used by ``bench/takeover.py``.
+``run_scenario`` and ``check_invariants`` are also used by ``txn_bench/takeover.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import httpx
 import pytest
 
 from coordinator.settings import Settings
-from devstack.stack import Stack, StackConfig
 from tests.helpers import (
     LOG_EVENTS,
     TERMINAL,
@@ -40,6 +39,7 @@ from tests.helpers import (
     prepared_xacts,
     unique,
 )
+from txn_devstack.stack import Stack, StackConfig
 
 # The product's defaults, deliberately not overridden: the takeover is measured against them.
 LEASE_S = float(Settings.model_fields["lease_s"].default)

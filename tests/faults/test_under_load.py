@@ -10,10 +10,10 @@ import asyncio
 import os
 import signal
 
-from devstack.faults import terminate_log_backends
-from devstack.stack import Stack
 from tests.faults.load import TransferLoad
 from tests.helpers import api_client, fetch
+from txn_devstack.faults import terminate_log_backends
+from txn_devstack.stack import Stack
 
 SETTLE_BOUND_S = 60.0
 

@@ -16,8 +16,8 @@ import asyncpg
 import httpx
 import pytest
 
-from devstack.stack import Stack
 from tests.helpers import api_client
+from txn_devstack.stack import Stack
 
 LEDGERS = ("ledger1", "ledger2", "ledger3")
 ADJUST = "/accounts/adjust"

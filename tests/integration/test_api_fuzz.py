@@ -34,9 +34,9 @@ from pydantic import ValidationError
 from coordinator.declared import Operations, undeclared
 from coordinator.models import STATUSES, TxnIn
 from coordinator.normalize import Invalid, normalize
-from devstack.stack import Stack, run_sync
 from participants.sdk.wire import GID_PATTERN
 from tests.helpers import AUTH, fetch
+from txn_devstack.stack import Stack, run_sync
 
 FUZZ = settings(
     deadline=None,

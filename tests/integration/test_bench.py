@@ -11,11 +11,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bench import floor, minimal_floor
-from bench.load import ACCOUNT_BALANCE, MODES, account
-from bench.txn_bench import SIDES, BenchConfig, Target, format_table, run_bench
-from devstack.stack import Stack
 from tests.helpers import fetch
+from txn_bench import floor, minimal_floor
+from txn_bench.load import ACCOUNT_BALANCE, MODES, account
+from txn_bench.txn_bench import SIDES, BenchConfig, Target, format_table, run_bench
+from txn_devstack.stack import Stack
 
 
 async def _fetchval(dsn: str, query: str, *args: object) -> int:
@@ -32,7 +32,7 @@ async def test_bench_smoke(stack: Stack, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     config = BenchConfig(
         # One concurrency: each product run waits for its database counters to be published
-        # (bench.dbwork.SETTLE_S), so every extra row of the table costs the run ~10 s.
+        # (txn_bench.dbwork.SETTLE_S), so every extra row of the table costs the run ~10 s.
         concurrency=(4,),
         duration_s=1.0,
         warmup_s=0.5,
@@ -119,8 +119,8 @@ async def test_bench_smoke(stack: Stack, tmp_path: Path) -> None:
 async def test_cpu_split_smoke(stack: Stack) -> None:
     """``txn bench --cpu``: every process of the stack is accounted, and the ones that did the
     work show CPU per transaction (the coordinator only on the product's side)."""
-    from bench import cpushare
-    from bench.load import run_product
+    from txn_bench import cpushare
+    from txn_bench.load import run_product
 
     state = stack.state()
     target = Target.from_state(state, "session stack")
@@ -150,7 +150,7 @@ async def test_cpu_split_smoke(stack: Stack) -> None:
 async def test_console_pages_smoke(stack: Stack) -> None:
     """``txn bench --console``: every page answers before and with the history, and the
     history is gone again afterwards."""
-    from bench import console_pages, growth
+    from txn_bench import console_pages, growth
 
     state = stack.state()
     target = Target.from_state(state, "session stack")
@@ -178,7 +178,7 @@ async def test_console_pages_smoke(stack: Stack) -> None:
 async def test_purge_under_load_smoke(stack: Stack) -> None:
     """``txn bench --purge``: both kinds of run measure throughput, and every history row the
     bench added is purged while the load runs."""
-    from bench import growth, purge
+    from txn_bench import growth, purge
 
     state = stack.state()
     target = Target.from_state(state, "session stack")
@@ -209,7 +209,7 @@ async def test_purge_under_load_smoke(stack: Stack) -> None:
 async def test_barrier_purge_under_load_smoke(stack: Stack) -> None:
     """``txn bench --barrier-purge``: the ledgers' barrier retention, asking the coordinator,
     deletes every barrier row the bench added while the load runs."""
-    from bench import growth, purge
+    from txn_bench import growth, purge
 
     state = {**stack.state(), "participant_secrets": dict(stack.participant_secrets)}
     target = Target.from_state(state, "session stack")
@@ -241,7 +241,7 @@ async def test_barrier_purge_under_load_smoke(stack: Stack) -> None:
 async def test_scale_out_smoke(stack: Stack) -> None:
     """``txn bench --scale-out``: a run per number of coordinators, clients spread over them
     (here the session's one coordinator, listed twice), with ratios against one."""
-    from bench import scaleout
+    from txn_bench import scaleout
 
     target = Target.from_state(stack.state(), "session stack")
     url = target.coordinator_url

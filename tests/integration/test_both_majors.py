@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from devstack.postgres import _has_server, candidate_bindirs
-from devstack.stack import Stack, StackConfig
 from tests.helpers import (
     TEST_API_TOKEN,
     adjust_body,
@@ -22,6 +20,8 @@ from tests.helpers import (
     unique,
     wait_terminal,
 )
+from txn_devstack.postgres import _has_server, candidate_bindirs
+from txn_devstack.stack import Stack, StackConfig
 
 
 def bindirs() -> dict[str, Path]:

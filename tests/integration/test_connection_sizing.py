@@ -19,12 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coordinator.api import create_app as create_coordinator
 from coordinator.settings import LOG_APPLICATION_NAME, Settings
 from coordinator.sizing import ASYNCPG_POOLS, max_log_connections
-from devstack.postgres import SUPERUSER_RESERVED
-from devstack.stack import Stack
 from participants.ledger.app import LedgerSettings
 from participants.ledger.app import create_app as create_ledger
 from participants.sdk.sizing import max_service_connections
 from tests.helpers import fetch, unique
+from txn_devstack.postgres import SUPERUSER_RESERVED
+from txn_devstack.stack import Stack
 
 # How long a checkout may wait before the pool counts as exhausted.
 EXHAUSTED_AFTER_S = 0.5

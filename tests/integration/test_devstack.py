@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from devstack.postgres import PostgresNotFound, candidate_bindirs, find_bindir
-from devstack.stack import Stack, StackConfig
 from tests.helpers import TEST_API_TOKEN, fetch
+from txn_devstack.postgres import PostgresNotFound, candidate_bindirs, find_bindir
+from txn_devstack.stack import Stack, StackConfig
 
 
 def test_missing_binaries_give_an_error_that_says_what_to_install(tmp_path: Path) -> None:

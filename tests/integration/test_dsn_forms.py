@@ -16,13 +16,13 @@ from sqlalchemy import text
 
 from coordinator.pglog import PgLog
 from coordinator.records import BranchProgress
-from devstack.postgres import Cluster, free_port
-from devstack.stack import Stack, run_in_thread
 from migrations import upgrade
 from participants.sdk.db import make_engine
 from tests.conftest import create_db
 from tests.contract.test_logstore_contract import LONG, new_txn
 from tests.helpers import api_client, branch_call, ledger_app, secured, unique
+from txn_devstack.postgres import Cluster, free_port
+from txn_devstack.stack import Stack, run_in_thread
 
 
 def extra_cluster(stack: Stack, name: str, settings: dict[str, str]) -> Cluster:

@@ -12,7 +12,6 @@ from typing import Any
 import orjson
 import pytest
 
-from devstack.stack import Stack, StackConfig
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import (
     TEST_API_TOKEN,
@@ -22,6 +21,7 @@ from tests.helpers import (
     saga_branch,
     unique,
 )
+from txn_devstack.stack import Stack, StackConfig
 
 
 @pytest.fixture(scope="module")

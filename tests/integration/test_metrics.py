@@ -14,10 +14,10 @@ from coordinator.api import create_app
 from coordinator.memlog import MemLog
 from coordinator.metrics import Metrics
 from coordinator.records import LiveSummary
-from devstack.stack import Stack
 from tests.helpers import api_client, open_accounts, participant_urls, saga_branch, unique
 from tests.unit.test_api_auth import bearer, client_of, settings
 from tests.unit.test_submit_fastpath import YesTransport
+from txn_devstack.stack import Stack
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -17,7 +17,6 @@ from alembic.migration import MigrationContext
 from sqlalchemy import MetaData
 
 from coordinator.schema import metadata as log_metadata
-from devstack.postgres import Cluster
 from migrations import config, upgrade
 from participants.inventory.schema import metadata as inventory_metadata
 from participants.ledger.schema import metadata as ledger_metadata
@@ -25,6 +24,7 @@ from participants.payments.schema import metadata as payments_metadata
 from participants.sdk.db import make_engine
 from tests.conftest import create_db
 from tests.helpers import fetch
+from txn_devstack.postgres import Cluster
 
 
 async def _diff(dsn: str, metadata: MetaData) -> list[Any]:

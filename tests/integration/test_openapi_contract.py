@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import schemathesis  # noqa: F401  (a missing schemathesis fails the test, never skips it)
 
-from devstack.stack import Stack
 from tests.helpers import AUTH, api_client, catalogues_read
+from txn_devstack.stack import Stack
 
 ST = Path(sys.executable).with_name("st")
 MAX_EXAMPLES = 25

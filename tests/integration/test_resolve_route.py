@@ -28,7 +28,6 @@ from coordinator.pglog import PgLog
 from coordinator.records import BranchSpec, NewTxn
 from coordinator.settings import Settings
 from coordinator.transport import Kind, Reply
-from devstack.stack import Stack
 from participants.sdk import wire
 from tests.helpers import (
     AUTH,
@@ -41,6 +40,7 @@ from tests.helpers import (
     unique,
 )
 from txn_client._core import get_request
+from txn_devstack.stack import Stack
 
 BAD_GIDS = ["..", ".", "-x", ".hidden", "-", "_x"]
 

@@ -9,13 +9,13 @@ from datetime import timedelta
 
 import pytest
 
-from bench import growth
 from coordinator.cli import main
 from coordinator.pglog import PgLog
 from coordinator.service import Coordinator
 from tests.helpers import fetch
 from tests.unit.test_api_auth import settings
 from tests.unit.test_submit_fastpath import YesTransport
+from txn_bench import growth
 
 
 async def remaining(dsn: str) -> int:

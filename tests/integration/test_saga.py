@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from devstack.stack import Stack
 from tests.helpers import api_client, balances, barrier_rows, open_accounts, saga_branch, unique
+from txn_devstack.stack import Stack
 
 OPENING = 100
 

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from devstack.postgres import Cluster
 from tests.conftest import create_db
+from txn_devstack.postgres import Cluster
 
 PASSWORD = "hunter2-dsn-password"
 

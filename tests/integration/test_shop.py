@@ -13,12 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from devstack.invariants import check, take_baseline
-from devstack.shop_demo import run_against
-from devstack.stack import Stack, StackConfig
 from participants.shop.catalogue import PRODUCTS
 from tests.conftest import TEST_COORDINATOR_ENV
 from tests.helpers import TEST_API_TOKEN, api_client, fetch, unique
+from txn_devstack.invariants import check, take_baseline
+from txn_devstack.shop_demo import run_against
+from txn_devstack.stack import Stack, StackConfig
 
 
 @pytest.fixture(scope="module")

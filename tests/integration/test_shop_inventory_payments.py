@@ -13,7 +13,6 @@ import asyncpg
 import httpx
 import pytest
 
-from devstack.postgres import Cluster
 from participants.inventory.app import InventorySettings, release, reserve
 from participants.inventory.app import create_app as inventory_app
 from participants.sdk import Participant, ParticipantSettings
@@ -21,6 +20,7 @@ from participants.sdk.base import call_handler
 from participants.sdk.db import make_engine
 from tests.conftest import create_db
 from tests.helpers import SECURE, Counting, api_client, branch_call, prepared_here
+from txn_devstack.postgres import Cluster
 
 # -- fixtures and helpers --------------------------------------------------------------------
 

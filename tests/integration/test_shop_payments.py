@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 
-from devstack.postgres import Cluster
 from participants.payments.app import PaymentsSettings, charge, refund
 from participants.payments.app import create_app as payments_app
 from participants.sdk import Participant, ParticipantSettings, wire
@@ -22,6 +21,7 @@ from participants.shop.catalogue import PRODUCTS
 from tests.conftest import create_db
 from tests.helpers import SECURE, Counting, api_client, branch_call, prepared_here, unique
 from tests.helpers import fetch as sql
+from txn_devstack.postgres import Cluster
 
 
 @pytest.fixture

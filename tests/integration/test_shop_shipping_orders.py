@@ -16,7 +16,6 @@ import pytest
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from devstack.postgres import Cluster
 from participants.orders import app as orders_service
 from participants.orders.app import (
     NEVER_REACHED,
@@ -36,6 +35,7 @@ from participants.shipping.app import (
 )
 from tests.conftest import create_db
 from tests.helpers import SECURE, Counting, api_client, branch_call
+from txn_devstack.postgres import Cluster
 
 # -- fixtures and helpers ----------------------------------------------------------------------
 

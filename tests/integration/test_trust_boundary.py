@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from devstack.stack import Stack
 from tests.helpers import api_client, unique
+from txn_devstack.stack import Stack
 
 MIB = 1024 * 1024
 

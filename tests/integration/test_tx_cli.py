@@ -16,7 +16,6 @@ import asyncpg
 import pytest
 
 from coordinator.cli import main
-from devstack.stack import Stack
 from tests.helpers import (
     TEST_API_TOKEN,
     api_client,
@@ -26,6 +25,7 @@ from tests.helpers import (
     unique,
     wait_terminal,
 )
+from txn_devstack.stack import Stack
 
 
 async def txn_tx(stack: Stack, *argv: str, token: str | None = TEST_API_TOKEN) -> int:

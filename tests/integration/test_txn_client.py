@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from devstack.stack import Stack
 from tests.helpers import TEST_API_TOKEN, api_client, balances, open_accounts, unique
 from txn_client import (
     Aborted,
@@ -28,6 +27,7 @@ from txn_client import (
     TwoPhase,
     Unauthorised,
 )
+from txn_devstack.stack import Stack
 
 ADJUST, UNDO = "/accounts/adjust", "/accounts/adjust/undo"
 OPENING = 100

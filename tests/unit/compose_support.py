@@ -30,9 +30,9 @@ from pydantic_settings import BaseSettings
 import participants
 from coordinator import cli
 from coordinator.settings import Settings
-from devstack.stack import SHOP
 from migrations import TARGETS
 from participants.sdk.settings import ParticipantSettings
+from txn_devstack.stack import SHOP
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"

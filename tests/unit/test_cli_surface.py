@@ -16,8 +16,8 @@ import pytest
 
 from coordinator import cli
 from coordinator.cli import build_parser
-from devstack import postgres
-from devstack.postgres import free_port
+from txn_devstack import postgres
+from txn_devstack.postgres import free_port
 
 DEAD_DSN = "postgresql://someone:hunter2pw@127.0.0.1:{port}/nowhere"
 

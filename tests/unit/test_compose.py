@@ -20,7 +20,6 @@ from pydantic import SecretStr
 
 from coordinator.access import startup_problems
 from coordinator.settings import Settings
-from devstack.stack import SHOP
 from participants.sdk.tokens import token_hash
 from tests.unit.compose_support import (
     COMPOSE,
@@ -56,6 +55,7 @@ from tests.unit.compose_support import (
     split_assignments,
     with_secret,
 )
+from txn_devstack.stack import SHOP
 
 # -- the tests -----------------------------------------------------------------------------
 

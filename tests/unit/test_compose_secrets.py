@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from devstack.stack import SHOP
 from participants.sdk.tokens import parse_tokens, token_hash
 from tests.unit.compose_support import (
     COMPOSE,
@@ -45,6 +44,7 @@ from tests.unit.compose_support import (
     services,
     with_secret,
 )
+from txn_devstack.stack import SHOP
 
 SECRET_LOOKING = re.compile(r"SECRET|TOKEN|PASSWORD", re.I)
 # scheme://user:password@ (an empty password counts too)

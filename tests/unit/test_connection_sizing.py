@@ -14,13 +14,6 @@ import pytest
 from coordinator.pglog import PgLog
 from coordinator.settings import Settings
 from coordinator.sizing import log_pools, max_log_connections
-from devstack.postgres import (
-    DEFAULT_MAX_CONNECTIONS,
-    SPARE_CONNECTIONS,
-    SUPERUSER_RESERVED,
-    max_connections_for,
-)
-from devstack.stack import Stack, StackConfig
 from participants.sdk.settings import ParticipantSettings
 from participants.sdk.sizing import max_service_connections
 from tests.unit.compose_support import (
@@ -35,6 +28,13 @@ from tests.unit.compose_support import (
     settings_class,
     settings_of,
 )
+from txn_devstack.postgres import (
+    DEFAULT_MAX_CONNECTIONS,
+    SPARE_CONNECTIONS,
+    SUPERUSER_RESERVED,
+    max_connections_for,
+)
+from txn_devstack.stack import Stack, StackConfig
 
 # The docs' multiplication sign (a letter x would read as a name).
 TIMES = "\N{MULTIPLICATION SIGN}"

@@ -26,7 +26,6 @@ import pytest
 
 from coordinator import access
 from coordinator.settings import Settings
-from devstack.stack import SHOP
 from participants.sdk.guard import OPEN
 from participants.sdk.settings import ParticipantSettings
 from tests.unit.compose_support import (
@@ -76,6 +75,7 @@ from tests.unit.k8s_support import (
     workload_name,
     workloads,
 )
+from txn_devstack.stack import SHOP
 
 # -- fixtures ------------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 import pytest
 
 from coordinator import access
-from devstack.stack import SHOP
 from participants.sdk.tokens import token_hash
 from tests.unit.compose_support import (
     LEDGERS,
@@ -49,6 +48,7 @@ from tests.unit.k8s_support import (
     secret_value_problems,
     workloads,
 )
+from txn_devstack.stack import SHOP
 
 # -- fixtures ------------------------------------------------------------------------------
 

@@ -3,9 +3,9 @@ the saga bodies with parallel steps, and the arithmetic of the measured database
 
 from __future__ import annotations
 
-from bench.dbwork import Work
-from bench.load import branches, protocol
-from bench.minimal_floor import prepare_sql, quote
+from txn_bench.dbwork import Work
+from txn_bench.load import branches, protocol
+from txn_bench.minimal_floor import prepare_sql, quote
 
 
 def test_quote_doubles_single_quotes() -> None:

@@ -9,11 +9,19 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["coordinator", "participants", "sagas", "txn_client", "migrations", "devstack", "bench"]
+PACKAGES = [
+    "coordinator",
+    "participants",
+    "sagas",
+    "txn_client",
+    "migrations",
+    "txn_devstack",
+    "txn_bench",
+]
 OTHER_CLIENTS = {"aiohttp", "httpx", "requests", "urllib3"}
 # Run from the source tree with the dev extra, never by `txn`: the comparison of the other
 # clients with ours, and the takeover bench, which drives a test's scenario (tests use httpx).
-DEV_ONLY = {Path("bench/http_clients.py"), Path("bench/takeover.py")}
+DEV_ONLY = {Path("txn_bench/http_clients.py"), Path("txn_bench/takeover.py")}
 
 
 def imported_roots(source: str) -> set[str]:

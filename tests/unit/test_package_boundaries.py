@@ -15,7 +15,7 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-NOT_THE_SDK = ("coordinator", "sagas", "devstack", "bench", "migrations", "tests")
+NOT_THE_SDK = ("coordinator", "sagas", "txn_devstack", "txn_bench", "migrations", "tests")
 NOT_THE_CLIENT = ("participants", *NOT_THE_SDK)
 
 # argv: the package to import whole, the packages to refuse. Prints the modules walked and the

@@ -26,7 +26,7 @@ from typing import Any
 
 import asyncpg
 
-from devstack.postgres import (
+from txn_devstack.postgres import (
     DEFAULT_MAX_CONNECTIONS,
     SUPERUSER,
     SUPERUSER_RESERVED,

@@ -1,7 +1,7 @@
 """Recovery at scale: N transactions left in flight by a killed coordinator, driven to a terminal
 status by the restarted one, against the time the same N take when nothing fails.
 
-    .venv/bin/python bench/recovery_at_scale.py [--n 1000] [--concurrency 32] [--modes 2pc,saga]
+    .venv/bin/python txn_bench/recovery_at_scale.py [--n 1000] [--concurrency 32] [--modes 2pc,saga]
 
 Scenario, on one embedded stack, per mode: (1) baseline: submit N transfers across the three
 ledgers and time until all are terminal; (2) freeze the ledgers (SIGSTOP), submit N more
@@ -27,8 +27,8 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from devstack.stack import Stack, StackConfig, auth_headers
 from txn_client.http11 import Client
+from txn_devstack.stack import Stack, StackConfig, auth_headers
 
 TERMINAL = ("committed", "aborted")
 REQUEST_TIMEOUT_S = 300.0  # one call's bound (5 min, as before); a submission waits <= ?wait=

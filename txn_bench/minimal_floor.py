@@ -1,6 +1,6 @@
 """The minimal floor: the least durable work a correct coordinator needs, by a bare asyncpg script
 on the same clusters (no HTTP), so the product can be read against what any design could reach.
-(``bench.floor`` is the other floor: the product's own SQL.)
+(``txn_bench.floor`` is the other floor: the product's own SQL.)
 
 Its own log, one table with its primary key only (``bench_min.log``), and copies of the ledgers'
 accounts (``bench_min.accounts``); per transaction:
@@ -26,8 +26,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from bench.floor import ADJUST, STATEMENT_TIMEOUT_MS, rollback_leftovers
-from bench.load import (
+from txn_bench.floor import ADJUST, STATEMENT_TIMEOUT_MS, rollback_leftovers
+from txn_bench.load import (
     ACCOUNT_BALANCE,
     RunStats,
     TxnFailed,

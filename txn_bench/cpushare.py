@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-from bench.load import RunStats
+from txn_bench.load import RunStats
 
 HZ = os.sysconf("SC_CLK_TCK")
 

@@ -10,8 +10,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from devstack.postgres import describe, find_bindir
-from devstack.stack import Stack, StackConfig, auth_headers
+from txn_devstack.postgres import describe, find_bindir
+from txn_devstack.stack import Stack, StackConfig, auth_headers
 
 ACCOUNTS = {"ledger1": ("alice", 100), "ledger2": ("bob", 50), "ledger3": ("carol", 0)}
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-MODES = ("2pc", "saga", "saga-seq")  # bench.load.MODES, without importing the load's libraries
+MODES = ("2pc", "saga", "saga-seq")  # txn_bench.load.MODES, without importing the load's libraries
 
 
 def _csv_ints(value: str) -> tuple[int, ...]:
@@ -38,9 +38,9 @@ def _growth(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
-    from bench import growth
-    from bench.load import ensure_accounts, http_session
-    from bench.txn_bench import Target, with_stack
+    from txn_bench import growth
+    from txn_bench.load import ensure_accounts, http_session
+    from txn_bench.txn_bench import Target, with_stack
 
     def use(state: dict[str, Any]) -> dict[str, Any]:
         target = Target.from_state(state, args.against or "embedded")
@@ -66,7 +66,7 @@ def _growth(args: argparse.Namespace) -> int:
             for rows, key in ((args.purge, "purge"), (args.barrier_purge, "barrier_purge")):
                 if not rows:
                     continue
-                from bench import purge
+                from txn_bench import purge
 
                 print(f"{key}: 2PC at concurrency {c}, {args.duration:g}s per run", flush=True)
                 barriers = None
@@ -84,7 +84,7 @@ def _growth(args: argparse.Namespace) -> int:
                     barriers,
                 )
             if args.scale_out:
-                from bench import scaleout
+                from txn_bench import scaleout
 
                 urls = [coord["url"] for coord in state["coordinators"]]
                 print(f"scale-out: 2PC at concurrency {c}, {args.duration:g}s per run", flush=True)
@@ -92,7 +92,7 @@ def _growth(args: argparse.Namespace) -> int:
                     urls, ledgers, c, args.duration, args.warmup, args.repeat, print
                 )
             if args.console:
-                from bench import console_pages
+                from txn_bench import console_pages
 
                 report["console"] = await console_pages.pages(
                     target.coordinator_url,
@@ -128,8 +128,8 @@ def _growth(args: argparse.Namespace) -> int:
 async def _cpu(
     state: dict[str, Any], target: Any, modes: tuple[str, ...], c: int, duration: float
 ) -> list[dict[str, Any]]:
-    from bench import cpushare, floor
-    from bench.load import run_product
+    from txn_bench import cpushare, floor
+    from txn_bench.load import run_product
 
     names = [lg.name for lg in target.ledgers]
     dsns = [lg.dsn for lg in target.ledgers]
@@ -150,7 +150,7 @@ async def _cpu(
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from bench.txn_bench import BenchConfig, main
+    from txn_bench.txn_bench import BenchConfig, main
 
     if any(
         (

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from http.cookiejar import CookieJar
 from typing import Any
 
-from bench import growth
+from txn_bench import growth
 from txn_client.http11 import Client
 
 PROBE = "console-probe-"  # one finished transaction, there before and with the history

@@ -8,8 +8,8 @@ Rows are told apart by schema: each floor writes in a schema of its own, the pro
 others. That lets the product's counters be read late, and they must be: a backend publishes its
 table statistics at the end of a transaction at most once a second, and an idle one only 10 s
 later (PostgreSQL 15's ``PGSTAT_IDLE_INTERVAL``). The floors publish theirs at the end of each
-run (``bench.load.flush_stats``); the product's connections are not ours, so a product run's rows
-are read ``SETTLE_S`` after it ended, just before the next product run (the floors run in
+run (``txn_bench.load.flush_stats``); the product's connections are not ours, so a product
+run's rows are read ``SETTLE_S`` after it ended, just before the next product run (the floors run in
 between) or at the end. WAL is written before a commit returns, so the LSN is read at once; it
 is per cluster and counts whatever else ran there meanwhile (background work, autovacuum): with
 the stack's one cluster per ledger, a ledger's WAL is its own.
@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import asyncpg
 
-from bench.load import RunStats
+from txn_bench.load import RunStats
 
 SETTLE_S = 11.0  # PGSTAT_IDLE_INTERVAL (10 s) and a margin
 

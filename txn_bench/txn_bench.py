@@ -1,15 +1,15 @@
 """``txn bench``: the product's throughput and latency against two floors on the same clusters,
 per mode and concurrency; a table on stdout and every figure as JSON.
 
-- the design floor (``bench.floor``): the product's own SQL without HTTP or coordinator: what
+- the design floor (``txn_bench.floor``): the product's own SQL without HTTP or coordinator: what
   the product could reach as designed;
-- the minimal floor (``bench.minimal_floor``): the least durable work a correct coordinator
+- the minimal floor (``txn_bench.minimal_floor``): the least durable work a correct coordinator
   needs: what any design could reach.
 
 For each mode and concurrency, ``repeat`` repetitions of the three sides, their order rotating
 from one repetition to the next to spread the machine's noise; each reported figure is the
 median of its repetitions. Every run's database work (rows, WAL) is measured on the servers
-(``bench.dbwork``).
+(``txn_bench.dbwork``).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from bench import floor, minimal_floor
-from bench.dbwork import Meter, Work
-from bench.load import MODES, RunStats, ensure_accounts, http_session, run_product, use_token
+from txn_bench import floor, minimal_floor
+from txn_bench.dbwork import Meter, Work
+from txn_bench.load import MODES, RunStats, ensure_accounts, http_session, run_product, use_token
 
 SIDES = ("product", "design", "minimal")
 # The schema each side writes in (None: the product's own).
@@ -361,7 +361,7 @@ def with_stack(
     """``use(state)`` on an embedded stack of 3 ledgers and ``coordinators``, stopped after.
     ``state`` also holds, under ``participant_secrets``, each participant's secret (in memory
     only: a stack's state file never has them)."""
-    from devstack.stack import Stack, StackConfig
+    from txn_devstack.stack import Stack, StackConfig
 
     with contextlib.ExitStack() as cleanup:
         if state_dir:

@@ -1,5 +1,5 @@
 """Closed-loop load and its statistics, shared by the product load (REST clients of the
-coordinator, here) and the floors (``bench.floor``, ``bench.minimal_floor``).
+coordinator, here) and the floors (``txn_bench.floor``, ``txn_bench.minimal_floor``).
 
 A closed loop: ``concurrency`` clients, each submitting its next transaction as soon as the
 previous one answered. Completions during the warm-up are not counted; throughput is the
@@ -167,7 +167,7 @@ def branches(
 async def flush_stats(conn: asyncpg.Connection) -> None:
     """Publish this backend's pending table and WAL statistics before the reply (PostgreSQL 15+;
     otherwise a backend holds them up to 10 s once idle), so that counters read from another
-    connection include its work (``bench.dbwork``). Superuser by default: without the right,
+    connection include its work (``txn_bench.dbwork``). Superuser by default: without the right,
     the counters are read as they are."""
     if conn.get_server_version().major >= 15:
         with contextlib.suppress(asyncpg.InsufficientPrivilegeError):

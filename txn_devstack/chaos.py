@@ -21,9 +21,11 @@ from typing import Any
 
 import asyncpg
 
-from devstack.faults import KINDS, Injector
-from devstack.invariants import Rule, take_baseline
-from devstack.shop_demo import (
+from participants.shop.catalogue import PRODUCTS
+from txn_client.http11 import Client, HttpError
+from txn_devstack.faults import KINDS, Injector
+from txn_devstack.invariants import Rule, take_baseline
+from txn_devstack.shop_demo import (
     BLOCKED,
     DESTINATIONS,
     ORDER_TIMEOUT_S,
@@ -31,9 +33,7 @@ from devstack.shop_demo import (
     seed_shop,
     settled_check,
 )
-from devstack.stack import Stack, StackConfig, auth_headers
-from participants.shop.catalogue import PRODUCTS
-from txn_client.http11 import Client, HttpError
+from txn_devstack.stack import Stack, StackConfig, auth_headers
 
 # Deep stock and full wallets so a long run is not all "out of stock"; one scarce SKU and a few
 # poor customers keep business refusals in the mix.
@@ -56,7 +56,7 @@ class ChaosConfig:
     kinds: tuple[str, ...] = KINDS
     fsync: bool = False
     # The log on three nodes under Patroni: the faults then include killing its primary and
-    # switching over (devstack.faults.HA_KINDS).
+    # switching over (txn_devstack.faults.HA_KINDS).
     log_ha: bool = False
 
 

@@ -1,4 +1,4 @@
-"""``txn fault``: the client of a running ``txn dev``'s fault tools (devstack.fault_control).
+"""``txn fault``: the client of a running ``txn dev``'s fault tools (txn_devstack.fault_control).
 
 txn fault list                         what each kind can hit
 txn fault kill coord1                  SIGKILL (the stack restarts it)
@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from devstack.faults import KINDS
+from txn_devstack.faults import KINDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@ and claim settings: the scenario of tests/faults/test_takeover.py (a stream of 2
 transactions to two coordinators, coord1 SIGKILLed in the middle), run several times on one
 embedded stack, each run's invariants checked. Prints each run's takeover time and the median.
 
-Usage: .venv/bin/python bench/takeover.py [--runs 3] [--accounts 1] [--seed N]
+Usage: .venv/bin/python txn_bench/takeover.py [--runs 3] [--accounts 1] [--seed N]
 
 ``--accounts N`` spreads the client tasks over N accounts per ledger (the test uses 1, where
 every transaction contends for the same row on each ledger).
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from devstack.stack import Stack, StackConfig, auth_headers
+from txn_devstack.stack import Stack, StackConfig, auth_headers
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 240.0  # one run: stream, settle (bounded inside), checks, coord1 restart

@@ -17,8 +17,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from devstack.faults import KINDS, FaultError, Injector
-from devstack.postgres import free_port
+from txn_devstack.faults import KINDS, FaultError, Injector
+from txn_devstack.postgres import free_port
 
 MAX_HOLD_S = 600.0
 MAX_BODY_BYTES = 64 * 1024

@@ -31,9 +31,13 @@ import asyncpg
 
 from coordinator.settings import Settings
 from coordinator.sizing import log_pools
-from devstack.faultproxy import FaultProxy
-from devstack.ha import PatroniGroup
-from devstack.postgres import (
+from migrations import upgrade
+from participants.sdk.settings import ParticipantSettings
+from participants.sdk.sizing import engine_pool
+from participants.sdk.tokens import new_token, token_entry
+from txn_devstack.faultproxy import FaultProxy
+from txn_devstack.ha import PatroniGroup
+from txn_devstack.postgres import (
     SPARE_CONNECTIONS,
     Cluster,
     RunAs,
@@ -41,11 +45,7 @@ from devstack.postgres import (
     free_port,
     max_connections_for,
 )
-from devstack.services import Service
-from migrations import upgrade
-from participants.sdk.settings import ParticipantSettings
-from participants.sdk.sizing import engine_pool
-from participants.sdk.tokens import new_token, token_entry
+from txn_devstack.services import Service
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class StackConfig:
     ledgers: int = 3
     # The e-commerce demo's four services (orders, inventory, payments, shipping).
     shop: bool = False
-    # A fault proxy (devstack.faultproxy) in front of every participant service and database.
+    # A fault proxy (txn_devstack.faultproxy) in front of every participant service and database.
     fault_proxies: bool = False
     # Participants the stack does not run but the coordinators should know (name -> base URL),
     # and their secrets (name -> secret).
@@ -88,7 +88,7 @@ class StackConfig:
     coordinator_env: dict[str, str] = field(default_factory=dict)
     participant_env: dict[str, str] = field(default_factory=dict)
     supervise: bool = True
-    # The log on three Postgres nodes under Patroni (devstack.ha), and the same for these
+    # The log on three Postgres nodes under Patroni (txn_devstack.ha), and the same for these
     # participants' databases.
     log_ha: bool = False
     participant_ha: tuple[str, ...] = ()

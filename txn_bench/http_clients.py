@@ -5,7 +5,7 @@ Runs a tiny FastAPI app under uvicorn in a subprocess; a minimal raw asyncio kee
 is measured as an upper reference. Reports requests per second, latency, and the client
 process's CPU per request (the figure docs/decisions.md's "One HTTP client" rests on).
 Needs the dev extra (httpx, aiohttp). Usage:
-.venv/bin/python bench/http_clients.py [--duration 5] [--concurrency 32]
+.venv/bin/python txn_bench/http_clients.py [--duration 5] [--concurrency 32]
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The fault tools, on a running :class:`~devstack.stack.Stack`: every fault the suite claims to
+"""The fault tools, on a running :class:`~txn_devstack.stack.Stack`: every fault the suite claims to
 survive, injected into real processes, databases and links, and always undone.
 
     injector = Injector(stack)
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from coordinator.settings import LOG_APPLICATION_NAME
-from devstack.faultproxy import FaultProxy
-from devstack.stack import Stack
+from txn_devstack.faultproxy import FaultProxy
+from txn_devstack.stack import Stack
 
 PROXY_KINDS = ("latency", "reset", "blackhole", "duplicate")
 PROCESS_KINDS = ("kill", "pause", "restart")

@@ -16,11 +16,11 @@ from typing import Any
 
 import asyncpg
 
-from devstack.invariants import Baseline, Rule, check, take_baseline
-from devstack.postgres import describe, find_bindir
-from devstack.stack import Stack, StackConfig, auth_headers
 from participants.shop.catalogue import PRODUCTS, money
 from txn_client.http11 import Client, HttpError
+from txn_devstack.invariants import Baseline, Rule, check, take_baseline
+from txn_devstack.postgres import describe, find_bindir
+from txn_devstack.stack import Stack, StackConfig, auth_headers
 
 # Plenty of most things, little of the limited edition: "out of stock" happens.
 STOCK = {sku: 400 for sku in PRODUCTS} | {"SKU-7": 12, "SKU-10": 30}

@@ -21,14 +21,14 @@ from typing import Any
 
 import asyncpg
 
-from bench import growth
-from bench.load import run_product
 from coordinator.pglog import PgLog
 from coordinator.retention import purge_in_batches
 from participants.sdk.ask import question_client
 from participants.sdk.db import make_engine
 from participants.sdk.metrics import ParticipantMetrics
 from participants.sdk.retention import BarrierRetention
+from txn_bench import growth
+from txn_bench.load import run_product
 
 BATCH = 1000
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.load import RunStats, run_product
+from txn_bench.load import RunStats, run_product
 
 HISTORY_PREFIX = "growth-history-"
 

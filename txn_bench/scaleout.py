@@ -13,7 +13,7 @@ import statistics
 import time
 from typing import Any
 
-from bench.load import run_product
+from txn_bench.load import run_product
 
 
 async def scale_out(

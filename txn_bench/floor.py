@@ -1,7 +1,8 @@
 """The design floor: the database work of one transaction as the product designs it, done by a
 bare asyncpg script (no HTTP, no coordinator, no SQLAlchemy) on the same clusters, so the
 product's throughput and latency can be read against what its own SQL alone allows.
-(``bench.minimal_floor`` is the other floor: the least durable work a correct coordinator needs.)
+(``txn_bench.minimal_floor`` is the other floor: the least durable work a correct coordinator
+needs.)
 
 Per 2PC transaction, as the product does it (docs/protocol.md):
 
@@ -38,7 +39,15 @@ from typing import Any
 import asyncpg
 import orjson
 
-from bench.load import (
+from coordinator import queries
+from coordinator.pglog import Raw
+from coordinator.records import stored_request
+from coordinator.schema import FILLFACTOR
+from participants.sdk.db import server_settings
+from participants.sdk.saga import begin_and_take
+from participants.sdk.twopc import begin_and_claim
+from sagas.policy import RetryPolicy
+from txn_bench.load import (
     ACCOUNT_BALANCE,
     RunStats,
     TxnFailed,
@@ -49,14 +58,6 @@ from bench.load import (
     flush_stats,
     protocol,
 )
-from coordinator import queries
-from coordinator.pglog import Raw
-from coordinator.records import stored_request
-from coordinator.schema import FILLFACTOR
-from participants.sdk.db import server_settings
-from participants.sdk.saga import begin_and_take
-from participants.sdk.twopc import begin_and_claim
-from sagas.policy import RetryPolicy
 
 SCHEMA = "bench_floor"
 XID_PREFIX = "bench_floor:"  # never "txn:": the SDK's doubt resolver leaves these alone
