@@ -187,12 +187,4 @@ def create_app(settings: ParticipantSettings | None = None) -> FastAPI:
             rows = await conn.execute(select(accounts).order_by(accounts.c.id))
             return [Account(id=r.id, balance=r.balance, frozen=r.frozen) for r in rows]
 
-    @app.get("/accounts/{account}", responses={404: {"description": "No such account."}})
-    async def get_account(account: str) -> Account:
-        async with sdk.engine.connect() as conn:
-            row = (await conn.execute(select(accounts).where(accounts.c.id == account))).first()
-        if row is None:
-            raise HTTPException(404, detail=f"account {account} does not exist")
-        return Account(id=row.id, balance=row.balance, frozen=row.frozen)
-
     return app

@@ -430,7 +430,8 @@ async def test_http_routes_the_three_ops_by_txn_op(dsn: str, fast_path: bool) ->
                 return await branch_call(client, "t", path, op, g, branch, payload)
 
             async def shown() -> tuple[int, int]:
-                got = (await client.get(f"/accounts/{a}")).json()
+                listed = (await client.get("/accounts")).json()
+                got = next(o for o in listed if o["id"] == a)
                 return got["balance"], got["frozen"]
 
             tried = await call(TRY_PATH, "try")
@@ -493,8 +494,6 @@ async def test_http_routes_the_three_ops_by_txn_op(dsn: str, fast_path: bool) ->
                 params = spec["paths"][path]["post"]["parameters"]
                 op_header = next(p for p in params if p["name"] == wire.H_OP)
                 assert op_header["schema"]["enum"] == ops
-            missing = await client.get("/accounts/no-such")
-            assert missing.status_code == 404
     assert await holds(dsn, a) == (75, 0)
     assert await rows(dsn, g) == [
         (0, "confirm", "done", None),
