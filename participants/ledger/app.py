@@ -1,6 +1,13 @@
 """The ledger service: accounts with non-negative balances. ``POST /accounts/adjust`` adds a
 delta, as a 2PC prepare or a saga action (by ``Txn-Op``); ``POST /accounts/adjust/undo`` is the
-saga compensation that takes the same delta back."""
+saga compensation that takes the same delta back.
+
+TCC: ``POST /tcc/adjust`` (try) freezes a debit's amount (``frozen``: held, no longer available
+to anything else, still in the balance); ``/tcc/adjust/confirm`` applies the delta and unfreezes
+it; ``/tcc/adjust/cancel`` unfreezes it. A credit freezes nothing: its try only checks the
+account, its confirm credits it, its cancel has nothing to release. Every change is guarded by
+the balance that is available, ``balance - frozen``. Idempotence is the SDK's barrier's: the
+handlers keep no state of their own about the calls."""
 
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ class NewAccount(BaseModel):
 class Account(BaseModel):
     id: str
     balance: int
+    frozen: int = 0  # held by TCC tries: the available balance is balance - frozen
 
 
 class Adjust(BaseModel):
@@ -46,8 +54,18 @@ class Adjust(BaseModel):
 
 _ADJUST = text(
     "UPDATE accounts SET balance = balance + :delta "
-    "WHERE id = :account AND balance + :delta >= 0 RETURNING balance"
+    "WHERE id = :account AND balance - frozen + :delta >= 0 RETURNING balance"
 )
+_FREEZE = text(
+    "UPDATE accounts SET frozen = frozen + :amount "
+    "WHERE id = :account AND balance - frozen >= :amount RETURNING frozen"
+)
+# Spend (confirm) or release (cancel) what a try froze; a credit's confirm has nothing frozen.
+_SPEND = text(
+    "UPDATE accounts SET balance = balance + :delta, frozen = frozen - :frozen "
+    "WHERE id = :account AND frozen >= :frozen RETURNING balance"
+)
+_AVAILABLE = text("SELECT balance - frozen AS available, frozen FROM accounts WHERE id = :account")
 
 
 def _payload(payload: dict[str, Any]) -> Adjust:
@@ -62,12 +80,16 @@ async def _apply(conn: AsyncConnection, account: str, delta: int, doing: str) ->
     row = (await conn.execute(_ADJUST, {"delta": delta, "account": account})).first()
     if row is not None:
         return {"account": account, "delta": delta}
-    current = (
-        await conn.execute(select(accounts.c.balance).where(accounts.c.id == account))
-    ).scalar_one_or_none()
-    if current is None:
+    raise BusinessError(f"{await _has(conn, account)}; {doing} would make it negative")
+
+
+async def _has(conn: AsyncConnection, account: str) -> str:
+    """What ``account`` has available, for a refusal (BusinessError if it does not exist)."""
+    row = (await conn.execute(_AVAILABLE, {"account": account})).first()
+    if row is None:
         raise BusinessError(f"account {account} does not exist")
-    raise BusinessError(f"account {account} has {current}; {doing} would make it negative")
+    held = f" ({row.frozen} frozen)" if row.frozen else ""
+    return f"account {account} has {row.available}{held}"
 
 
 async def adjust(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
@@ -82,6 +104,40 @@ async def undo_adjust(conn: AsyncConnection, payload: dict[str, Any]) -> dict[st
     return await _apply(conn, req.account, -req.delta, f"undoing {req.delta:+d}")
 
 
+async def tcc_try_adjust(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+    """freeze a debit's amount (a credit: check the account)"""
+    req = _payload(payload)
+    amount = max(-req.delta, 0)
+    if amount == 0:
+        await _has(conn, req.account)  # a credit needs nothing frozen, only the account
+        return {"account": req.account, "delta": req.delta, "frozen": 0}
+    row = (await conn.execute(_FREEZE, {"amount": amount, "account": req.account})).first()
+    if row is None:
+        raise BusinessError(f"{await _has(conn, req.account)}; cannot freeze {amount}")
+    return {"account": req.account, "delta": req.delta, "frozen": amount}
+
+
+async def tcc_confirm_adjust(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+    """apply the delta, spending what the try froze"""
+    req = _payload(payload)
+    return await _spend(conn, req, req.delta)
+
+
+async def tcc_cancel_adjust(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
+    """release what the try froze"""
+    req = _payload(payload)
+    return await _spend(conn, req, 0)
+
+
+async def _spend(conn: AsyncConnection, req: Adjust, delta: int) -> dict[str, Any]:
+    frozen = max(-req.delta, 0)
+    values = {"delta": delta, "frozen": frozen, "account": req.account}
+    if (await conn.execute(_SPEND, values)).first() is None:
+        # Not reached through the barrier (the try froze it): a BusinessError is retried.
+        raise BusinessError(f"{await _has(conn, req.account)}; {frozen} is not frozen")
+    return {"account": req.account, "delta": delta, "released": frozen}
+
+
 def adjust_statement(payload: dict[str, Any]) -> Statement | None:
     """``adjust`` as one statement, for the one-round-trip path; None for a payload the
     handler must judge (it then explains the refusal)."""
@@ -91,7 +147,7 @@ def adjust_statement(payload: dict[str, Any]) -> Statement | None:
         return None
     return Statement(
         "UPDATE accounts SET balance = balance + {delta} "
-        "WHERE id = {account} AND balance + {delta} >= 0 RETURNING 1",
+        "WHERE id = {account} AND balance - frozen + {delta} >= 0 RETURNING 1",
         {"delta": req.delta, "account": req.account},
         result={"account": req.account, "delta": req.delta},
     )
@@ -104,6 +160,11 @@ def create_app(settings: ParticipantSettings | None = None) -> FastAPI:
         adjust
     )
     sdk.compensation("/accounts/adjust/undo")(undo_adjust)
+    sdk.tcc_try("/tcc/adjust", confirm="/tcc/adjust/confirm", cancel="/tcc/adjust/cancel")(
+        tcc_try_adjust
+    )
+    sdk.tcc_confirm("/tcc/adjust/confirm")(tcc_confirm_adjust)
+    sdk.tcc_cancel("/tcc/adjust/cancel")(tcc_cancel_adjust)
     app = FastAPI(title=f"ledger ({sdk.settings.name})", lifespan=sdk.lifespan)
     sdk.mount(app)
 
@@ -124,6 +185,6 @@ def create_app(settings: ParticipantSettings | None = None) -> FastAPI:
     async def list_accounts() -> list[Account]:
         async with sdk.engine.connect() as conn:
             rows = await conn.execute(select(accounts).order_by(accounts.c.id))
-            return [Account(id=r.id, balance=r.balance) for r in rows]
+            return [Account(id=r.id, balance=r.balance, frozen=r.frozen) for r in rows]
 
     return app

@@ -1,4 +1,4 @@
-"""Participant SDK: make a FastAPI service a correct 2PC and saga participant.
+"""Participant SDK: make a FastAPI service a correct 2PC, saga and TCC participant.
 
 sdk = Participant(settings)
 
@@ -10,6 +10,15 @@ async def adjust(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, An
 @sdk.compensation("/accounts/adjust/undo")  # Txn-Op: compensate
 async def undo(conn: AsyncConnection, payload: dict[str, Any]) -> dict[str, Any]:
     ...
+
+@sdk.tcc_try("/tcc/adjust", confirm="/tcc/adjust/confirm", cancel="/tcc/adjust/cancel")
+async def hold(conn, payload): ...  # Txn-Op: try (reserve, commit; BusinessError refuses)
+
+@sdk.tcc_confirm("/tcc/adjust/confirm")
+async def spend(conn, payload): ...  # Txn-Op: confirm (use the reservation)
+
+@sdk.tcc_cancel("/tcc/adjust/cancel")
+async def release(conn, payload): ...  # Txn-Op: cancel (release it)
 
 app = FastAPI(lifespan=sdk.lifespan)
 sdk.mount(app)  # the routes, and the ASGI fast path that answers them first

@@ -1,6 +1,7 @@
-"""The SDK's ASGI fast path: branch calls (prepare, saga action and compensation, commit,
-rollback) answered straight from the ASGI scope, before FastAPI's routing, request objects and
-dependency machinery, which cost a participant more CPU than its own database work did.
+"""The SDK's ASGI fast path: branch calls (prepare, saga action and compensation, TCC try,
+confirm and cancel, commit, rollback) answered straight from the ASGI scope, before FastAPI's
+routing, request objects and dependency machinery, which cost a participant more CPU than its
+own database work did.
 
 The same calls still have their FastAPI routes (``Participant.router``): they document the
 endpoints in OpenAPI and serve them when this middleware is not installed, or when the router

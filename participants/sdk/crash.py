@@ -31,6 +31,9 @@ PARTICIPANT_POINTS = frozenset(
         "after_commit_before_reply",
         "after_action_before_reply",
         "after_compensate_before_reply",
+        "after_try_before_reply",
+        "after_confirm_before_reply",
+        "after_cancel_before_reply",
     }
 )
 
@@ -42,6 +45,9 @@ PARTICIPANT_PAUSE_POINTS = frozenset(
         "before_commit_prepared",
         "before_action_commit",
         "before_compensate_commit",
+        "before_try_commit",
+        "before_confirm_commit",
+        "before_cancel_commit",
     }
 )
 PAUSE_POLL_S = 0.02

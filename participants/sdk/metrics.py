@@ -21,11 +21,12 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
-# What a branch call's answer says about the barrier (participants.sdk.twopc and .saga).
+# What a branch call's answer says about the barrier (participants.sdk.twopc, .saga, .tcc).
 REFUSED_LATE = frozenset(
     {
         "this branch was compensated before it ran: the action is refused",
         "this branch was rolled back before it could be prepared",
+        "this branch was cancelled before it ran: the try is refused",
     }
 )
 

@@ -80,8 +80,8 @@ def _branch_call(operation: Schema, ops: Sequence[str], default: str) -> None:
         {
             400: f"{wire.H_OP} names no handler of this path.",
             401: "Not signed for this participant, path, branch and body, or out of the window.",
-            409: "Refused: a 2PC no vote, a failed saga action, or a compensation that cannot "
-            "run yet; the detail says why.",
+            409: "Refused: a 2PC no vote, a failed saga action or TCC try, or a compensation, "
+            "confirm or cancel that cannot run yet; the detail says why.",
             422: f"{wire.H_GID} or {wire.H_BRANCH} is malformed.",
             503: "The participant's database is unavailable; retry.",
         },

@@ -1,7 +1,9 @@
 """The participant SDK's front: a FastAPI router with one route per business path, dispatching
 on the ``Txn-Op`` header to the handler registered for that op (``prepare``: the 2PC phase one;
-``action``/``compensate``: a saga step and its undo), plus the fixed ``/txn/2pc/commit`` and
-``/txn/2pc/rollback`` endpoints. The protocols themselves live in ``twopc`` and ``saga``."""
+``action``/``compensate``: a saga step and its undo; ``try``/``confirm``/``cancel``: a TCC
+branch's reservation, its confirmation and its release), plus the fixed ``/txn/2pc/commit`` and
+``/txn/2pc/rollback`` endpoints. The protocols themselves live in ``twopc``, ``saga`` and
+``tcc``."""
 
 from __future__ import annotations
 
@@ -42,9 +44,9 @@ from participants.sdk.metrics import ParticipantMetrics
 from participants.sdk.oneshot import OneShot
 from participants.sdk.resolver import DoubtResolver
 from participants.sdk.retention import BarrierRetention
-from participants.sdk.saga import SagaBarrier
 from participants.sdk.settings import ParticipantSettings
 from participants.sdk.sizing import engine_pool
+from participants.sdk.tcc import CANCEL, CONFIRM, TRY, TccBarrier
 from participants.sdk.tracing import Tracing
 from participants.sdk.twopc import TwoPhase
 
@@ -56,12 +58,15 @@ PREPARE, ACTION, COMPENSATE = "prepare", "action", "compensate"
 # A request without Txn-Op is a prepare: the op this SDK served before sagas existed.
 DEFAULT_OP = PREPARE
 METRICS_PATH = "/metrics"
-_LABELS = {PREPARE: "2PC prepare", ACTION: "saga action", COMPENSATE: "saga compensation"}
-_CRASH_AFTER = {
-    PREPARE: "after_prepare_before_reply",
-    ACTION: "after_action_before_reply",
-    COMPENSATE: "after_compensate_before_reply",
+_LABELS = {
+    PREPARE: "2PC prepare",
+    ACTION: "saga action",
+    COMPENSATE: "saga compensation",
+    TRY: "TCC try",
+    CONFIRM: "TCC confirm",
+    CANCEL: "TCC cancel",
 }
+_CRASH_AFTER = {op: f"after_{op}_before_reply" for op in _LABELS}
 
 
 def _first_line(doc: str | None) -> str:
@@ -82,10 +87,17 @@ def _unavailable(what: str, e: Exception) -> tuple[int, dict[str, Any]]:
 # Header names as looked up: Starlette's headers and the ASGI fast path's both by lower case.
 _GID, _BRANCH, _OP = (h.lower() for h in (wire.H_GID, wire.H_BRANCH, wire.H_OP))
 # The declared kinds of branch operation (the catalogue), by the op that serves each.
-KINDS = {PREPARE: "2pc", ACTION: "action", COMPENSATE: "compensation"}
+KINDS = {
+    PREPARE: "2pc",
+    ACTION: "action",
+    COMPENSATE: "compensation",
+    TRY: "tcc_try",
+    CONFIRM: "tcc_confirm",
+    CANCEL: "tcc_cancel",
+}
 
 
-class Participant(TwoPhase, SagaBarrier):
+class Participant(TwoPhase, TccBarrier):
     """Holds the service's engine and the branch endpoints registered on it.
 
     ``barrier_hook`` (tests only): awaited as ``hook(op, gid, branch)`` while a call holds its
@@ -110,6 +122,8 @@ class Participant(TwoPhase, SagaBarrier):
         self._one_shots: dict[tuple[str, str], OneShot] = {}
         # Saga action path -> the compensation path that undoes it (declared in the catalogue).
         self._undo: dict[str, str] = {}
+        # TCC try path -> (its confirm path, its cancel path) (declared in the catalogue).
+        self._tcc: dict[str, tuple[str, str]] = {}
         self._routes: dict[str, APIRoute] = {}
         self.router.add_api_route(wire.COMMIT_PATH, self._commit_endpoint, methods=["POST"])
         self.router.add_api_route(wire.ROLLBACK_PATH, self._rollback_endpoint, methods=["POST"])
@@ -136,13 +150,20 @@ class Participant(TwoPhase, SagaBarrier):
         return Response(content, status, headers, media_type=kind)
 
     def check_declarations(self) -> None:
-        """Every saga action names a compensation this participant serves (checked at start)."""
+        """Every saga action names a compensation this participant serves, every TCC try a
+        confirm and a cancel (checked at start)."""
         for action, undo in self._undo.items():
             if COMPENSATE not in self._handlers.get(undo, {}):
                 raise ValueError(
                     f"saga action {action} declares compensation {undo}, which has no "
                     "@sdk.compensation handler"
                 )
+        for tried, pair in self._tcc.items():
+            for op, path in zip((CONFIRM, CANCEL), pair, strict=True):
+                if op not in self._handlers.get(path, {}):
+                    raise ValueError(
+                        f"TCC try {tried} declares {op} {path}, which has no @sdk.tcc_{op} handler"
+                    )
 
     def _check_security(self) -> None:
         if self.settings.secrets():
@@ -253,6 +274,24 @@ class Participant(TwoPhase, SagaBarrier):
         """Register ``handler`` as a saga compensation (the undo of an action) at ``path``."""
         return self._register(path, COMPENSATE)
 
+    def tcc_try(self, path: str, *, confirm: str, cancel: str) -> Callable[[Handler], Handler]:
+        """Register ``handler`` as a TCC try (reserve the resource, commit) at ``path``,
+        confirmed by the handler at ``confirm`` and cancelled by the one at ``cancel`` (the
+        catalogue declares the three)."""
+        if self._tcc.get(path, (confirm, cancel)) != (confirm, cancel):
+            confirms, cancels = self._tcc[path]
+            raise ValueError(f"{path} already declares confirm {confirms} and cancel {cancels}")
+        self._tcc[path] = (confirm, cancel)
+        return self._register(path, TRY)
+
+    def tcc_confirm(self, path: str) -> Callable[[Handler], Handler]:
+        """Register ``handler`` as a TCC confirm (use what the try reserved) at ``path``."""
+        return self._register(path, CONFIRM)
+
+    def tcc_cancel(self, path: str) -> Callable[[Handler], Handler]:
+        """Register ``handler`` as a TCC cancel (release what the try reserved) at ``path``."""
+        return self._register(path, CANCEL)
+
     def _register(
         self, path: str, op: str, one_shot: OneShot | None = None
     ) -> Callable[[Handler], Handler]:
@@ -338,13 +377,16 @@ class Participant(TwoPhase, SagaBarrier):
         )
 
     def catalogue(self) -> list[dict[str, str]]:
-        """The branch operations served: path, kind, and for an action its compensation."""
+        """The branch operations served: path, kind, for an action its compensation, for a TCC
+        try its confirm and cancel."""
         out: list[dict[str, str]] = []
         for path, served in sorted(self._handlers.items()):
             for op in served:
                 entry = {"path": path, "kind": KINDS[op]}
                 if op == ACTION:
                     entry["compensation"] = self._undo[path]
+                elif op == TRY:
+                    entry["confirm"], entry["cancel"] = self._tcc[path]
                 out.append(entry)
         return out
 
@@ -461,7 +503,13 @@ class Participant(TwoPhase, SagaBarrier):
                 one_shot = self._one_shots.get((path, op))
                 status, answer = await self.run_action(gid, branch, payload, handler, one_shot)
             else:
-                status, answer = await self.run_compensation(gid, branch, payload, handler)
+                run = {
+                    COMPENSATE: self.run_compensation,
+                    TRY: self.run_try,
+                    CONFIRM: self.run_confirm,
+                    CANCEL: self.run_cancel,
+                }[op]
+                status, answer = await run(gid, branch, payload, handler)
         except _Transient as e:
             return 503, {"detail": str(e)}
         except DATABASE_ERRORS as e:

@@ -209,7 +209,8 @@ def test_a_statement_builder_that_cannot_read_the_payload_means_the_ordinary_pat
     assert business_text(adjust_statement, {"account": "a"}) is None  # no delta
     assert business_text(lambda p: Statement("SELECT {v}", {"v": p["v"]}), {}) is None
     assert business_text(adjust_statement, {"account": "a", "delta": 2}) == (
-        "UPDATE accounts SET balance = balance + 2 WHERE id = 'a' AND balance + 2 >= 0 RETURNING 1",
+        "UPDATE accounts SET balance = balance + 2 "
+        "WHERE id = 'a' AND balance - frozen + 2 >= 0 RETURNING 1",
         {"account": "a", "delta": 2},
     )
 

@@ -189,6 +189,14 @@ async def test_the_catalogue_is_signed_and_declares_each_operation(
         {"path": ADJUST, "kind": "2pc"},
         {"path": ADJUST, "kind": "action", "compensation": "/accounts/adjust/undo"},
         {"path": "/accounts/adjust/undo", "kind": "compensation"},
+        {
+            "path": "/tcc/adjust",
+            "kind": "tcc_try",
+            "confirm": "/tcc/adjust/confirm",
+            "cancel": "/tcc/adjust/cancel",
+        },
+        {"path": "/tcc/adjust/cancel", "kind": "tcc_cancel"},
+        {"path": "/tcc/adjust/confirm", "kind": "tcc_confirm"},
     ]
     # The signature covers the body: the same catalogue with one more operation does not verify.
     grown = orjson.dumps(
