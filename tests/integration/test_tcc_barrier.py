@@ -29,7 +29,7 @@ from participants.ledger.app import (
     tcc_try_adjust,
 )
 from participants.sdk import BusinessError, Participant, ParticipantSettings, wire
-from participants.sdk.base import BarrierHook, _Transient
+from participants.sdk.base import BarrierHook, _Transient, current_branch
 from participants.sdk.db import make_engine
 from participants.sdk.tcc import CANCELLED_FIRST, CONFIRM_WITHOUT_TRY
 from tests.helpers import (
@@ -501,3 +501,47 @@ async def test_http_routes_the_three_ops_by_txn_op(dsn: str, fast_path: bool) ->
         (1, "cancel", "done", None),
         (1, "try", "null_cancelled", None),
     ]
+
+
+async def test_each_phase_runs_its_handler_as_its_own_branch(engine: AsyncEngine, dsn: str) -> None:
+    """The barrier hook hears each op with its gid and branch, and each handler runs with
+    current_branch() set to them (a handler that keys its own rows by branch relies on it)."""
+    heard: list[tuple[str, str, int]] = []
+
+    async def hook(op: str, g: str, branch: int) -> None:
+        heard.append((op, g, branch))
+
+    seen: list[tuple[str, tuple[str, int] | None]] = []
+
+    def seeing(phase: str, handler: Any) -> Any:
+        async def run(conn: AsyncConnection, payload: dict[str, Any]) -> Any:
+            seen.append((phase, current_branch()))
+            return await handler(conn, payload)
+
+        return run
+
+    sdk = make(engine, hook=hook)
+    try:
+        a, b = await account(dsn, 100), await account(dsn, 100)
+        kept, dropped = gid(), gid()
+        debit = {"account": a, "delta": -5}
+        await sdk.run_try(kept, 3, debit, seeing("try", tcc_try_adjust))
+        await sdk.run_confirm(kept, 3, debit, seeing("confirm", tcc_confirm_adjust))
+        other = {"account": b, "delta": -5}
+        await sdk.run_try(dropped, 1, other, seeing("try", tcc_try_adjust))
+        await sdk.run_cancel(dropped, 1, other, seeing("cancel", tcc_cancel_adjust))
+    finally:
+        await sdk._drop_spare()
+    assert heard == [
+        ("try", kept, 3),
+        ("confirm", kept, 3),
+        ("try", dropped, 1),
+        ("cancel", dropped, 1),
+    ]
+    assert seen == [
+        ("try", (kept, 3)),
+        ("confirm", (kept, 3)),
+        ("try", (dropped, 1)),
+        ("cancel", (dropped, 1)),
+    ]
+    assert await holds(dsn, a) == (95, 0) and await holds(dsn, b) == (100, 0)
