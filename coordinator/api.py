@@ -226,7 +226,7 @@ def create_app(
             str | None,
             Query(description="Only those in this status.", json_schema_extra={"enum": STATUSES}),
         ] = None,
-        mode: Annotated[str | None, Query(pattern="^(2pc|saga)$")] = None,
+        mode: Annotated[str | None, Query(pattern="^(2pc|saga|tcc)$")] = None,
         participant: Annotated[
             str | None, Query(max_length=64, description="Only those with a branch on it.")
         ] = None,

@@ -24,8 +24,10 @@ from coordinator.transport import Transport
 
 log = logging.getLogger(__name__)
 
-# (path, kind) -> the declared compensation (saga actions) or None.
-Operations = dict[tuple[str, str], str | None]
+# (path, kind) -> the declared compensation (saga actions), the declared (confirm, cancel)
+# (TCC tries), or None.
+Operations = dict[tuple[str, str], str | tuple[str, str] | None]
+KINDS = ("2pc", "action", "compensation", "tcc_try", "tcc_confirm", "tcc_cancel")
 
 
 class CatalogueUnavailable(Exception):
@@ -41,9 +43,16 @@ class _Entry:
 def _operations(raw: list[dict[str, object]]) -> Operations:
     out: Operations = {}
     for op in raw:
-        path, kind, undo = op.get("path"), op.get("kind"), op.get("compensation")
-        if isinstance(path, str) and kind in ("2pc", "action", "compensation"):
-            out[(path, str(kind))] = undo if isinstance(undo, str) else None
+        path, kind = op.get("path"), op.get("kind")
+        if not isinstance(path, str) or kind not in KINDS:
+            continue
+        if kind == "tcc_try":
+            confirm, cancel = op.get("confirm"), op.get("cancel")
+            if isinstance(confirm, str) and isinstance(cancel, str):
+                out[(path, "tcc_try")] = (confirm, cancel)
+            continue  # a try without both is no TCC branch anyone can submit
+        undo = op.get("compensation")
+        out[(path, str(kind))] = undo if isinstance(undo, str) and kind == "action" else None
     return out
 
 
@@ -151,16 +160,34 @@ class Declared:
                 raise Invalid((*loc, i), f"{branch.participant}: {problem}")
 
 
+def _kind(path: str, operations: Operations) -> str:
+    names = {"2pc": "a 2PC operation", "action": "a saga action", "tcc_try": "a TCC try"}
+    for kind, name in names.items():
+        if (path, kind) in operations:
+            return name
+    return "not declared"
+
+
 def undeclared(mode: str, branch: BranchIn, operations: Operations) -> str | None:
+    path = branch.forward
     if mode == "2pc":
-        if (branch.action, "2pc") in operations:
+        if (path, "2pc") in operations:
             return None
-        kinds = "a saga action" if (branch.action, "action") in operations else "not declared"
-        return f"{branch.action} is not a 2PC branch operation ({kinds})"
-    if (branch.action, "action") not in operations:
-        kinds = "a 2PC operation" if (branch.action, "2pc") in operations else "not declared"
-        return f"{branch.action} is not a saga action ({kinds})"
-    undo = operations[(branch.action, "action")]
+        return f"{path} is not a 2PC branch operation ({_kind(path, operations)})"
+    if mode == "tcc":
+        declared = operations.get((path, "tcc_try"))
+        if not isinstance(declared, tuple):
+            return f"{path} is not a TCC try ({_kind(path, operations)})"
+        confirm, cancel = declared
+        if (branch.confirm, branch.cancel) != (confirm, cancel):
+            return (
+                f"{path} is confirmed by {confirm} and cancelled by {cancel}, not "
+                f"{branch.confirm} and {branch.cancel}"
+            )
+        return None
+    if (path, "action") not in operations:
+        return f"{path} is not a saga action ({_kind(path, operations)})"
+    undo = operations[(path, "action")]
     if branch.compensation != undo:
-        return f"the compensation of {branch.action} is {undo}, not {branch.compensation}"
+        return f"the compensation of {path} is {undo}, not {branch.compensation}"
     return None

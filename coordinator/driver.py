@@ -1,4 +1,8 @@
 """The 2PC driver: runs the pure state machine of ``twopc`` against the log and the transport.
+It drives TCC transactions too (mode ``tcc``): the same machine one level up, where the prepare
+is the branch's try, the commit its confirm and the rollback its cancel, each POSTed to the
+branch's own path with ``Txn-Op`` try, confirm or cancel and the branch's payload (2PC's phase
+two goes to the SDK's fixed ``/txn/2pc/commit`` and ``/txn/2pc/rollback``, without one).
 
 Log writes happen in the order the state machine lists them, each awaited before anything after
 it: the decision is durable before any commit is sent (rule 2), the final status is durable
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from coordinator import twopc
 from coordinator.drivebase import Deps, Run
@@ -20,6 +25,10 @@ from coordinator.transport import Kind
 from participants.sdk import wire
 
 log = logging.getLogger(__name__)
+
+PREPARE, COMMIT, ROLLBACK = "prepare", "commit", "rollback"
+# TCC's names for the same three calls.
+TCC_OPS = {PREPARE: "try", COMMIT: "confirm", ROLLBACK: "cancel"}
 
 NO_VOTE_IN_TIME = "no vote before the transaction's deadline (timeout_s)"
 
@@ -43,6 +52,23 @@ class _TwoPCRun(Run[twopc.Event]):
         super().__init__(deps, claim)
         self.prepares: set[asyncio.Task[None]] = set()
         self.prepare_index: dict[asyncio.Task[None], int] = {}
+        self.tcc = claim.record.mode == "tcc"
+
+    def op(self, name: str) -> str:
+        """The ``Txn-Op`` of ``name`` (prepare, commit, rollback) in this transaction's mode."""
+        return TCC_OPS[name] if self.tcc else name
+
+    def target(self, idx: int, name: str) -> tuple[str, dict[str, Any] | None]:
+        """Where the call ``name`` of branch ``idx`` goes, and its body: a TCC branch's own
+        paths with its payload; 2PC's prepare at the action, its phase two at the SDK's fixed
+        endpoints with none."""
+        branch = self.record.branches[idx]
+        if name == PREPARE:
+            return branch.action, branch.payload
+        if self.tcc:
+            path = branch.confirm if name == COMMIT else branch.compensation
+            return path or "", branch.payload
+        return (wire.COMMIT_PATH if name == COMMIT else wire.ROLLBACK_PATH), None
 
     async def run(self, state: twopc.State, first: twopc.Event) -> twopc.State:
         crash = self.d.crash
@@ -66,9 +92,11 @@ class _TwoPCRun(Run[twopc.Event]):
                             await self.decide(status, reason, state.branches)
                             crash.hit("after_decision")
                         case twopc.SendCommit(idx):
-                            self.spawn(self._phase_two(idx, wire.COMMIT_PATH, "commit"))
+                            self.spawn(self._phase_two(idx, COMMIT))
                         case twopc.SendRollback(idx):
-                            self.spawn(self._phase_two(idx, wire.ROLLBACK_PATH, "rollback"))
+                            # Every branch, its prepare (try) sent or not: the rollback
+                            # marker (a null cancel) refuses a prepare (try) arriving late.
+                            self.spawn(self._phase_two(idx, ROLLBACK))
                         case twopc.Finish(status):
                             crash.hit("before_final")
                             await self.finish(status, state.reason, state.branches)
@@ -78,12 +106,11 @@ class _TwoPCRun(Run[twopc.Event]):
                             return state
                 preparing = state.status is twopc.Status.PREPARING
                 event = await self.next_event(preparing, self._timed_out)
-                if (
-                    isinstance(event, twopc.Acked)
-                    and state.status is twopc.Status.COMMITTING
-                    and len(state.inflight) > 1
-                ):
-                    crash.hit("mid_commit")
+                if isinstance(event, twopc.Acked) and len(state.inflight) > 1:
+                    if state.status is twopc.Status.COMMITTING:
+                        crash.hit("mid_commit")
+                    elif state.status is twopc.Status.ABORTING:
+                        crash.hit("mid_rollback")
                 state, commands = twopc.step(state, event)
         finally:
             self.cancel_all()
@@ -98,8 +125,10 @@ class _TwoPCRun(Run[twopc.Event]):
     async def _prepare(self, idx: int) -> None:
         s = self.d.settings
         branch = self.record.branches[idx]
+        path, payload = self.target(idx, PREPARE)
+        op = self.op(PREPARE)
         reply = await call_in_burst(
-            lambda: self.call(idx, branch.action, "prepare", branch.payload),
+            lambda: self.call(idx, path, op, payload),
             attempts=s.burst_attempts,
             initial_s=s.retry_initial_s,
             max_s=s.retry_max_s,
@@ -113,8 +142,9 @@ class _TwoPCRun(Run[twopc.Event]):
         else:
             self.events.put_nowait(twopc.PrepareFailed(idx, why))
 
-    async def _phase_two(self, idx: int, path: str, op: str) -> None:
-        reply = await self.owed(idx, path, op, None)
+    async def _phase_two(self, idx: int, name: str) -> None:
+        path, payload = self.target(idx, name)
+        reply = await self.owed(idx, path, self.op(name), payload)
         if reply.kind is Kind.OK:
             self.events.put_nowait(twopc.Acked(idx))
         else:

@@ -56,7 +56,7 @@ def plan(
     if record.status in TERMINAL:
         raise Refusal(409, f"transaction {record.gid} is {record.status}: it is finished")
     if act is Act.RETRY:
-        if record.mode == "2pc" and record.status == "preparing":
+        if record.mode in ("2pc", "tcc") and record.status == "preparing":
             # Driven again, a 2PC without its commit decision is aborted (presumed abort):
             # that is an abort, and is asked for as one.
             raise Refusal(
@@ -84,7 +84,11 @@ def plan(
 
 def _abort(record: TxnRecord, by: str, note: str) -> Intervention:
     reason = f"aborted by {by}: {note}"
-    going = {("2pc", "preparing"): "aborting", ("saga", "running"): "compensating"}
+    going = {
+        ("2pc", "preparing"): "aborting",
+        ("tcc", "preparing"): "aborting",
+        ("saga", "running"): "compensating",
+    }
     new_status = going.get((record.mode, record.status))
     if new_status is not None:
         return Intervention(

@@ -206,7 +206,7 @@ class MemLog:
         rec = TxnRecord(
             gid=new.gid,
             mode=new.mode,
-            status="preparing" if new.mode == "2pc" else "running",
+            status="running" if new.mode == "saga" else "preparing",
             reason=None,
             created_at=now,
             updated_at=now,
@@ -227,6 +227,7 @@ class MemLog:
                     attempts=0,
                     last_error=None,
                     updated_at=now,
+                    confirm=b.confirm,
                 )
                 for i, b in enumerate(new.branches)
             ],

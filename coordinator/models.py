@@ -36,9 +36,11 @@ class BranchIn(BaseModel):
     participant: str = Field(
         min_length=1, max_length=64, description="A participant name from the registry."
     )
-    action: str = Field(
+    action: str | None = Field(
+        None,
         pattern=PATH_PATTERN,
-        description="Path on the participant, e.g. /accounts/adjust (never a URL).",
+        description="Path on the participant, e.g. /accounts/adjust (never a URL); required "
+        "but for TCC, whose branches give try, confirm and cancel instead.",
     )
     compensation: str | None = Field(
         None, pattern=PATH_PATTERN, description="Saga: the path that undoes the action."
@@ -50,6 +52,34 @@ class BranchIn(BaseModel):
         description="Saga: indexes of the branches this one waits for. When no branch gives "
         "depends_on, the steps run one after another in order.",
     )
+    # TCC (mode "tcc"): the three paths instead of action and compensation. ``try`` is a Python
+    # keyword: the field is ``try_``, named ``try`` on the wire.
+    try_: str | None = Field(
+        None, alias="try", pattern=PATH_PATTERN, description="TCC: the path of the try."
+    )
+    confirm: str | None = Field(
+        None, pattern=PATH_PATTERN, description="TCC: the path that confirms the try."
+    )
+    cancel: str | None = Field(
+        None, pattern=PATH_PATTERN, description="TCC: the path that cancels the try."
+    )
+
+    @property
+    def forward(self) -> str:
+        """The path called first: the action (2PC, saga), or the try (TCC)."""
+        return self.try_ or self.action or ""
+
+    @property
+    def undo(self) -> str | None:
+        """The path that undoes it: the saga's compensation, or the TCC cancel."""
+        return self.cancel if self.try_ is not None else self.compensation
+
+    def dump(self) -> dict[str, Any]:
+        """As given (the wire's names), without the fields left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+_TCC_FIELDS = ("try_", "confirm", "cancel")
 
 
 class TxnIn(BaseModel):
@@ -60,7 +90,9 @@ class TxnIn(BaseModel):
         pattern=GID_PATTERN.pattern,
         description="1-128 of [A-Za-z0-9._:-]; generated if absent.",
     )
-    mode: Literal["2pc", "saga"] | None = Field(None, description="Required unless `saga` is.")
+    mode: Literal["2pc", "saga", "tcc"] | None = Field(
+        None, description="Required unless `saga` is."
+    )
     branches: list[BranchIn] | None = Field(None, min_length=1, max_length=MAX_BRANCHES)
     saga: str | None = Field(
         None, max_length=64, description="Name of a saga from the catalogue, instead of branches."
@@ -71,13 +103,19 @@ class TxnIn(BaseModel):
         None,
         gt=0,
         le=86_400,
-        description="2PC: abort if not fully prepared by then; saga: compensate if the forward "
-        "part has not finished by then (default 30).",
+        description="2PC: abort if not fully prepared by then; TCC: cancel if not every try "
+        "succeeded by then; saga: compensate if the forward part has not finished by then "
+        "(default 30).",
     )
 
     def request_hash(self) -> str:
         """Hash of everything but the gid: resubmitting the same body is idempotent."""
         body = self.model_dump(mode="json", exclude={"gid"})
+        for branch in body.get("branches") or ():
+            # The TCC fields count only when given: a 2PC or saga body hashes as it always did.
+            for name in _TCC_FIELDS:
+                if branch.get(name, 0) is None:
+                    del branch[name]
         return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -85,8 +123,9 @@ class BranchOut(BaseModel):
     idx: int
     depends_on: list[int] | None = None
     participant: str
-    action: str
-    compensation: str | None
+    action: str = Field(description="The action; TCC: the try.")
+    compensation: str | None = Field(description="Saga: the compensation; TCC: the cancel.")
+    confirm: str | None = Field(None, description="TCC: the confirm.")
     status: str
     attempts: int
     last_error: str | None

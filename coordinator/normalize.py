@@ -33,7 +33,7 @@ class Normalized:
         """The stored request: the body as sent, plus the expanded plan the driver needs."""
         stored = body.model_dump(mode="json", exclude={"gid"}, exclude_none=True)
         stored["mode"] = self.mode
-        stored["branches"] = [b.model_dump(mode="json", exclude_none=True) for b in self.branches]
+        stored["branches"] = [b.dump() for b in self.branches]
         if self.deps is not None:
             stored["deps"] = self.deps
         if self.retry is not None:
@@ -81,11 +81,14 @@ def normalize(body: TxnIn, registry: dict[str, str]) -> Normalized:
         raise Invalid(("body", "input"), "input goes with a named saga: give `saga` too")
     if body.mode is None:
         raise Invalid(
-            ("body", "mode"), "mode is required ('2pc' or 'saga') unless `saga` names one"
+            ("body", "mode"), "mode is required ('2pc', 'saga' or 'tcc') unless `saga` names one"
         )
     if body.branches is None:
         raise Invalid(("body", "branches"), "branches are required unless `saga` names a saga")
     _check_branches(body.branches, registry)
+    if body.mode == "tcc":
+        return _tcc(body, body.branches)
+    _no_tcc_fields(body.branches)
     if body.mode == "2pc":
         for i, b in enumerate(body.branches):
             if b.compensation is not None:
@@ -109,6 +112,42 @@ def normalize(body: TxnIn, registry: dict[str, str]) -> Normalized:
             )
     deps = _deps(body.branches)
     return Normalized("saga", body.branches, deps, body.retry or RetryPolicy(), None)
+
+
+def _tcc(body: TxnIn, branches: list[BranchIn]) -> Normalized:
+    """TCC branches give try, confirm and cancel, and nothing of the other modes."""
+    for i, b in enumerate(branches):
+        for name, value in (("try", b.try_), ("confirm", b.confirm), ("cancel", b.cancel)):
+            if value is None:
+                raise Invalid(
+                    ("body", "branches", i, name),
+                    "every TCC branch gives try, confirm and cancel (paths on its participant)",
+                )
+        for name, given in (
+            ("action", b.action),
+            ("compensation", b.compensation),
+            ("depends_on", b.depends_on),
+        ):
+            if given is not None:
+                raise Invalid(
+                    ("body", "branches", i, name),
+                    f"TCC branches have no {name}: they give try, confirm and cancel, and their "
+                    "tries run in parallel",
+                )
+    if body.retry is not None:
+        raise Invalid(("body", "retry"), "retry is the saga actions' policy; not for tcc")
+    return Normalized("tcc", branches, None, None, None)
+
+
+def _no_tcc_fields(branches: list[BranchIn]) -> None:
+    for i, b in enumerate(branches):
+        for name, value in (("try", b.try_), ("confirm", b.confirm), ("cancel", b.cancel)):
+            if value is not None:
+                raise Invalid(
+                    ("body", "branches", i, name), f"{name} is for TCC branches (mode 'tcc')"
+                )
+        if b.action is None:
+            raise Invalid(("body", "branches", i, "action"), "Field required")
 
 
 def _named(body: TxnIn, registry: dict[str, str]) -> Normalized:

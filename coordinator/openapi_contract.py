@@ -5,9 +5,10 @@ then only what ``coordinator.normalize`` and the participants' catalogues allow
 (``coordinator.declared``): participants of this coordinator's registry, the operations each
 declares, a named saga of the catalogue whose participants declare its steps. The document says
 all of it, as JSON Schema made from the registry and the catalogues read: a ``oneOf`` of an
-explicit 2PC body, an explicit saga body and one body per named saga it can run; a branch is a
-``oneOf`` over the operations declared (``{participant: const, action: const or enum,
-compensation: const}``). It is made again whenever a catalogue read changes what is declared.
+explicit 2PC body, an explicit saga body, an explicit TCC body and one body per named saga it
+can run; a branch is a ``oneOf`` over the operations declared (``{participant: const, action:
+const or enum, compensation: const}``; a TCC branch ``{participant, try, confirm, cancel}``, each
+a const). It is made again whenever a catalogue read changes what is declared.
 
 What JSON Schema cannot state is said in the descriptions, and answered with a documented 422
 problem: a payload over 64 KiB, JSON nested 200 levels or deeper, and a ``depends_on`` graph
@@ -81,7 +82,16 @@ class Deployment:
         return {
             path: undo
             for (path, kind), undo in sorted(ops.items())
-            if kind == "action" and undo is not None
+            if kind == "action" and isinstance(undo, str)
+        }
+
+    def tccs(self, participant: str) -> dict[str, tuple[str, str]]:
+        """TCC try path -> its confirm and cancel."""
+        ops = self.catalogues.get(participant, {})
+        return {
+            path: pair
+            for (path, kind), pair in sorted(ops.items())
+            if kind == "tcc_try" and isinstance(pair, tuple)
         }
 
     def key(self) -> tuple[Any, ...]:
@@ -130,8 +140,9 @@ def _common_properties() -> dict[str, Schema]:
         "gid": nullable(ref("Gid")) | {"description": "Generated (time-ordered) if absent."},
         "timeout_s": nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 86_400})
         | {
-            "description": "2PC: abort if not fully prepared by then; saga: compensate if the "
-            "forward part has not finished by then (default 30)."
+            "description": "2PC: abort if not fully prepared by then; TCC: cancel if not every "
+            "try succeeded by then; saga: compensate if the forward part has not finished by "
+            "then (default 30)."
         },
     }
 
@@ -161,6 +172,36 @@ def _twopc_branch(d: Deployment) -> list[Schema]:
                         "participant": {"const": participant},
                         "action": {"enum": paths},
                         "payload": ref("Payload"),
+                        "compensation": NULL,
+                        "depends_on": NULL,
+                        **NO_TCC,
+                    },
+                }
+            )
+    return out
+
+
+# What a 2PC or saga branch may give of TCC's fields: null, the same as absent.
+NO_TCC: Schema = {"try": NULL, "confirm": NULL, "cancel": NULL}
+
+
+def _tcc_branches(d: Deployment) -> list[Schema]:
+    out = []
+    for participant in d.readable():
+        for tried, (confirm, cancel) in d.tccs(participant).items():
+            out.append(
+                {
+                    "type": "object",
+                    "title": f"TCC branch {participant} {tried}",
+                    "additionalProperties": False,
+                    "required": ["participant", "try", "confirm", "cancel"],
+                    "properties": {
+                        "participant": {"const": participant},
+                        "try": {"const": tried},
+                        "confirm": {"const": confirm},
+                        "cancel": {"const": cancel},
+                        "payload": ref("Payload"),
+                        "action": NULL,
                         "compensation": NULL,
                         "depends_on": NULL,
                     },
@@ -193,6 +234,7 @@ def _saga_steps(d: Deployment) -> list[Schema]:
                         "compensation": {"const": undo},
                         "payload": ref("Payload"),
                         "depends_on": _depends_on(MAX_BRANCHES),
+                        **NO_TCC,
                     },
                 }
             )
@@ -321,13 +363,40 @@ def submission_components(
             },
         )
         bodies.append(ref("SagaSubmission"))
+    tcc = _tcc_branches(d)
+    if tcc:
+        components["TccBranch"] = {
+            "description": "A TCC try of a participant's catalogue, with the confirm and the "
+            "cancel it declares.",
+            "oneOf": tcc,
+        }
+        components["TccSubmission"] = _body(
+            "Explicit TCC branches: every try runs in parallel; when all succeed every confirm "
+            "is sent (retried until it succeeds), otherwise every branch is cancelled. No "
+            "action, compensation, depends_on or retry.",
+            ["mode", "branches"],
+            {
+                "mode": {"enum": ["tcc"]},
+                "branches": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_BRANCHES,
+                    "items": ref("TccBranch"),
+                },
+                "saga": NULL,
+                "input": NULL,
+                "retry": NULL,
+            },
+        )
+        bodies.append(ref("TccSubmission"))
     for name in sorted(sagas):
         body = _named_saga(d, sagas[name], components)
         if body is not None:
             components[f"NamedSaga_{name}"] = body
             bodies.append(ref(f"NamedSaga_{name}"))
     described = (
-        "A transaction: explicit branches (mode 2pc or saga) or a named saga with its input. "
+        "A transaction: explicit branches (mode 2pc, saga or tcc) or a named saga with its "
+        "input. "
         "Participants, operations and named sagas are this deployment's: its registry and the "
         "catalogues its participants declare (one whose catalogue was not read yet is left "
         "out; a submission naming it is a 503 until it is). " + NOT_STATED

@@ -180,6 +180,7 @@ def _branch(idx: int, b: dict[str, Any]) -> BranchRecord:
         last_error=b["last_error"],
         updated_at=datetime.fromisoformat(b["updated_at"]),
         resolved_by=b.get("resolved_by"),
+        confirm=b.get("confirm"),
     )
 
 
@@ -312,7 +313,7 @@ class PgLog:
         params = {
             "gid": new.gid,
             "mode": new.mode,
-            "status": "preparing" if new.mode == "2pc" else "running",
+            "status": "running" if new.mode == "saga" else "preparing",
             "request": orjson.dumps(stored_request(new.request)).decode(),
             "request_hash": new.request_hash,
             "timeout_s": float(new.timeout_s),
@@ -323,6 +324,7 @@ class PgLog:
             "action": [b.action for b in new.branches],
             "compensation": [b.compensation for b in new.branches],
             "payload": [orjson.dumps(b.payload).decode() for b in new.branches],
+            "confirm": [b.confirm for b in new.branches],
         }
         hot, _ = await self._pools()
         async with hot.acquire() as conn:

@@ -84,10 +84,14 @@ SELECT :gid, :mode, :status, CAST(:request AS jsonb), :request_hash,
                     'participant', u.participant, 'action', u.action,
                     'compensation', u.compensation, 'payload', CAST(u.payload AS jsonb),
                     'status', 'pending', 'attempts', 0, 'last_error', NULL,
-                    'updated_at', now()) ORDER BY u.ord), '[]')
+                    'updated_at', now())
+                    || CASE WHEN u.confirm IS NULL THEN CAST('{}' AS jsonb)
+                            ELSE jsonb_build_object('confirm', u.confirm) END
+                    ORDER BY u.ord), '[]')
         FROM unnest(CAST(:participant AS text[]), CAST(:action AS text[]),
-                    CAST(:compensation AS text[]), CAST(:payload AS text[]))
-             WITH ORDINALITY AS u(participant, action, compensation, payload, ord)),
+                    CAST(:compensation AS text[]), CAST(:payload AS text[]),
+                    CAST(:confirm AS text[]))
+             WITH ORDINALITY AS u(participant, action, compensation, payload, confirm, ord)),
        jsonb_build_array(jsonb_build_object('id', 1, 'at', now(), 'kind', 'submitted',
                                             'detail',
                                             jsonb_build_object('owner', CAST(:owner AS text)))),

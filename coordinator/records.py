@@ -14,6 +14,8 @@ class BranchSpec:
     action: str
     compensation: str | None
     payload: dict[str, Any]
+    # TCC: the confirm path (``action`` holds the try, ``compensation`` the cancel).
+    confirm: str | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class BranchRecord:
     updated_at: datetime
     # The operator who declared this branch finished by hand (coordinator/intervention.py).
     resolved_by: str | None = None
+    # TCC: the confirm path (``action`` holds the try, ``compensation`` the cancel).
+    confirm: str | None = None
 
 
 @dataclass

@@ -46,6 +46,7 @@ def to_out(record: TxnRecord, events: list[EventOut] | None = None) -> TxnOut:
                 participant=b.participant,
                 action=b.action,
                 compensation=b.compensation,
+                confirm=b.confirm,
                 status=b.status,
                 attempts=b.attempts,
                 last_error=b.last_error,
@@ -95,7 +96,8 @@ async def _submit(
         request=request,
         request_hash=body.request_hash(),
         branches=tuple(
-            BranchSpec(b.participant, b.action, b.compensation, b.payload) for b in plan.branches
+            BranchSpec(b.participant, b.forward, b.undo, b.payload, b.confirm)
+            for b in plan.branches
         ),
         timeout_s=body.timeout_s or c.settings.default_timeout_s,
     )

@@ -136,6 +136,14 @@ class HttpTransport:
                     "transaction: not a yes vote",
                     parsed,
                 )
+            if op == "try" and (parsed or {}).get("done") is not True:
+                # Likewise a TCC try: only a reply saying it is done reserved anything.
+                return Reply(
+                    Kind.REFUSED,
+                    status,
+                    f"{participant}{path} answered {status} without saying the try is done",
+                    parsed,
+                )
             return Reply(Kind.OK, status, "", parsed)
         if status == 409:
             return Reply(Kind.REFUSED, status, reason, parsed)

@@ -454,7 +454,7 @@ def add_parser(sub: Any) -> None:
 
     ls = _subcommand(commands, "list", "list transactions, newest first")
     ls.add_argument("--status", help="preparing, committing, committed, aborting, aborted, ...")
-    ls.add_argument("--mode", choices=("2pc", "saga"), help="only this mode")
+    ls.add_argument("--mode", choices=("2pc", "saga", "tcc"), help="only this mode")
     ls.add_argument("--participant", help="only those with a branch on it")
     ls.add_argument("--gid-prefix", help="only gids that start with it")
     ls.add_argument("--older-than", type=_seconds, help="created at least this many seconds ago")

@@ -7,7 +7,7 @@ It depends on nothing else of this project (installable alone): tenacity, orjson
 
 from txn_client._core import NO_RETRIES, Retries
 from txn_client.aio import AsyncClient
-from txn_client.builders import NamedSaga, RetryPolicy, Saga, Step, TwoPhase, new_gid
+from txn_client.builders import NamedSaga, RetryPolicy, Saga, Step, Tcc, TwoPhase, new_gid
 from txn_client.errors import (
     Aborted,
     Conflict,
@@ -38,6 +38,7 @@ __all__ = [
     "RetryPolicy",
     "Saga",
     "Step",
+    "Tcc",
     "Transaction",
     "TwoPhase",
     "TxnError",

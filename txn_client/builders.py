@@ -2,8 +2,8 @@
 
 Each builder draws its gid when it is made, so submitting the same builder again (after a
 timeout, a lost answer, a restart that kept the gid) is the same logical submission: the
-coordinator answers 200 with the existing transaction. TCC and message modes have no builder:
-the coordinator has no such modes.
+coordinator answers 200 with the existing transaction. Message modes have no builder: the
+coordinator has no such mode.
 """
 
 from __future__ import annotations
@@ -90,6 +90,43 @@ class TwoPhase(_Builder):
 
     def body(self) -> dict[str, Any]:
         return {**self._common(), "mode": "2pc", "branches": [dict(b) for b in self.branches]}
+
+
+class Tcc(_Builder):
+    """A TCC transaction (try / confirm / cancel): every branch's try runs in parallel and
+    reserves its resource; when all succeed every branch is confirmed, otherwise every branch
+    is cancelled. The three paths are the ones the participant declares for its try.
+
+    ``timeout_s``: cancel if not every try has succeeded by then (the server's default: 30).
+    """
+
+    def __init__(self, gid: str | None = None, timeout_s: float | None = None) -> None:
+        super().__init__(gid, timeout_s)
+        self.branches: list[dict[str, Any]] = []
+
+    def branch(
+        self,
+        participant: str,
+        try_: str,
+        confirm: str,
+        cancel: str,
+        payload: Mapping[str, Any] | None = None,
+    ) -> Tcc:
+        """Adds a branch: ``try_`` (``try`` on the wire), ``confirm`` and ``cancel`` are paths
+        on the participant, e.g. /tcc/adjust, /tcc/adjust/confirm, /tcc/adjust/cancel."""
+        self.branches.append(
+            {
+                "participant": participant,
+                "try": try_,
+                "confirm": confirm,
+                "cancel": cancel,
+                "payload": dict(payload or {}),
+            }
+        )
+        return self
+
+    def body(self) -> dict[str, Any]:
+        return {**self._common(), "mode": "tcc", "branches": [dict(b) for b in self.branches]}
 
 
 @dataclass(frozen=True)
@@ -185,7 +222,7 @@ class NamedSaga(_Builder):
         return out
 
 
-Submission = TwoPhase | Saga | NamedSaga | Mapping[str, Any]
+Submission = TwoPhase | Saga | Tcc | NamedSaga | Mapping[str, Any]
 
 
 def submission_body(txn: Submission) -> dict[str, Any]:

@@ -16,13 +16,14 @@ TERMINAL = frozenset({"committed", "aborted"})
 class Branch:
     idx: int
     participant: str
-    action: str
-    compensation: str | None
+    action: str  # TCC: the try
+    compensation: str | None  # TCC: the cancel
     status: str
     attempts: int
     last_error: str | None
     depends_on: tuple[int, ...] | None = None
     resolved_by: str | None = None  # the operator who declared it compensated by hand
+    confirm: str | None = None  # TCC: the confirm
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Event:
 @dataclass(frozen=True)
 class Transaction:
     gid: str
-    mode: str  # "2pc" or "saga"
+    mode: str  # "2pc", "saga" or "tcc"
     status: str  # preparing, committing, committed, aborting, aborted, running, compensating
     reason: str | None  # why it aborted, when it did
     branches: tuple[Branch, ...]
@@ -104,6 +105,7 @@ def _branch(b: dict[str, Any]) -> Branch:
         last_error=b.get("last_error"),
         depends_on=None if depends_on is None else tuple(int(i) for i in depends_on),
         resolved_by=b.get("resolved_by"),
+        confirm=b.get("confirm"),
     )
 
 

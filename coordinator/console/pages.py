@@ -330,7 +330,7 @@ def _filter_problems(chosen: dict[str, str], registry: dict[str, str]) -> list[s
     problems = []
     if chosen["status"] and chosen["status"] not in STATUSES:
         problems.append(f"status must be one of {', '.join(STATUSES)}")
-    if chosen["mode"] not in ("", "2pc", "saga"):
+    if chosen["mode"] not in ("", "2pc", "saga", "tcc"):
         problems.append("mode must be 2pc or saga")
     if chosen["participant"] and chosen["participant"] not in registry:
         problems.append(f"no participant {chosen['participant']!r} in the registry")

@@ -19,6 +19,7 @@ COORDINATOR_POINTS = frozenset(
         "after_prepare",
         "after_decision",
         "mid_commit",
+        "mid_rollback",
         "before_final",
         "after_step",
         "after_step_failed",

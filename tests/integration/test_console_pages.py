@@ -129,7 +129,7 @@ async def test_filters_and_keyset_pages(console: Any) -> None:
         "other-1"
     ]
     assert 'http-equiv="refresh"' in by_participant.text  # auto-refresh on by default
-    for bad in ("status=nope", "mode=tcc", "participant=zz", "age=5y"):
+    for bad in ("status=nope", "mode=xa", "participant=zz", "age=5y"):
         reply = await client.get(f"/console/transactions?{bad}")
         assert reply.status_code == 400 and 'class="error"' in reply.text, bad
 

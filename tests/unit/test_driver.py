@@ -94,3 +94,76 @@ async def test_a_crashing_call_stops_the_drive_instead_of_hanging_it() -> None:
     record = await store.get("g")
     # The decision stands; the lease will lapse and recovery will finish the commit.
     assert record is not None and record.status == "committing"
+
+
+class Recording(Scripted):
+    """Also keeps each call's path and body."""
+
+    def __init__(self, script: dict[tuple[str, int], Reply | Exception]) -> None:
+        super().__init__(script)
+        self.sent: list[tuple[str, int, str, dict[str, Any] | None]] = []
+
+    async def call(
+        self,
+        participant: str,
+        path: str,
+        op: str,
+        gid: str,
+        branch: int,
+        payload: dict[str, Any] | None,
+    ) -> Reply:
+        self.sent.append((op, branch, path, payload))
+        return await super().call(participant, path, op, gid, branch, payload)
+
+
+async def submit_tcc(store: MemLog, n: int = 2) -> Any:
+    branches = tuple(
+        BranchSpec(f"p{i}", "/t", "/t/cancel", {"i": i}, confirm="/t/confirm") for i in range(n)
+    )
+    outcome, claim = await store.insert(NewTxn("g", "tcc", {}, "h", branches, 30), "me", 60)
+    assert outcome is Inserted.CREATED
+    assert claim.record.status == "preparing"
+    return claim
+
+
+async def test_tcc_tries_then_confirms_each_branch_at_its_own_paths() -> None:
+    store, transport = MemLog(), Recording({("try", 0): Reply(Kind.OK, 200, "", {"done": True})})
+    state = await TwoPCDriver(deps(store, transport)).drive(await submit_tcc(store), fresh=True)
+    assert state is not None and state.status == "committed"
+    assert sorted(transport.sent, key=lambda s: (s[0] != "try", s[1])) == [
+        ("try", 0, "/t", {"i": 0}),
+        ("try", 1, "/t", {"i": 1}),
+        ("confirm", 0, "/t/confirm", {"i": 0}),
+        ("confirm", 1, "/t/confirm", {"i": 1}),
+    ]
+    record = await store.get("g")
+    assert record is not None and [b.status for b in record.branches] == ["committed"] * 2
+    assert [b.confirm for b in record.branches] == ["/t/confirm"] * 2
+
+
+async def test_a_refused_tcc_try_cancels_every_branch() -> None:
+    store = MemLog()
+    transport = Recording({("try", 1): Reply(Kind.REFUSED, 409, "insufficient funds")})
+    state = await TwoPCDriver(deps(store, transport)).drive(await submit_tcc(store), fresh=True)
+    assert state is not None and state.status == "aborted"
+    assert state.reason == "p1: insufficient funds"
+    cancels = sorted((b, path, body) for op, b, path, body in transport.sent if op == "cancel")
+    assert cancels == [(0, "/t/cancel", {"i": 0}), (1, "/t/cancel", {"i": 1})]
+    assert not [s for s in transport.sent if s[0] == "confirm"]
+
+
+async def test_a_tcc_transaction_recovered_before_its_decision_is_cancelled() -> None:
+    store, transport = MemLog(), Recording({})
+    state = await TwoPCDriver(deps(store, transport)).drive(await submit_tcc(store), fresh=False)
+    assert state is not None and state.status == "aborted"
+    assert sorted((op, b) for op, b, _, _ in transport.sent) == [("cancel", 0), ("cancel", 1)]
+
+
+async def test_a_confirm_refused_for_now_stays_owed() -> None:
+    store = MemLog()
+    transport = Recording({("confirm", 1): Reply(Kind.REFUSED, 409, "not yet")})
+    state = await TwoPCDriver(deps(store, transport)).drive(await submit_tcc(store), fresh=True)
+    assert state is not None and state.status == "committing"
+    record = await store.get("g")
+    assert record is not None and [b.status for b in record.branches] == ["committed", "prepared"]
+    assert record.branches[1].last_error == "not yet"

@@ -24,7 +24,15 @@ from tests.unit.test_api_auth import settings
 from tests.unit.test_submit_fastpath import YesTransport
 
 ADJUST, UNDO = "/accounts/adjust", "/accounts/adjust/undo"
-LEDGER: Operations = {(ADJUST, "2pc"): None, (ADJUST, "action"): UNDO, (UNDO, "compensation"): None}
+TRY, CONFIRM, CANCEL = "/tcc/adjust", "/tcc/adjust/confirm", "/tcc/adjust/cancel"
+LEDGER: Operations = {
+    (ADJUST, "2pc"): None,
+    (ADJUST, "action"): UNDO,
+    (UNDO, "compensation"): None,
+    (TRY, "tcc_try"): (CONFIRM, CANCEL),
+    (CONFIRM, "tcc_confirm"): None,
+    (CANCEL, "tcc_cancel"): None,
+}
 ONLY_2PC: Operations = {(ADJUST, "2pc"): None}
 SHOP: dict[str, Operations] = {
     "inventory": {("/stock/reserve", "action"): "/stock/reserve/undo"},
@@ -78,6 +86,11 @@ def branch(participant: str = "ledger1", **extra: Any) -> dict[str, Any]:
 
 def saga_branch(participant: str = "ledger1", **extra: Any) -> dict[str, Any]:
     return branch(participant, **{"compensation": UNDO, **extra})
+
+
+def tcc_branch(participant: str = "ledger1", **extra: Any) -> dict[str, Any]:
+    paths = {"try": TRY, "confirm": CONFIRM, "cancel": CANCEL}
+    return {"participant": participant, **paths, "payload": {"a": 1}, **extra}
 
 
 def transfer(**extra: Any) -> dict[str, Any]:
@@ -156,6 +169,25 @@ BODIES: list[tuple[str, dict[str, Any], bool]] = [
         False,
     ),
     ("saga, input", {"mode": "saga", "branches": [saga_branch()], "input": {}}, False),
+    ("tcc", {"mode": "tcc", "branches": [tcc_branch(), tcc_branch("ledger3")]}, True),
+    (
+        "tcc, nulls",
+        {"mode": "tcc", "branches": [tcc_branch(action=None, depends_on=None)], "gid": None},
+        True,
+    ),
+    ("tcc, 2pc-only ledger", {"mode": "tcc", "branches": [tcc_branch("ledger2")]}, False),
+    ("tcc, wrong confirm", {"mode": "tcc", "branches": [tcc_branch(confirm=CANCEL)]}, False),
+    ("tcc, wrong cancel", {"mode": "tcc", "branches": [tcc_branch(cancel=UNDO)]}, False),
+    ("tcc, no cancel", {"mode": "tcc", "branches": [tcc_branch(cancel=None)]}, False),
+    ("tcc, try a 2pc op", {"mode": "tcc", "branches": [tcc_branch(**{"try": ADJUST})]}, False),
+    ("tcc, action", {"mode": "tcc", "branches": [tcc_branch(action=ADJUST)]}, False),
+    ("tcc, depends_on", {"mode": "tcc", "branches": [tcc_branch(depends_on=[])]}, False),
+    ("tcc, retry", {"mode": "tcc", "branches": [tcc_branch()], "retry": {}}, False),
+    ("tcc, 2pc branch", {"mode": "tcc", "branches": [branch()]}, False),
+    ("2pc, tcc branch", {"mode": "2pc", "branches": [tcc_branch()]}, False),
+    ("2pc, confirm", {"mode": "2pc", "branches": [branch(confirm=CONFIRM)]}, False),
+    ("2pc, null tcc fields", {"mode": "2pc", "branches": [branch(confirm=None)]}, True),
+    ("saga, try", {"mode": "saga", "branches": [saga_branch(**{"try": TRY})]}, False),
     ("transfer", transfer(), True),
     ("transfer, mode saga", {**transfer(), "mode": "saga", "gid": "t1"}, True),
     ("transfer, mode 2pc", {**transfer(), "mode": "2pc"}, False),
