@@ -20,6 +20,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from participants.sdk import Participant, ParticipantSettings
+from participants.sdk.base import BarrierHook
+from participants.sdk.db import make_engine
 
 ENV = "TXN_MUTATION_PG_DSN"
 # Database names on the mutation server, and the migration target each is made for.
@@ -117,3 +122,39 @@ if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "boot":
         sys.exit("usage: python -m tests.shared_pg boot FOLDER")
     boot(Path(sys.argv[2]) if sys.argv[2] else Path(tempfile.mkdtemp(prefix="txn-mutation-")))
+
+
+# The barrier tests' SDK on the participant database (tests/integration/test_barrier_cases.py,
+# test_tcc_barrier.py): direct calls, no HTTP.
+
+
+@pytest.fixture(scope="session")
+async def engine(shared_dbs: SharedDatabases) -> AsyncIterator[AsyncEngine]:
+    e = make_engine(shared_dbs.participant, pool_size=4)
+    try:
+        yield e
+    finally:
+        await e.dispose()
+
+
+@pytest.fixture
+def dsn(shared_dbs: SharedDatabases) -> str:
+    return shared_dbs.participant
+
+
+def make(
+    engine: AsyncEngine, lock_timeout_ms: int = 2000, hook: BarrierHook | None = None
+) -> Participant:
+    settings = ParticipantSettings(
+        name="t", dsn="postgresql://x/y", lock_timeout_ms=lock_timeout_ms
+    )
+    return Participant(settings, engine, barrier_hook=hook)
+
+
+@pytest.fixture
+async def sdk(engine: AsyncEngine) -> AsyncIterator[Participant]:
+    p = make(engine)
+    try:
+        yield p
+    finally:
+        await p._drop_spare()

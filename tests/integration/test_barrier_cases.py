@@ -27,55 +27,22 @@ from participants.ledger.app import adjust, adjust_statement, undo_adjust
 from participants.sdk import (
     BusinessError,
     Participant,
-    ParticipantSettings,
     base,
     oneshot,
     saga,
     twopc,
 )
-from participants.sdk.base import BarrierHook, _Transient, current_branch, run_once
+from participants.sdk.base import _Transient, current_branch, run_once
 from participants.sdk.crash import PARTICIPANT_PAUSE_POINTS, PausePoint
-from participants.sdk.db import make_engine
 from participants.sdk.oneshot import Statement
 from tests.helpers import Counting
 from tests.helpers import fetch as sql
-from tests.shared_pg import SharedDatabases, shared_dbs
+from tests.shared_pg import SharedDatabases, dsn, engine, make, sdk, shared_dbs
 
-__all__ = ["shared_dbs"]  # the fixture, imported so that pytest finds it here
+# The fixtures, imported so that pytest finds them here.
+__all__ = ["dsn", "engine", "make", "sdk", "shared_dbs"]
 
 GUARD_S = 3  # under the statement timeout (tests/shared_pg.py): a lost lock timeout fails
-
-
-@pytest.fixture(scope="session")
-async def engine(shared_dbs: SharedDatabases) -> AsyncIterator[AsyncEngine]:
-    e = make_engine(shared_dbs.participant, pool_size=4)
-    try:
-        yield e
-    finally:
-        await e.dispose()
-
-
-@pytest.fixture
-def dsn(shared_dbs: SharedDatabases) -> str:
-    return shared_dbs.participant
-
-
-def make(
-    engine: AsyncEngine, lock_timeout_ms: int = 2000, hook: BarrierHook | None = None
-) -> Participant:
-    settings = ParticipantSettings(
-        name="t", dsn="postgresql://x/y", lock_timeout_ms=lock_timeout_ms
-    )
-    return Participant(settings, engine, barrier_hook=hook)
-
-
-@pytest.fixture
-async def sdk(engine: AsyncEngine) -> AsyncIterator[Participant]:
-    p = make(engine)
-    try:
-        yield p
-    finally:
-        await p._drop_spare()
 
 
 async def account(dsn: str, amount: int) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -29,8 +28,7 @@ from participants.ledger.app import (
     tcc_try_adjust,
 )
 from participants.sdk import BusinessError, Participant, ParticipantSettings, wire
-from participants.sdk.base import BarrierHook, _Transient, current_branch
-from participants.sdk.db import make_engine
+from participants.sdk.base import _Transient, current_branch
 from participants.sdk.tcc import CANCELLED_FIRST, CONFIRM_WITHOUT_TRY
 from tests.helpers import (
     TEST_SECRET,
@@ -41,44 +39,13 @@ from tests.helpers import (
     secured,
 )
 from tests.helpers import fetch as sql
-from tests.shared_pg import SharedDatabases, shared_dbs
+from tests.shared_pg import dsn, engine, make, sdk, shared_dbs
 
-__all__ = ["shared_dbs"]  # the fixture, imported so that pytest finds it here
+# The fixtures, imported so that pytest finds them here.
+__all__ = ["dsn", "engine", "make", "sdk", "shared_dbs"]
 
 GUARD_S = 5  # a failure guard on every wait: a broken race fails instead of hanging
 TRY_PATH, CONFIRM_PATH, CANCEL_PATH = "/tcc/adjust", "/tcc/adjust/confirm", "/tcc/adjust/cancel"
-
-
-@pytest.fixture(scope="session")
-async def engine(shared_dbs: SharedDatabases) -> AsyncIterator[AsyncEngine]:
-    e = make_engine(shared_dbs.participant, pool_size=4)
-    try:
-        yield e
-    finally:
-        await e.dispose()
-
-
-@pytest.fixture
-def dsn(shared_dbs: SharedDatabases) -> str:
-    return shared_dbs.participant
-
-
-def make(
-    engine: AsyncEngine, lock_timeout_ms: int = 2000, hook: BarrierHook | None = None
-) -> Participant:
-    settings = ParticipantSettings(
-        name="t", dsn="postgresql://x/y", lock_timeout_ms=lock_timeout_ms
-    )
-    return Participant(settings, engine, barrier_hook=hook)
-
-
-@pytest.fixture
-async def sdk(engine: AsyncEngine) -> AsyncIterator[Participant]:
-    p = make(engine)
-    try:
-        yield p
-    finally:
-        await p._drop_spare()
 
 
 async def account(dsn: str, amount: int) -> str:
