@@ -378,10 +378,15 @@ def test_registration_declares_the_three_and_refuses_another_pair() -> None:
         {"path": "/hold/cancel", "kind": "tcc_cancel"},
         {"path": "/hold/confirm", "kind": "tcc_confirm"},
     ]
-    # The coordinator's catalogue reader skips the kinds it does not know yet.
+    # The coordinator's catalogue reader takes the try with its pair, and the other two.
     declared: list[dict[str, object]] = [dict(o) for o in sdk.catalogue()]
     declared.append({"path": "/x", "kind": "2pc"})
-    assert _operations(declared) == {("/x", "2pc"): None}
+    assert _operations(declared) == {
+        ("/hold", "tcc_try"): ("/hold/confirm", "/hold/cancel"),
+        ("/hold/cancel", "tcc_cancel"): None,
+        ("/hold/confirm", "tcc_confirm"): None,
+        ("/x", "2pc"): None,
+    }
 
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "routes-only"])
