@@ -257,6 +257,7 @@ class FloorRun:
             "action": ["/accounts/adjust"] * n,
             "compensation": [b.get("compensation") for b in bs],
             "payload": [orjson.dumps(b["payload"]).decode() for b in bs],
+            "confirm": [None] * n,  # TCC's confirm path: none for 2PC and saga branches
         }
         row = await log.fetchrow(INSERT_TXN.sql, *INSERT_TXN.args(params))
         if row is None:
